@@ -1,0 +1,169 @@
+"""The real game: Freedoom through ViZDoom, one v1 action per tic.
+
+`Game.reset(seed)` gives the first frame and `Game.step(action)` the next one, as RGB uint8 [H, W, 3]
+with the HUD off. Same seed and same actions give identical frames (tests/test_game.py).
+
+Episode ends (death, level exit, optional tick limit) restart the game on seed + 1 and return that
+episode's first frame; `Game.tick_info.new_episode` says so, and the data collector records it as an
+episode start so that training never sees a clip across the cut.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .actions import Action
+
+_CHDIR_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class GameConfig:
+    wad: str = "freedoom1"          # a WAD shipped with vizdoom ("freedoom1", "freedoom2") or a path
+    map: str = "E1M1"
+    width: int = field(default=160, metadata={"min": 160, "max": 1920})
+    height: int = field(default=120, metadata={"min": 120, "max": 1080})
+    skill: int = field(default=2, metadata={"min": 1, "max": 5})
+    buffers: bool = False           # depth and labels buffers (the exploration policy needs them)
+    episode_ticks: int = field(default=0, metadata={"min": 0})  # 0: no limit
+
+    def __post_init__(self) -> None:
+        import vizdoom as vzd
+
+        name = f"RES_{self.width}X{self.height}"
+        if not hasattr(vzd.ScreenResolution, name):
+            raise ValueError(f"width/height: ViZDoom has no resolution {self.width}x{self.height}")
+
+    @property
+    def world(self) -> str:
+        """World id written into traces and checkpoints, e.g. 'freedoom1:E1M1'."""
+        return f"{Path(self.wad).stem}:{self.map}"
+
+    def wad_path(self) -> str:
+        import vizdoom as vzd
+
+        shipped = Path(vzd.__file__).parent / f"{self.wad}.wad"
+        if shipped.exists():
+            return str(shipped)
+        if Path(self.wad).exists():
+            return str(Path(self.wad).resolve())
+        raise FileNotFoundError(f"WAD {self.wad!r} is neither shipped with vizdoom nor a file")
+
+
+@dataclass
+class TickInfo:
+    """What the game knows about the tick just produced (not shown to the model)."""
+
+    x: float = 0.0
+    y: float = 0.0
+    angle: float = 0.0              # degrees, counter-clockwise, as Doom stores it
+    health: float = 100.0
+    tick: int = 0                   # tics since the episode began
+    episode: int = 0                # episodes since reset()
+    seed: int = 0                   # seed of the current episode
+    new_episode: bool = False       # this frame is the first of a new episode
+    depth: np.ndarray | None = None     # [H, W] uint8, larger is farther (buffers=True)
+    labels: list | None = None          # vizdoom Label objects of visible things (buffers=True)
+
+
+class Game:
+    """One ViZDoom instance. Not thread-safe; use one per process or thread."""
+
+    def __init__(self, cfg: GameConfig = GameConfig(), workdir: str | None = None):
+        self.cfg = cfg
+        # ViZDoom writes _vizdoom/ and _vizdoom.ini into the current directory: keep them out of the repo.
+        self.workdir = workdir or os.path.join(tempfile.gettempdir(), "dreamloop-vizdoom")
+        os.makedirs(self.workdir, exist_ok=True)
+        self._game = None
+        self.tick_info = TickInfo()
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def _new_game(self, seed: int):
+        import vizdoom as vzd
+
+        g = vzd.DoomGame()
+        g.set_doom_game_path(self.cfg.wad_path())
+        g.set_doom_map(self.cfg.map)
+        g.set_doom_skill(self.cfg.skill)
+        g.set_doom_config_path(os.path.join(self.workdir, "_vizdoom.ini"))
+        g.set_screen_resolution(getattr(vzd.ScreenResolution, f"RES_{self.cfg.width}X{self.cfg.height}"))
+        g.set_screen_format(vzd.ScreenFormat.RGB24)
+        g.set_render_hud(False)
+        g.set_render_crosshair(False)
+        g.set_render_messages(False)
+        g.set_automap_buffer_enabled(False)   # the automap breaks replays (platform.md)
+        g.set_depth_buffer_enabled(self.cfg.buffers)
+        g.set_labels_buffer_enabled(self.cfg.buffers)
+        g.set_window_visible(False)
+        g.set_sound_enabled(False)
+        g.set_mode(vzd.Mode.PLAYER)
+        g.set_episode_start_time(0)            # otherwise input is ignored for the first tics
+        g.set_episode_timeout(self.cfg.episode_ticks)
+        for b in (vzd.Button.MOVE_FORWARD_BACKWARD_DELTA, vzd.Button.MOVE_LEFT_RIGHT_DELTA,
+                  vzd.Button.TURN_LEFT_RIGHT_DELTA, vzd.Button.ATTACK, vzd.Button.USE):
+            g.add_available_button(b)
+        for v in (vzd.GameVariable.POSITION_X, vzd.GameVariable.POSITION_Y, vzd.GameVariable.ANGLE,
+                  vzd.GameVariable.HEALTH):
+            g.add_available_game_variable(v)
+        g.set_seed(seed % (2**31))
+        with _CHDIR_LOCK:
+            here = os.getcwd()
+            os.chdir(self.workdir)
+            try:
+                g.init()
+            finally:
+                os.chdir(here)
+        g.new_episode()
+        return g
+
+    def close(self) -> None:
+        if self._game is not None:
+            self._game.close()
+            self._game = None
+
+    def __enter__(self) -> "Game":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- play ----------------------------------------------------------------------------------------
+    def reset(self, seed: int) -> np.ndarray:
+        """Start a fresh episode. A fresh DoomGame each time: re-initialising one object is not
+        bit-exact (platform.md, gotcha 6)."""
+        self.close()
+        self._game = self._new_game(seed)
+        self.tick_info = TickInfo(seed=seed, new_episode=True)
+        return self._observe()
+
+    def step(self, action: Action) -> np.ndarray:
+        """Apply one action for one tic and return the next frame [H, W, 3] uint8."""
+        if self._game is None:
+            raise RuntimeError("Game.step before Game.reset")
+        self._game.make_action(action.doom_buttons(), 1)
+        if self._game.is_episode_finished():
+            info = self.tick_info
+            self.close()
+            self._game = self._new_game(info.seed + 1)
+            self.tick_info = TickInfo(seed=info.seed + 1, episode=info.episode + 1, new_episode=True)
+            return self._observe()
+        self.tick_info.tick += 1
+        self.tick_info.new_episode = False
+        return self._observe()
+
+    def _observe(self) -> np.ndarray:
+        state = self._game.get_state()
+        info = self.tick_info
+        x, y, angle, health = state.game_variables
+        info.x, info.y, info.angle, info.health = float(x), float(y), float(angle), float(health)
+        if self.cfg.buffers:
+            info.depth = state.depth_buffer
+            info.labels = state.labels
+        frame = state.screen_buffer
+        assert frame.shape == (self.cfg.height, self.cfg.width, 3), frame.shape
+        return frame
