@@ -1,0 +1,169 @@
+"""KV cache for streaming the causal DiT: S sink frames kept forever plus a rolling window of W frames.
+
+Layout and rules (recipe.md section 2):
+- Memory is preallocated once: k and v are (layers, B, heads, slots * P, head_dim) with slots = S + W and
+  P tokens per frame. Shapes never change; a `valid` mask over slots says which ones are filled, so attention
+  always reads every slot and masks the empty ones (friendly to CUDA graphs).
+- Keys are stored BEFORE RoPE. Temporal positions are assigned at read time and are window-relative:
+  sink frames get 0..S-1, window frames S.. in chronological order, the query the next position. Positions
+  therefore stay below S + W + chunk however long play lasts (LongLive "infinity", Reward-Forcing port).
+- Frame n (absolute) lives in slot n if n < S, else in ring slot S + (n - S) % W. Writing frame n when the
+  window is full overwrites (evicts) frame n - W.
+- Two modes. APPEND: the t=0 re-encode pass reads the cache and writes its own keys after attention.
+  READONLY: denoising passes read the cache and write nothing.
+
+All slot and eviction arithmetic lives in this file; the model only calls `read`, `write` and `advance`.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+class CacheMode(enum.Enum):
+    READONLY = "readonly"  # denoising passes: attend cache + current frames, write nothing
+    APPEND = "append"      # t=0 re-encode pass: same attention, then store the frames' keys/values
+
+
+@dataclass(frozen=True)
+class CacheState:
+    """What the HUD shows about the cache."""
+    sink_frames: int       # sink frames filled (<= sink_capacity)
+    sink_capacity: int
+    window_frames: int     # window frames filled (<= window_capacity)
+    window_capacity: int
+    newest_slot: int       # slot holding the newest frame, -1 when empty
+    evictions: int         # frames dropped from the window so far
+    bytes: int             # k + v storage
+    position: int          # absolute frame counter: frames appended since reset
+
+
+class KVCache:
+    """Preallocated per-layer keys (pre-RoPE) and values for S sink + W window frames."""
+
+    def __init__(self, *, layers: int, batch: int, heads: int, head_dim: int, tokens_per_frame: int,
+                 sink: int, window: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+        if sink < 0:
+            raise ValueError(f"sink must be >= 0, got {sink}")
+        if window < 1:
+            raise ValueError(f"window must be >= 1, got {window}")
+        self.layers, self.batch, self.heads, self.head_dim = layers, batch, heads, head_dim
+        self.tokens_per_frame, self.sink, self.window = tokens_per_frame, sink, window
+        self.slots = sink + window
+        shape = (layers, batch, heads, self.slots * tokens_per_frame, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        # Read-time tables, updated in place by _sync() so their storage never moves.
+        self.valid = torch.zeros(self.slots, device=device, dtype=torch.bool)      # (slots,)
+        self.slot_pos = torch.zeros(self.slots, device=device, dtype=torch.float32)  # (slots,) temporal position
+        self._query_pos = torch.zeros(self.slots, device=device, dtype=torch.float32)  # next positions, (slots,)
+        self._write_tok = torch.zeros(self.slots * tokens_per_frame, device=device, dtype=torch.long)
+        self.position = 0
+        self._sync()
+
+    # ---- slot arithmetic (pure functions of position; unit-tested) ----
+
+    def slot_of(self, frame: int) -> int:
+        """Slot that holds (or will hold) absolute frame `frame`."""
+        return frame if frame < self.sink else self.sink + (frame - self.sink) % self.window
+
+    def frame_in_slot(self, slot: int) -> int:
+        """Absolute frame currently stored in `slot`, or -1 if the slot is empty."""
+        if slot < self.sink:
+            return slot if slot < self.position else -1
+        j = slot - self.sink
+        last = self.position - 1 - self.sink - j  # frames of this ring slot are sink + j + k*W
+        return self.sink + j + self.window * (last // self.window) if last >= 0 else -1
+
+    def temporal_position(self, frame: int) -> int:
+        """Window-relative position of a stored frame: sink 0..S-1, window S.. oldest first."""
+        if frame < self.sink:
+            return frame
+        oldest = max(self.sink, self.position - self.window)
+        return self.sink + frame - oldest
+
+    @property
+    def next_position(self) -> int:
+        """Position given to the next query frame (right after the newest stored frame)."""
+        return min(self.position, self.slots)
+
+    @property
+    def evictions(self) -> int:
+        return max(0, self.position - self.slots)
+
+    def _sync(self) -> None:
+        """Recompute the read-time tables from `position` and copy them into their fixed buffers."""
+        frames = [self.frame_in_slot(s) for s in range(self.slots)]
+        self.valid.copy_(torch.tensor([f >= 0 for f in frames]))
+        self.slot_pos.copy_(torch.tensor([float(self.temporal_position(f)) if f >= 0 else 0.0 for f in frames]))
+        self._query_pos.copy_(self.next_position + torch.arange(self.slots, dtype=torch.float32))
+        first = self.slot_of(self.position) * self.tokens_per_frame
+        self._write_tok.copy_(first + torch.arange(self._write_tok.numel()))
+
+    # ---- what the model calls ----
+
+    def query_positions(self, frames: int) -> Tensor:
+        """Temporal positions (frames,) for `frames` query frames that follow the stored ones."""
+        return self._query_pos[:frames]
+
+    def read(self, layer: int) -> tuple[Tensor, Tensor]:
+        """All slots of one layer, pre-RoPE: k, v each (B, heads, slots * P, head_dim). Mask with `valid`."""
+        return self.k[layer], self.v[layer]
+
+    def check_append(self, frames: int) -> None:
+        """A chunk of several frames may be appended only while nothing gets evicted, because its frames
+        attend to each other directly and would otherwise see more context than streaming would give them."""
+        if frames > 1 and self.position + frames > self.slots:
+            raise ValueError(f"cannot append {frames} frames at once at position {self.position} "
+                             f"(capacity {self.slots}); append one frame at a time once the window rolls")
+
+    def write(self, layer: int, k: Tensor, v: Tensor) -> None:
+        """Store the pre-RoPE keys/values (B, heads, frames * P, head_dim) of the frames being appended."""
+        idx = self._write_tok[:k.shape[2]]
+        self.k[layer].index_copy_(2, idx, k.to(self.k.dtype))
+        self.v[layer].index_copy_(2, idx, v.to(self.v.dtype))
+
+    def advance(self, frames: int) -> None:
+        """Commit `frames` appended frames (after every layer has written them)."""
+        self.position += frames
+        self._sync()
+
+    # ---- lifecycle ----
+
+    def reset(self) -> None:
+        """Forget every frame. Storage is kept; stale values are masked out by `valid`."""
+        self.position = 0
+        self._sync()
+
+    def clone(self) -> "KVCache":
+        """Deep copy (for savestates)."""
+        other = KVCache.__new__(KVCache)
+        other.__dict__.update(self.__dict__)
+        for name in ("k", "v", "valid", "slot_pos", "_query_pos", "_write_tok"):
+            setattr(other, name, getattr(self, name).clone())
+        return other
+
+    def copy_from(self, other: "KVCache") -> None:
+        """Restore `other`'s contents into this cache's preallocated storage."""
+        if other.k.shape != self.k.shape:
+            raise ValueError(f"cache shape {tuple(other.k.shape)} does not match {tuple(self.k.shape)}")
+        self.k.copy_(other.k)
+        self.v.copy_(other.v)
+        self.position = other.position
+        self._sync()
+
+    def state(self) -> CacheState:
+        filled_sink = min(self.position, self.sink)
+        return CacheState(
+            sink_frames=filled_sink,
+            sink_capacity=self.sink,
+            window_frames=min(max(self.position - self.sink, 0), self.window),
+            window_capacity=self.window,
+            newest_slot=self.slot_of(self.position - 1) if self.position > 0 else -1,
+            evictions=self.evictions,
+            bytes=self.k.numel() * self.k.element_size() + self.v.numel() * self.v.element_size(),
+            position=self.position,
+        )

@@ -1,0 +1,110 @@
+"""Training losses as small callables: `loss, parts = TeacherLoss(cfg)(model, latents, actions, generator)`.
+
+Teacher (recipe.md 1a and 5): rectified flow, v-prediction, target eps - x0, on a batch split between
+- TF, teacher forcing packed as [clean x0 | noisy x_t] under `teacher_forcing_mask`, one t per clip,
+  loss on the noisy half only, weighted by the gaussian bell w(t) = exp(-2 (t - 1/2)^2) - exp(-1/2)
+  (Causal-rCM), t ~ UniformShift(shift);
+- DF, diffusion forcing: one sequence under the block-causal mask, an independent t per frame; some frames
+  become noise-augmented context (t ~ U(0, context_noise), GameNGen / Diffusion Forcing) and carry no loss.
+Actions are replaced by the null action on about 10% of frames so that action guidance is possible.
+
+Deviations from the recipe, both constant factors that Adam does not see: the loss is a mean over frames
+rather than 100 * sum over frames, and w(t) is divided by its peak so TF and DF terms have similar scale.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from world_model.model import WorldModel, block_causal_mask, teacher_forcing_mask
+
+BELL_PEAK = 1 - math.exp(-0.5)  # w(1/2)
+
+
+@dataclass(frozen=True)
+class TeacherLossConfig:
+    tf_fraction: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0})    # share of each batch on TF
+    shift: float = field(default=3.0, metadata={"min": 0.01})                      # UniformShift of t
+    action_dropout: float = field(default=0.1, metadata={"min": 0.0, "max": 1.0})
+    context_prob: float = field(default=0.25, metadata={"min": 0.0, "max": 0.9})   # DF frames made context
+    context_noise: float = field(default=0.1, metadata={"min": 0.0, "max": 1.0})   # their max t
+
+
+def uniform_shift(shape: tuple[int, ...], shift: float, generator: torch.Generator | None,
+                  device: torch.device) -> Tensor:
+    """t = s u / (1 + (s - 1) u), u ~ U(0, 1)."""
+    u = torch.rand(shape, generator=generator, device=device)
+    return shift * u / (1 + (shift - 1) * u)
+
+
+def bell_weight(t: Tensor) -> Tensor:
+    """Causal-rCM "gaussian_bell", scaled to peak at 1 for t = 1/2; zero at t = 0 and t = 1."""
+    return (torch.exp(-2 * (t - 0.5) ** 2) - math.exp(-0.5)) / BELL_PEAK
+
+
+def frame_mse(v: Tensor, target: Tensor) -> Tensor:
+    """(B, T, C, h, w) -> per-frame mean squared error (B, T) in float32."""
+    return (v.float() - target.float()).pow(2).mean(dim=(2, 3, 4))
+
+
+class TeacherLoss:
+    def __init__(self, cfg: TeacherLossConfig = TeacherLossConfig()):
+        self.cfg = cfg
+
+    def __call__(self, model: WorldModel, latents: Tensor, actions: Tensor,
+                 generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """latents (B, T, C, h, w) clean, actions (B, T, A). Returns the scalar loss and detached parts."""
+        B = latents.shape[0]
+        n_tf = round(B * self.cfg.tf_fraction)
+        parts: dict[str, Tensor] = {}
+        total = latents.new_zeros((), dtype=torch.float32)
+        if n_tf > 0:
+            loss_tf, parts["mse_tf"] = self.teacher_forcing(model, latents[:n_tf], actions[:n_tf], generator)
+            parts["loss_tf"] = loss_tf.detach()
+            total = total + loss_tf * n_tf / B
+        if n_tf < B:
+            loss_df, parts["mse_df"] = self.diffusion_forcing(model, latents[n_tf:], actions[n_tf:], generator)
+            parts["loss_df"] = loss_df.detach()
+            total = total + loss_df * (B - n_tf) / B
+        parts["loss"] = total.detach()
+        return total, parts
+
+    def _keep_actions(self, shape: tuple[int, int], generator: torch.Generator | None, device) -> Tensor:
+        return torch.rand(shape, generator=generator, device=device) >= self.cfg.action_dropout  # (B, T)
+
+    def teacher_forcing(self, model: WorldModel, x0: Tensor, actions: Tensor,
+                        generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        B, T = x0.shape[:2]
+        eps = torch.randn(x0.shape, generator=generator, device=x0.device)
+        t = uniform_shift((B, 1), self.cfg.shift, generator, x0.device).expand(B, T)      # one t per clip
+        tb = t[..., None, None, None]
+        xt = (1 - tb) * x0 + tb * eps
+        packed = torch.cat([x0, xt], dim=1)                                               # (B, 2T, C, h, w)
+        t_packed = torch.cat([torch.zeros_like(t), t], dim=1)                             # (B, 2T)
+        keep = torch.cat([torch.ones_like(t, dtype=torch.bool),                           # clean half keeps
+                          self._keep_actions((B, T), generator, x0.device)], dim=1)       # its actions
+        pos = torch.arange(T, device=x0.device).repeat(2)  # frame i has one position in both halves
+        v = model(packed, t_packed, actions.repeat(1, 2, 1), keep, frame_pos=pos,
+                  mask=teacher_forcing_mask(T, x0.device))[:, T:]                         # noisy half
+        mse = frame_mse(v, eps - x0)                                                      # (B, T)
+        return (bell_weight(t) * mse).mean(), mse.mean().detach()
+
+    def diffusion_forcing(self, model: WorldModel, x0: Tensor, actions: Tensor,
+                          generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        B, T = x0.shape[:2]
+        dev = x0.device
+        eps = torch.randn(x0.shape, generator=generator, device=dev)
+        t = uniform_shift((B, T), self.cfg.shift, generator, dev)                        # per frame
+        context = torch.rand((B, T), generator=generator, device=dev) < self.cfg.context_prob
+        t_ctx = torch.rand((B, T), generator=generator, device=dev) * self.cfg.context_noise
+        t = torch.where(context, t_ctx, t)
+        tb = t[..., None, None, None]
+        xt = (1 - tb) * x0 + tb * eps
+        v = model(xt, t, actions, self._keep_actions((B, T), generator, dev), mask=block_causal_mask(T, dev))
+        mse = frame_mse(v, eps - x0)                                                      # (B, T)
+        target = (~context).float()
+        loss = (mse * target).sum() / target.sum().clamp(min=1.0)  # target frames only
+        return loss, loss.detach()

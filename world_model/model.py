@@ -1,0 +1,369 @@
+"""The causal, action-conditioned latent DiT: one latent frame per block, rectified-flow v-prediction.
+
+    x_t = (1 - t) x0 + t eps,  target v = eps - x0,  x0_hat = x_t - t v        (recipe.md 1a, Causal-rCM)
+
+The network sees t * 1000. Each frame i carries its own noise level t_i and action a_i; both enter every
+block through per-frame adaLN from c_i = temb(t_i) + MLP(a_i) (Oasis-style). Frames where `action_mask` is
+False use a learned null-action embedding instead, which is what action classifier-free guidance needs.
+
+Tokens: a latent (C, 15, 20) is padded to (C, 16, 20) and cut into 2x2 patches, 8 x 10 = 80 tokens per frame.
+Attention is between tokens of all frames under a frame-level boolean mask (True = may attend):
+  - block-causal (diffusion forcing, streaming): frame i sees frames <= i, all tokens inside a frame see
+    each other;
+  - packed teacher forcing [clean | noisy] (Causal-rCM blockmask.py): `teacher_forcing_mask`;
+  - streaming: keys are [KV-cache slots | current frames]; the cache supplies a per-slot `valid` mask and
+    window-relative positions (see kv_cache.py).
+Positions: 2D spatial RoPE (row, column) plus temporal RoPE (frame position) on separate slices of each
+head. Keys are cached before RoPE, so the cache can renumber frames when its window rolls.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from settings import from_dict
+from world_model.kv_cache import CacheMode, KVCache
+
+T_SCALE = 1000.0  # rectified_flow_t_scaling_factor: the network sees t * 1000
+
+
+# ---------------------------------------------------------------------------------------------------------
+#                                               Config
+# ---------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelConfig:
+    latent_channels: int = field(default=16, metadata={"min": 1})
+    latent_h: int = field(default=15, metadata={"min": 1})
+    latent_w: int = field(default=20, metadata={"min": 1})
+    patch: int = field(default=2, metadata={"min": 1})
+    dim: int = field(default=320, metadata={"min": 8})
+    depth: int = field(default=8, metadata={"min": 1})
+    heads: int = field(default=5, metadata={"min": 1})
+    mlp_ratio: float = field(default=3.0, metadata={"min": 0.5})
+    action_dim: int = field(default=5, metadata={"min": 1})
+    rope_theta: float = field(default=100.0, metadata={"min": 2.0})  # positions stay below ~100 frames or rows
+    temporal_rope_fraction: float = field(default=0.25, metadata={"min": 0.0, "max": 1.0})
+
+    def __post_init__(self) -> None:
+        if self.dim % self.heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim (dim/heads = {self.head_dim}) must be even for RoPE")
+        if min(self.rope_dims) < 2:
+            raise ValueError(f"head_dim {self.head_dim} too small to split into time/row/column RoPE "
+                             f"slices {self.rope_dims}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.heads
+
+    @property
+    def rope_dims(self) -> tuple[int, int, int]:
+        """Head-dim slices rotated by (frame, row, column); each even."""
+        t = 2 * round(self.head_dim * self.temporal_rope_fraction / 2)
+        rest = self.head_dim - t
+        h = 2 * (rest // 4)
+        return t, h, rest - h
+
+    @property
+    def grid_h(self) -> int:
+        return math.ceil(self.latent_h / self.patch)
+
+    @property
+    def grid_w(self) -> int:
+        return math.ceil(self.latent_w / self.patch)
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.grid_h * self.grid_w
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return self.latent_channels, self.latent_h, self.latent_w
+
+
+# ---------------------------------------------------------------------------------------------------------
+#                                         Attention masks (frame level)
+# ---------------------------------------------------------------------------------------------------------
+
+def block_causal_mask(frames: int, device: torch.device | str | None = None) -> Tensor:
+    """(F, F) bool: frame i attends to frames <= i (diffusion forcing, streaming chunks)."""
+    return torch.ones(frames, frames, dtype=torch.bool, device=device).tril()
+
+
+def teacher_forcing_mask(frames: int, device: torch.device | str | None = None) -> Tensor:
+    """(2T, 2T) bool for the packed sequence [clean 0..T-1 | noisy 0..T-1] (Causal-rCM `teacher_forcing`):
+    a clean query in block b sees clean blocks <= b; a noisy query in block b sees clean blocks < b and
+    its own noisy block, so every noisy frame is predicted from clean history only."""
+    ones = torch.ones(frames, frames, dtype=torch.bool, device=device)
+    top = torch.cat([ones.tril(), torch.zeros_like(ones)], dim=1)                            # clean queries
+    bottom = torch.cat([ones.tril(-1), torch.eye(frames, dtype=torch.bool, device=device)], dim=1)  # noisy
+    return torch.cat([top, bottom], dim=0)
+
+
+def token_mask(frame_mask: Tensor, tokens_per_frame: int) -> Tensor:
+    """(Fq, Fk) frame mask -> (Fq * P, Fk * P) token mask for scaled_dot_product_attention."""
+    return frame_mask.repeat_interleave(tokens_per_frame, 0).repeat_interleave(tokens_per_frame, 1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+#                                  Rotary position embedding (time, row, column)
+# ---------------------------------------------------------------------------------------------------------
+
+class Rope(nn.Module):
+    """Angles for 3-axis RoPE. Frame positions are supplied per call (they are window-relative when
+    streaming); rows and columns are fixed by the patch grid."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        dt, dh, dw = cfg.rope_dims
+        freqs = lambda d: cfg.rope_theta ** (-torch.arange(0, d, 2, dtype=torch.float32) / d)
+        rows = torch.arange(cfg.grid_h, dtype=torch.float32).repeat_interleave(cfg.grid_w)     # (P,)
+        cols = torch.arange(cfg.grid_w, dtype=torch.float32).repeat(cfg.grid_h)                # (P,)
+        spatial = torch.cat([rows[:, None] * freqs(dh), cols[:, None] * freqs(dw)], dim=-1)    # (P, (dh+dw)/2)
+        self.register_buffer("freq_t", freqs(dt), persistent=False)                             # (dt/2,)
+        self.register_buffer("spatial", spatial, persistent=False)
+
+    def forward(self, frame_pos: Tensor) -> tuple[Tensor, Tensor]:
+        """frame_pos (F,) -> cos, sin each (F * P, head_dim / 2)."""
+        n_frames, n_tok = frame_pos.shape[0], self.spatial.shape[0]
+        temporal = frame_pos.float()[:, None, None] * self.freq_t                       # (F, 1, dt/2)
+        angles = torch.cat([temporal.expand(-1, n_tok, -1),
+                            self.spatial.expand(n_frames, -1, -1)], dim=-1)              # (F, P, Dh/2)
+        angles = angles.flatten(0, 1)                                                     # (F*P, Dh/2)
+        return angles.cos(), angles.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate consecutive pairs of x (B, H, N, Dh) by angles (N, Dh/2)."""
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    x1, x2 = x[..., 0::2], x[..., 1::2]                                                   # (B, H, N, Dh/2)
+    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+
+
+# ---------------------------------------------------------------------------------------------------------
+#                                   Conditioning: noise level and action
+# ---------------------------------------------------------------------------------------------------------
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoidal features of t * 1000, then an MLP (DiT)."""
+
+    def __init__(self, dim: int, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: Tensor) -> Tensor:
+        """t (...) in [0, 1] -> (..., dim)."""
+        half = self.freq_dim // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+        args = (t.float() * T_SCALE)[..., None] * freqs                                   # (..., half)
+        return self.mlp(torch.cat([args.cos(), args.sin()], dim=-1).to(self.mlp[0].weight.dtype))
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    return x * (1 + scale) + shift
+
+
+# ---------------------------------------------------------------------------------------------------------
+#                                        Transformer block
+# ---------------------------------------------------------------------------------------------------------
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.heads, self.head_dim = cfg.heads, cfg.head_dim
+        self.qkv = nn.Linear(cfg.dim, 3 * cfg.dim)
+        self.q_norm = nn.RMSNorm(cfg.head_dim, eps=1e-6)  # QK-norm: keeps logits bounded in bf16
+        self.k_norm = nn.RMSNorm(cfg.head_dim, eps=1e-6)
+        self.proj = nn.Linear(cfg.dim, cfg.dim)
+
+    def forward(self, x: Tensor, rope_q: tuple[Tensor, Tensor], rope_k: tuple[Tensor, Tensor], mask: Tensor,
+                cache: KVCache | None, layer: int, cache_mode: CacheMode) -> Tensor:
+        """x (B, F, P, D); mask (F*P, K) bool over keys [cache slots | current tokens]."""
+        B, n_frames, P, D = x.shape
+        qkv = self.qkv(x).view(B, n_frames * P, 3, self.heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)                                              # each (B, H, N, Dh)
+        q, k = self.q_norm(q), self.k_norm(k)                                            # pre-RoPE
+        k_all, v_all = k, v
+        if cache is not None:
+            k_ctx, v_ctx = cache.read(layer)                                              # (B, H, S*P, Dh)
+            k_all = torch.cat([k_ctx.to(k.dtype), k], dim=2)                              # (B, H, K, Dh)
+            v_all = torch.cat([v_ctx.to(v.dtype), v], dim=2)
+        out = F.scaled_dot_product_attention(apply_rope(q, *rope_q), apply_rope(k_all, *rope_k), v_all,
+                                             attn_mask=mask)                              # (B, H, N, Dh)
+        if cache is not None and cache_mode is CacheMode.APPEND:
+            cache.write(layer, k, v)  # after attention: this may overwrite the slot of a frame just attended
+        return self.proj(out.transpose(1, 2).reshape(B, n_frames, P, D))
+
+
+class Block(nn.Module):
+    """DiT block with per-frame adaLN-Zero modulation."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        hidden = int(cfg.dim * cfg.mlp_ratio)
+        self.norm1 = nn.LayerNorm(cfg.dim, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(cfg)
+        self.norm2 = nn.LayerNorm(cfg.dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(cfg.dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, cfg.dim))
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim))
+
+    def forward(self, x: Tensor, c: Tensor, rope_q: tuple[Tensor, Tensor], rope_k: tuple[Tensor, Tensor],
+                mask: Tensor, cache: KVCache | None, layer: int, cache_mode: CacheMode) -> Tensor:
+        """x (B, F, P, D), c (B, F, D): one modulation per frame, broadcast over its P tokens."""
+        mods = self.ada(c)[:, :, None].chunk(6, dim=-1)                                   # 6 x (B, F, 1, D)
+        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mods
+        h = modulate(self.norm1(x), shift_a, scale_a)
+        x = x + gate_a * self.attn(h, rope_q, rope_k, mask, cache, layer, cache_mode)
+        return x + gate_m * self.mlp(modulate(self.norm2(x), shift_m, scale_m))
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm = nn.LayerNorm(cfg.dim, elementwise_affine=False, eps=1e-6)
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 2 * cfg.dim))
+        self.linear = nn.Linear(cfg.dim, cfg.patch * cfg.patch * cfg.latent_channels)
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        shift, scale = self.ada(c)[:, :, None].chunk(2, dim=-1)                           # (B, F, 1, D)
+        return self.linear(modulate(self.norm(x), shift, scale))                          # (B, F, P, p*p*C)
+
+
+# ---------------------------------------------------------------------------------------------------------
+#                                              WorldModel
+# ---------------------------------------------------------------------------------------------------------
+
+class WorldModel(nn.Module):
+    """Predicts the rectified-flow velocity v = eps - x0 of every input frame."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        p, C = cfg.patch, cfg.latent_channels
+        self.patch_embed = nn.Linear(C * p * p, cfg.dim)
+        self.t_embed = TimestepEmbedder(cfg.dim)
+        self.action_embed = nn.Sequential(nn.Linear(cfg.action_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
+        self.null_action = nn.Parameter(torch.randn(cfg.dim) * 0.02)  # used where action_mask is False
+        self.rope = Rope(cfg)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        self.final = FinalLayer(cfg)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # DiT: xavier linears, then zero the adaLN modulations and the output so every block starts as
+        # the identity and the initial prediction is v = 0.
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        for emb in (self.t_embed.mlp, self.action_embed):
+            nn.init.normal_(emb[0].weight, std=0.02)
+            nn.init.normal_(emb[2].weight, std=0.02)
+        for block in self.blocks:
+            nn.init.zeros_(block.ada[-1].weight)
+            nn.init.zeros_(block.ada[-1].bias)
+        for lin in (self.final.ada[-1], self.final.linear):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    # ---- tokens ----
+
+    def patchify(self, x: Tensor) -> Tensor:
+        """(B, F, C, h, w) -> (B, F, P, D), zero-padding h and w up to multiples of the patch."""
+        cfg, p = self.config, self.config.patch
+        B, n_frames = x.shape[:2]
+        x = F.pad(x, (0, cfg.grid_w * p - cfg.latent_w, 0, cfg.grid_h * p - cfg.latent_h))
+        x = x.reshape(B, n_frames, cfg.latent_channels, cfg.grid_h, p, cfg.grid_w, p)
+        x = x.permute(0, 1, 3, 5, 2, 4, 6).flatten(4).flatten(2, 3)                      # (B, F, P, C*p*p)
+        return self.patch_embed(x.to(self.patch_embed.weight.dtype))
+
+    def unpatchify(self, x: Tensor) -> Tensor:
+        """(B, F, P, p*p*C) -> (B, F, C, h, w), cropping the padding."""
+        cfg, p = self.config, self.config.patch
+        B, n_frames = x.shape[:2]
+        x = x.reshape(B, n_frames, cfg.grid_h, cfg.grid_w, cfg.latent_channels, p, p)
+        x = x.permute(0, 1, 4, 2, 5, 3, 6)                                              # (B, F, C, gh, p, gw, p)
+        x = x.reshape(B, n_frames, cfg.latent_channels, cfg.grid_h * p, cfg.grid_w * p)
+        return x[..., :cfg.latent_h, :cfg.latent_w]
+
+    def condition(self, t: Tensor, action: Tensor, action_mask: Tensor | None) -> Tensor:
+        """t (B, F), action (B, F, A), action_mask (B, F) bool or None -> c (B, F, D)."""
+        a = self.action_embed(action.to(self.null_action.dtype))                          # (B, F, D)
+        if action_mask is not None:
+            a = torch.where(action_mask[..., None], a, self.null_action.to(a.dtype))
+        return self.t_embed(t) + a
+
+    # ---- forward ----
+
+    def forward(self, x: Tensor, t: Tensor, action: Tensor, action_mask: Tensor | None = None, *,
+                frame_pos: Tensor | None = None, mask: Tensor | None = None,
+                cache: KVCache | None = None, cache_mode: CacheMode = CacheMode.READONLY) -> Tensor:
+        """Velocity for every frame.
+
+        x (B, F, C, h, w) noisy latents; t (B, F) noise levels in [0, 1]; action (B, F, A);
+        action_mask (B, F) bool, False -> null action (None = all True).
+        Without a cache: frame_pos (F,) temporal positions (default 0..F-1) and mask (F, F) frame-level
+        (default block-causal). With a cache: the frames follow the cached ones, positions come from the
+        cache, and `mask` (F, F) only covers the current frames (default block-causal); in APPEND mode their
+        keys/values are stored. Returns v (B, F, C, h, w) in x's dtype.
+        """
+        n_frames, P = x.shape[1], self.config.tokens_per_frame
+        if mask is None:
+            mask = block_causal_mask(n_frames, x.device)
+        if cache is None:
+            q_pos = torch.arange(n_frames, device=x.device) if frame_pos is None else frame_pos
+            k_pos, full_mask = q_pos, mask
+        else:
+            if frame_pos is not None:
+                raise ValueError("frame_pos is set by the cache when streaming; pass one or the other")
+            if cache_mode is CacheMode.APPEND:
+                cache.check_append(n_frames)
+            q_pos = cache.query_positions(n_frames)                                       # (F,)
+            k_pos = torch.cat([cache.slot_pos, q_pos])                                    # (slots + F,)
+            full_mask = torch.cat([cache.valid.expand(n_frames, -1), mask], dim=1)        # (F, slots + F)
+        rope_q, rope_k = self.rope(q_pos), self.rope(k_pos)
+        attn_mask = token_mask(full_mask, P)                                              # (F*P, K)
+
+        c = self.condition(t, action, action_mask)                                        # (B, F, D)
+        h = self.patchify(x)                                                              # (B, F, P, D)
+        for i, block in enumerate(self.blocks):
+            h = block(h, c, rope_q, rope_k, attn_mask, cache, i, cache_mode)
+        if cache is not None and cache_mode is CacheMode.APPEND:
+            cache.advance(n_frames)
+        return self.unpatchify(self.final(h, c)).to(x.dtype)
+
+    # ---- helpers for sessions and checkpoints ----
+
+    def new_cache(self, *, batch: int, sink: int, window: int, device: torch.device | str,
+                  dtype: torch.dtype) -> KVCache:
+        cfg = self.config
+        return KVCache(layers=cfg.depth, batch=batch, heads=cfg.heads, head_dim=cfg.head_dim,
+                       tokens_per_frame=cfg.tokens_per_frame, sink=sink, window=window, device=device, dtype=dtype)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def config_dict(self) -> dict[str, Any]:
+        return asdict(self.config)
+
+    def state_for_save(self, dtype: torch.dtype | None = None) -> dict[str, Tensor]:
+        """Weights as contiguous CPU tensors (optionally cast, e.g. to bf16) for checkpoint.save."""
+        return {k: (v.detach().to(dtype) if dtype is not None and v.is_floating_point() else v.detach())
+                .contiguous().cpu() for k, v in self.state_dict().items()}
+
+    @classmethod
+    def from_tensors(cls, config: ModelConfig | Mapping[str, Any], tensors: Mapping[str, Tensor]) -> "WorldModel":
+        """Rebuild from a checkpoint's config (dataclass or plain dict) and tensors; strict about keys."""
+        if not isinstance(config, ModelConfig):
+            config = from_dict(dict(config), ModelConfig, source="checkpoint config")
+        model = cls(config)
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, strict=True)
+        return model

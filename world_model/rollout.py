@@ -1,0 +1,179 @@
+"""Session: the one rollout implementation (player, evaluation and self-forcing training all use it).
+
+    session = Session(model, window=15, sink=1, device="cuda", dtype=torch.bfloat16, seed=0, autoencoder=ae)
+    session.reset_frames(seed_frames, seed_actions)     # t=0 pass over the seed frames fills the KV cache
+    latent = session.step(action, steps=16)              # (B, C, h, w)
+    frame = session.decode(latent)                       # (B, H, W, 3) uint8
+
+Each step (Self-Forcing `causal_inference.py`, numbered as there):
+  1. draw noise from the session's own generator;
+  2. denoise it with the sampler; every denoising pass reads the cache and writes nothing (READONLY);
+  3. re-run the clean prediction, detached, at t=0 with its action to append it to the cache (APPEND).
+A frame whose prediction is not finite is never appended: the cache stays as it was (see NonFiniteError).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from world_model.actions import Action
+from world_model.kv_cache import CacheMode, CacheState, KVCache
+from world_model.model import WorldModel
+from world_model.sampler import SamplerConfig, sample
+
+
+class NonFiniteError(RuntimeError):
+    """The model produced NaN/Inf. The frame was not appended, so the session is still usable; the caller
+    may retry (fresh noise), restore a snapshot or reset."""
+
+
+@dataclass
+class SessionState:
+    """Everything needed to continue a rollout bit-for-bit: a savestate."""
+    cache: KVCache
+    rng: Tensor
+    frame: int
+    last_latent: Tensor
+
+
+class Session:
+    def __init__(self, model: WorldModel, *, window: int, sink: int, device: torch.device | str,
+                 dtype: torch.dtype = torch.float32, seed: int = 0, autoencoder: Any = None,
+                 sampler: SamplerConfig = SamplerConfig(), check_finite: bool = True):
+        self.model = model
+        self.window, self.sink = window, sink
+        self.device = torch.device(device)
+        # bf16/fp16 autocast on CUDA only; on the CPU everything runs in float32.
+        self.autocast = self.device.type == "cuda" and dtype in (torch.bfloat16, torch.float16)
+        self.dtype = dtype if self.autocast else torch.float32
+        self.autoencoder = autoencoder
+        self.sampler = sampler
+        self.check_finite = check_finite
+        self.generator = torch.Generator().manual_seed(seed)  # CPU: same noise on every device
+        self.cache: KVCache | None = None
+        self.frame = 0                  # frames produced by step() since reset
+        self.last_latent: Tensor | None = None
+
+    # ---- setup ----
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast:
+            return torch.autocast("cuda", dtype=self.dtype)
+        return contextlib.nullcontext()
+
+    def _append(self, latents: Tensor, actions: Tensor) -> None:
+        """t=0 pass over clean frames (B, F, C, h, w) that stores them in the cache."""
+        t = torch.zeros(latents.shape[:2], device=self.device)
+        with torch.no_grad(), self._autocast():
+            self.model(latents, t, actions, cache=self.cache, cache_mode=CacheMode.APPEND)
+
+    def reset(self, latents: Tensor, actions: Tensor) -> None:
+        """Start from seed latents (B, T, C, h, w) and the actions that produced them (B, T, A)."""
+        latents = latents.to(self.device, torch.float32)
+        actions = actions.to(self.device, torch.float32)
+        B, T = latents.shape[:2]
+        if actions.shape[:2] != (B, T):
+            raise ValueError(f"actions {tuple(actions.shape)} do not match latents {tuple(latents.shape)}")
+        if self.cache is None or self.cache.batch != B:
+            self.cache = self.model.new_cache(batch=B, sink=self.sink, window=self.window,
+                                              device=self.device, dtype=self.dtype)
+        else:
+            self.cache.reset()
+        # Frames go in together while nothing is evicted, then one by one so each sees what streaming gives it.
+        first = min(T, self.cache.slots)
+        self._append(latents[:, :first], actions[:, :first])
+        for i in range(first, T):
+            self._append(latents[:, i:i + 1], actions[:, i:i + 1])
+        self.frame = 0
+        self.last_latent = latents[:, -1]
+
+    def reset_frames(self, frames: Any, actions: Any) -> None:
+        """Seed from uint8 frames (T, H, W, 3) or (B, T, H, W, 3) through the autoencoder."""
+        frames = torch.as_tensor(frames, device=self.device)
+        if frames.dim() == 4:
+            frames = frames[None]
+        B, T = frames.shape[:2]
+        x = frames.permute(0, 1, 4, 2, 3).flatten(0, 1).float() / 127.5 - 1            # (B*T, 3, H, W)
+        with torch.no_grad(), self._autocast():
+            z = self._require_autoencoder().encode(x).float()                            # (B*T, C, h, w)
+        self.reset(z.unflatten(0, (B, T)), self._action_tensor(actions, B, T))
+
+    # ---- rollout ----
+
+    def step(self, actions: Tensor | Action | Sequence[Action], *, schedule: list[float] | None = None,
+             steps: int | None = None, grad: bool = False) -> Tensor:
+        """Generate the next latent (B, C, h, w) given this tick's actions (B, A) or an Action (B = 1).
+
+        `schedule` (times from high to 0) or `steps` override the sampler config for this frame. With
+        grad=True only the last denoising pass carries gradient; the cache never does."""
+        if self.cache is None:
+            raise RuntimeError("Session.step before reset")
+        B = self.cache.batch
+        a = self._action_tensor(actions, B, None)                                         # (B, A)
+        C, h, w = self.model.config.latent_shape
+        noise = torch.randn((B, C, h, w), generator=self.generator).to(self.device)      # 1. noise
+
+        def velocity(x: Tensor, t: float, use_action: bool) -> Tensor:                   # READONLY pass
+            tt = torch.full((B, 1), t, device=self.device)
+            keep = None if use_action else torch.zeros((B, 1), dtype=torch.bool, device=self.device)
+            return self.model(x[:, None], tt, a[:, None], keep, cache=self.cache)[:, 0]
+
+        with self._autocast():                                                            # 2. denoise
+            x0 = sample(velocity, noise, self.sampler, generator=self.generator, schedule=schedule,
+                        steps=steps, grad_last=grad)
+        if self.check_finite and not bool(torch.isfinite(x0).all()):
+            raise NonFiniteError(f"non-finite latent at frame {self.frame}; cache left unchanged")
+        self._append(x0.detach()[:, None], a[:, None])                                   # 3. re-encode at t=0
+        self.frame += 1
+        self.last_latent = x0.detach()
+        return x0
+
+    def decode(self, latent: Tensor) -> Tensor:
+        """(B, C, h, w) -> uint8 frames (B, H, W, 3) on the session's device."""
+        with torch.no_grad(), self._autocast():
+            return self._require_autoencoder().decode_uint8(latent)
+
+    # ---- savestates and HUD ----
+
+    def snapshot(self) -> SessionState:
+        if self.cache is None:
+            raise RuntimeError("Session.snapshot before reset")
+        return SessionState(cache=self.cache.clone(), rng=self.generator.get_state(), frame=self.frame,
+                            last_latent=self.last_latent.clone())
+
+    def restore(self, state: SessionState) -> None:
+        if self.cache is not None and self.cache.k.shape == state.cache.k.shape:
+            self.cache.copy_from(state.cache)  # into the preallocated storage
+        else:
+            self.cache = state.cache.clone()
+        self.generator.set_state(state.rng)
+        self.frame = state.frame
+        self.last_latent = state.last_latent.clone()
+
+    def cache_state(self) -> CacheState | None:
+        return None if self.cache is None else self.cache.state()
+
+    # ---- helpers ----
+
+    def _require_autoencoder(self) -> Any:
+        if self.autoencoder is None:
+            raise RuntimeError("this Session has no autoencoder; pass autoencoder= to use frames")
+        return self.autoencoder
+
+    def _action_tensor(self, actions: Any, batch: int, frames: int | None) -> Tensor:
+        """Action, [Action], nested lists or a tensor -> float tensor (B, A) or (B, T, A) on the device."""
+        if isinstance(actions, Action):
+            actions = [actions.to_list()]
+        elif isinstance(actions, (list, tuple)) and actions and isinstance(actions[0], Action):
+            actions = [a.to_list() for a in actions]
+        a = torch.as_tensor(actions, dtype=torch.float32, device=self.device)
+        want = (batch, self.model.config.action_dim) if frames is None else (batch, frames, self.model.config.action_dim)
+        if a.dim() == len(want) - 1:
+            a = a[None].expand(want)  # one action (sequence) shared by the whole batch
+        if tuple(a.shape) != want:
+            raise ValueError(f"actions have shape {tuple(a.shape)}, expected {want}")
+        return a
