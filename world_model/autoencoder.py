@@ -1,0 +1,185 @@
+"""Per-frame autoencoder: 160x120 RGB <-> (C, 15, 20) latents, 8x down, no temporal compression.
+
+Why a plain deterministic autoencoder and not a VAE: the world model needs latents it can predict
+and a decoder that is fast and sharp. A VAE's KL term trades reconstruction for a Gaussian prior
+that a diffusion model on top does not need; what it does need -- latents of bounded, known scale
+and a decoder that tolerates small errors in them -- comes more simply from
+  * a small L2 penalty on the raw latents (keeps them near zero, bounded), and
+  * Gaussian noise added to the latents during training, relative to their batch std (the decoder
+    learns to decode slightly wrong latents, which is what the DiT will hand it),
+  * a stored `scale` (1 / latent std, measured after training) so `encode` returns ~unit std.
+
+Encoder and decoder are plain conv stacks (GroupNorm, SiLU, 3x3 convs, residual blocks, nearest
+upsampling), no attention: the decoder must run one frame in about 1 ms, and at 8x the latent grid
+(20x15) is small enough that convs see the whole frame after a few layers. The encoder may be
+wider than the decoder: only decoding runs every tick during play.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from settings import SettingsError, from_dict
+
+from . import checkpoint
+
+
+@dataclass(frozen=True)
+class AutoencoderConfig:
+    latent_channels: int = field(default=16, metadata={"min": 1, "max": 256})
+    downsample: int = field(default=8, metadata={"choices": (2, 4, 8, 16)})
+    height: int = field(default=120, metadata={"min": 8})
+    width: int = field(default=160, metadata={"min": 8})
+    # Channels per resolution level, full resolution first (encoder) / latent resolution first (decoder).
+    # len == log2(downsample) + 1.
+    enc_channels: tuple[int, ...] = (32, 64, 128, 128)
+    dec_channels: tuple[int, ...] = (128, 128, 64, 32)
+    enc_blocks: int = field(default=1, metadata={"min": 0, "max": 4})   # residual blocks per level
+    dec_blocks: int = field(default=1, metadata={"min": 0, "max": 4})
+    groups: int = field(default=8, metadata={"min": 1})                 # GroupNorm groups
+
+    def __post_init__(self) -> None:
+        levels = int(math.log2(self.downsample)) + 1
+        for name in ("enc_channels", "dec_channels"):
+            chans = getattr(self, name)
+            if len(chans) != levels:
+                raise ValueError(f"{name}: needs {levels} entries for downsample {self.downsample}, got {list(chans)}")
+            if any(c <= 0 or c % self.groups for c in chans):
+                raise ValueError(f"{name}: every entry must be a positive multiple of groups={self.groups}")
+        if self.height % self.downsample or self.width % self.downsample:
+            raise ValueError(f"height/width {self.height}x{self.width} must be multiples of downsample {self.downsample}")
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return (self.latent_channels, self.height // self.downsample, self.width // self.downsample)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, channels: int, groups: int):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, channels)
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm2 = nn.GroupNorm(groups, channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)   # each block starts as the identity: stable without warm-up tricks
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        return x + self.conv2(F.silu(self.norm2(h)))
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: AutoencoderConfig):
+        super().__init__()
+        ch = cfg.enc_channels
+        self.stem = nn.Conv2d(3, ch[0], 3, padding=1)
+        self.levels = nn.ModuleList()
+        for i, c in enumerate(ch):
+            blocks = [ResBlock(c, cfg.groups) for _ in range(cfg.enc_blocks)]
+            if i + 1 < len(ch):
+                blocks.append(nn.Conv2d(c, ch[i + 1], 3, stride=2, padding=1))   # halve H and W
+            self.levels.append(nn.Sequential(*blocks))
+        self.norm = nn.GroupNorm(cfg.groups, ch[-1])
+        self.out = nn.Conv2d(ch[-1], cfg.latent_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)                          # (B, c0, H, W)
+        for level in self.levels:
+            h = level(h)                          # (B, c_last, H/8, W/8) after the last level
+        return self.out(F.silu(self.norm(h)))     # (B, C, H/8, W/8)
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: AutoencoderConfig):
+        super().__init__()
+        ch = cfg.dec_channels
+        self.stem = nn.Conv2d(cfg.latent_channels, ch[0], 3, padding=1)
+        self.levels = nn.ModuleList()
+        for i, c in enumerate(ch):
+            blocks = [ResBlock(c, cfg.groups) for _ in range(cfg.dec_blocks)]
+            if i + 1 < len(ch):
+                # nearest 2x then a 3x3 conv: no checkerboard artifacts of transposed convs
+                blocks += [nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(c, ch[i + 1], 3, padding=1)]
+            self.levels.append(nn.Sequential(*blocks))
+        self.norm = nn.GroupNorm(cfg.groups, ch[-1])
+        self.out = nn.Conv2d(ch[-1], 3, 3, padding=1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.stem(z)                          # (B, c0, h, w)
+        for level in self.levels:
+            h = level(h)                          # (B, c_last, H, W) after the last level
+        return self.out(F.silu(self.norm(h)))     # (B, 3, H, W)
+
+
+class Autoencoder(nn.Module):
+    def __init__(self, cfg: AutoencoderConfig):
+        super().__init__()
+        self.config = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        # encode() returns raw * scale. 1.0 until the training recipe measures the latent std.
+        self.register_buffer("scale", torch.ones(()))
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return self.config.latent_shape
+
+    def encode_raw(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, 3, H, W) in [-1, 1] -> unscaled latents (B, C, H/8, W/8). Training uses this."""
+        return self.encoder(x)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, 3, H, W) in [-1, 1] -> z (B, C, H/8, W/8) with ~unit std."""
+        return self.encoder(x) * self.scale
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z (B, C, H/8, W/8) as returned by encode -> x (B, 3, H, W), about [-1, 1], not clamped."""
+        return self.decoder(z / self.scale)
+
+    def decode_uint8(self, z: torch.Tensor) -> torch.Tensor:
+        """z (B, C, h, w) -> frames (B, H, W, 3) uint8 on z's device, contiguous for one copy to host."""
+        x = self.decode(z)                                                     # (B, 3, H, W)
+        x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return x.permute(0, 2, 3, 1).contiguous()                              # (B, H, W, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    # -- checkpoints -------------------------------------------------------------------------------
+    def save(self, path: str | Path, meta: dict[str, str] | None = None, quantize_int8: bool = False) -> list[Path]:
+        return checkpoint.save(path, self.state_dict(), kind="autoencoder", config=self.config, meta=meta,
+                               quantize_int8=quantize_int8)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu",
+             dtype: torch.dtype = torch.float32) -> "Autoencoder":
+        """Build from a kind="autoencoder" checkpoint; CheckpointError if it does not fit."""
+        tensors, config, _ = checkpoint.load(path, kind="autoencoder", dtype=dtype)
+        try:
+            model = cls(from_dict(config, AutoencoderConfig, source=str(path), prefix="config."))
+        except (SettingsError, ValueError) as e:
+            raise checkpoint.CheckpointError(str(e).splitlines()[0]) from None
+        try:
+            model.load_state_dict(tensors, strict=True)
+        except RuntimeError:
+            raise checkpoint.CheckpointError(f"{path}: tensors do not match the stored autoencoder config") from None
+        return model.to(device=device, dtype=dtype).eval()
+
+
+def frames_to_model(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> float (B, 3, H, W) in [-1, 1] (on the frames' device)."""
+    return frames.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB of two (B, 3, H, W) images in [-1, 1], measured on the 0..255 uint8 grid."""
+    a = ((x.float().clamp(-1, 1) + 1) * 127.5).round()
+    b = ((y.float().clamp(-1, 1) + 1) * 127.5).round()
+    mse = (a - b).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+    return 10 * torch.log10(255.0**2 / mse)
