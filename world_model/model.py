@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from settings import from_dict
+from world_model import checkpoint
 from world_model.kv_cache import CacheMode, KVCache
 
 T_SCALE = 1000.0  # rectified_flow_t_scaling_factor: the network sees t * 1000
@@ -367,3 +369,15 @@ class WorldModel(nn.Module):
         model = cls(config)
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, strict=True)
         return model
+
+
+def save_model(path: str | Path, model: WorldModel, *, kind: str = "teacher", dtype: torch.dtype | None = torch.bfloat16,
+               meta: Mapping[str, str] | None = None) -> list[Path]:
+    """Write a WorldModel checkpoint (weights cast to `dtype`, config in the metadata) via checkpoint.save."""
+    return checkpoint.save(path, model.state_for_save(dtype), kind=kind, config=model.config_dict(), meta=meta)
+
+
+def load_model(path: str | Path, kind: str | None = None) -> WorldModel:
+    """Rebuild a WorldModel (float32 weights) from a checkpoint written by `save_model`."""
+    tensors, config, _ = checkpoint.load(path, kind)
+    return WorldModel.from_tensors(config, tensors)
