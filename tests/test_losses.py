@@ -1,0 +1,83 @@
+"""Teacher loss: its parts, its weighting and time sampling, action dropout, and that training lowers it."""
+import pytest
+import torch
+
+import settings
+from world_model.losses import TeacherLoss, TeacherLossConfig, bell_weight, uniform_shift
+from world_model.model import ModelConfig, WorldModel
+
+
+def tiny_model(seed: int = 0) -> WorldModel:
+    torch.manual_seed(seed)
+    return WorldModel(settings.load("settings/model/tiny.yaml", ModelConfig))
+
+
+def clip(model: WorldModel, B: int = 4, T: int = 4):
+    """Latents that move predictably: a smooth pattern rolled one column per frame by the 'turn' action."""
+    C, h, w = model.config.latent_shape
+    g = torch.Generator().manual_seed(3)
+    base = torch.nn.functional.avg_pool2d(torch.randn((B, C, h + 2, w + 2), generator=g), 3, stride=1)
+    latents = torch.stack([base.roll(i, dims=-1) for i in range(T)], dim=1) * 2      # (B, T, C, h, w)
+    actions = torch.zeros(B, T, 5)
+    actions[:, 1:, 2] = 1.0
+    return latents, actions
+
+
+def test_weights_and_time_sampling():
+    assert bell_weight(torch.tensor([0.0, 0.5, 1.0])).tolist() == pytest.approx([0.0, 1.0, 0.0], abs=1e-6)
+    g = torch.Generator().manual_seed(0)
+    t = uniform_shift((20000,), 3.0, g, torch.device("cpu"))
+    assert 0 <= t.min() and t.max() <= 1
+    assert (t > 0.5).float().mean().item() == pytest.approx(0.75, abs=0.02)  # shift 3 puts 3/4 above 1/2
+    u = uniform_shift((20000,), 1.0, g, torch.device("cpu"))
+    assert u.mean().item() == pytest.approx(0.5, abs=0.02)
+
+
+@pytest.mark.parametrize("fraction,keys", [(0.5, {"loss", "loss_tf", "mse_tf", "loss_df", "mse_df"}),
+                                           (1.0, {"loss", "loss_tf", "mse_tf"}),
+                                           (0.0, {"loss", "loss_df", "mse_df"})])
+def test_parts_and_mixing(fraction, keys):
+    model = tiny_model()
+    latents, actions = clip(model)
+    loss, parts = TeacherLoss(TeacherLossConfig(tf_fraction=fraction))(model, latents, actions,
+                                                                       torch.Generator().manual_seed(0))
+    assert set(parts) == keys and loss.dim() == 0 and torch.isfinite(loss)
+    assert parts["loss"] == loss.detach()
+    # The untrained model predicts v = 0, so each MSE is E(eps - x0)^2 = 1 + E x0^2 on its frames.
+    for name in keys & {"mse_tf", "mse_df"}:
+        assert parts[name].item() == pytest.approx(1 + latents.square().mean().item(), abs=0.3)
+    if fraction == 0.5:
+        assert loss.item() == pytest.approx((parts["loss_tf"] + parts["loss_df"]).item() / 2, rel=1e-5)
+
+
+def test_dropout_of_every_action_makes_the_loss_action_blind():
+    model = tiny_model()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    latents, actions = clip(model)
+    for drop, same in [(1.0, True), (0.0, False)]:
+        loss_fn = TeacherLoss(TeacherLossConfig(tf_fraction=0.0, action_dropout=drop))
+        a = loss_fn(model, latents, actions, torch.Generator().manual_seed(1))[0]
+        b = loss_fn(model, latents, -actions, torch.Generator().manual_seed(1))[0]
+        assert (a.item() == b.item()) is same
+
+
+def test_a_few_training_steps_lower_the_loss():
+    model = tiny_model()
+    latents, actions = clip(model)
+    loss_fn = TeacherLoss()
+    evaluate = lambda: sum(loss_fn(model, latents, actions, torch.Generator().manual_seed(s))[0].item()
+                           for s in range(4)) / 4  # fixed noise: the same measurement before and after
+    with torch.no_grad():
+        before = evaluate()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(100)
+    for _ in range(40):
+        loss, _ = loss_fn(model, latents, actions, g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        after = evaluate()
+    assert after < 0.8 * before, (before, after)
