@@ -1,0 +1,277 @@
+"""The real-time loop: fixed 35 Hz simulation ticks, decoupled from the display refresh.
+
+    each tick:          poll input -> build the v1 action -> backend.step -> upload the frame (once)
+    each display frame: draw the latest frame + HUD -> flip
+
+When the backend falls behind, the last frame stays on screen, no catch-up ticks are queued, and the
+tick is counted late. All run state lives in one `PlayState`; nothing is global.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from array import array
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import pygame
+
+from input.bindings import Bindings
+from input.devices import InputState
+from world_model.actions import FIELDS, NOOP, Action
+from world_model.trace import Trace
+
+from .backends import Unsupported
+from .config import PlayConfig, resolve
+from .hud import Fonts, HudFlags, render_help, render_hud, surface_rgba
+from .record import Recorder
+from .timing import Stats
+
+log = logging.getLogger(__name__)
+MESSAGE_S = 4.0
+
+
+@dataclass
+class PlayState:
+    cfg: PlayConfig
+    backend: Any
+    bindings: Bindings
+    input: InputState
+    stats: Stats
+    seed: int = 0
+    frame: np.ndarray | None = None
+    action: Action = NOOP
+    actions: array = field(default_factory=lambda: array("d"))   # every action since reset, flat (ticks * 5)
+    paused: bool = False
+    step_once: bool = False
+    running: bool = True
+    show_hud: bool = True
+    show_help: bool = False
+    next_tick: float = 0.0
+    last_tick: float | None = None
+    last_present: float | None = None
+    unpresented: list[float] = field(default_factory=list)   # poll times of ticks not yet on screen
+    hud_due: float = 0.0
+    savestate: Any = None
+    recorder: Recorder | None = None
+    message: str = ""
+    message_until: float = 0.0
+    fonts: Fonts | None = None
+
+    def say(self, text: str) -> None:
+        log.info("%s", text)
+        self.message, self.message_until = text, time.perf_counter() + MESSAGE_S
+        self.hud_due = 0.0
+
+
+def new_state(cfg: PlayConfig, backend: Any, bindings: Bindings) -> PlayState:
+    return PlayState(cfg=cfg, backend=backend, bindings=bindings, input=InputState(bindings),
+                     stats=Stats(cfg.hud.history), seed=cfg.seed, show_hud=cfg.hud.show)
+
+
+def reset(state: PlayState, view: Any = None) -> None:
+    """Back to the seed: the context ticks (no-ops) are played again so traces replay from here."""
+    stop_recording(state)
+    context = [NOOP] * state.cfg.session.context
+    state.frame = state.backend.reset(state.seed, context)
+    state.actions = array("d", [v for a in context for v in a.to_list()])
+    if view is not None:
+        view.upload(state.frame)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------------
+
+def run(state: PlayState, window: Any = None, *, max_ticks: int | None = None, paced: bool = True,
+        script: Iterator[Action] | None = None) -> Stats:
+    """Play until quit (or `max_ticks`). `window=None` is headless; `script` replaces live input.
+    A recording still running at the end stays open (the caller stops it with `stop_recording`)."""
+    period = 1.0 / state.cfg.tick_hz
+    frame_period = 1.0 / state.cfg.window.max_fps
+    view = window.view if window is not None else None
+    if state.frame is None:
+        reset(state, view)
+    if view is not None and state.show_hud:
+        update_hud(state, view)           # font loading and the first render happen before the first tick
+    now = time.perf_counter()
+    state.next_tick = next_frame = now
+    while state.running and (max_ticks is None or state.stats.ticks < max_ticks):
+        if window is not None:
+            poll(state, window)
+        now = time.perf_counter()
+        if state.step_once or (not state.paused and (now >= state.next_tick or not paced)):
+            scheduled = state.next_tick if paced else now
+            tick(state, view, script)
+            end = time.perf_counter()
+            deadline = scheduled + period
+            if paced and not state.step_once and end > deadline:
+                state.stats.late += 1
+            state.next_tick = deadline if end <= deadline else end    # never queue catch-up ticks
+            state.step_once = False
+        if state.paused:
+            state.next_tick = time.perf_counter()
+        if window is not None and time.perf_counter() >= next_frame:
+            present(state, window)
+            next_frame = max(next_frame + frame_period, time.perf_counter() - frame_period)
+        if paced:
+            wake = min(state.next_tick, next_frame) if window is not None else state.next_tick
+            delay = wake - time.perf_counter()
+            if delay > 0.0005:
+                time.sleep(delay - 0.0003)
+    return state.stats
+
+
+def tick(state: PlayState, view: Any, script: Iterator[Action] | None) -> None:
+    t0 = time.perf_counter()
+    action = next(script, NOOP) if script is not None else state.input.action()
+    frame = state.backend.step(action)
+    t1 = time.perf_counter()
+    if view is not None:
+        view.upload(frame)
+    if state.recorder is not None:
+        state.recorder.add(frame, action)
+    t2 = time.perf_counter()
+    state.action, state.frame = action, frame
+    state.actions.extend(action.to_list())
+    s = state.stats
+    phases = state.backend.phases.last
+    s.model.add(phases.get("model_gpu", phases.get("model", phases.get("game", t1 - t0))))
+    s.tick.add(t2 - t0)
+    if state.last_tick is not None:
+        s.interval.add(t0 - state.last_tick)
+    state.last_tick = t0
+    state.unpresented.append(t0)
+    s.ticks += 1
+
+
+def present(state: PlayState, window: Any) -> None:
+    now = time.perf_counter()
+    if state.show_hud and now >= state.hud_due:
+        update_hud(state, window.view)
+        state.hud_due = now + 1.0 / state.cfg.hud.refresh_hz
+    if not window.present():
+        return
+    t = time.perf_counter()
+    for polled in state.unpresented:
+        state.stats.latency.add(t - polled)
+    state.unpresented.clear()
+    if state.last_present is not None:
+        state.stats.frame.add(t - state.last_present)
+    state.last_present = t
+    state.stats.frames += 1
+
+
+def update_hud(state: PlayState, view: Any) -> None:
+    if state.fonts is None:
+        state.fonts = Fonts(state.cfg.hud.font_size)
+    if time.perf_counter() > state.message_until:
+        state.message = ""
+    flags = HudFlags(paused=state.paused, message=state.message, devices=state.input.describe(),
+                     recording=state.recorder.seconds if state.recorder else None, budget=1.0 / state.cfg.tick_hz)
+    surf = render_hud(state.fonts, state.stats, state.backend.status(), state.action, flags)
+    view.set_overlay("hud", *surface_rgba(surf))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Input and commands
+# ----------------------------------------------------------------------------------------------------
+
+def poll(state: PlayState, window: Any) -> None:
+    for event in window.events():
+        if event.type == pygame.QUIT:
+            state.running = False
+            continue
+        command = state.input.handle(event)
+        if command is not None:
+            apply_command(state, window, command)
+
+
+def apply_command(state: PlayState, window: Any, command: str) -> None:
+    view = window.view if window is not None else None
+    b = state.backend
+    if command == "quit":
+        state.running = False
+    elif command == "help":
+        state.show_help = not state.show_help
+        if state.fonts is None:
+            state.fonts = Fonts(state.cfg.hud.font_size)
+        if state.show_help:
+            view.set_overlay("help", *surface_rgba(render_help(state.fonts, state.bindings)))
+        else:
+            view.set_overlay("help", None)
+    elif command == "hud":
+        state.show_hud = not state.show_hud
+        state.hud_due = 0.0
+        if not state.show_hud:
+            view.set_overlay("hud", None)
+    elif command == "pause":
+        state.paused = not state.paused
+        state.say("paused (single step: " + "/".join(state.bindings.controls.single_step) + ")" if state.paused else "resumed")
+    elif command == "single_step":
+        if state.paused:
+            state.step_once = True
+        else:
+            state.say("single step works while paused")
+    elif command == "reset":
+        reset(state, view)
+        state.say(f"reset to seed {state.seed}")
+    elif command in ("steps_1", "steps_2", "teacher"):
+        state.say(b.set_mode({"steps_1": "1", "steps_2": "2", "teacher": "teacher"}[command]))
+    elif command == "savestate":
+        try:
+            state.savestate = b.snapshot()
+            state.say("state saved")
+        except Unsupported as e:
+            state.say(str(e))
+    elif command == "restore":
+        restore(state, view)
+    elif command == "screenshot":
+        path = resolve(state.cfg.record.screenshot_dir) / time.strftime("dreamloop-%Y%m%d-%H%M%S.png")
+        state.say(f"screenshot: {window.screenshot(path)}")
+    elif command == "record":
+        toggle_recording(state)
+    elif command == "fullscreen":
+        state.say(window.toggle_fullscreen())
+    elif command == "filter":
+        view.sharp = not view.sharp
+        state.say("scaling: " + ("sharp-bilinear" if view.sharp else "nearest"))
+    elif command == "mouse_turn":
+        state.input.mouse_turn = not state.input.mouse_turn
+        window.grab_mouse(state.input.mouse_turn)
+        state.say("mouse turning " + ("on" if state.input.mouse_turn else "off"))
+
+
+def restore(state: PlayState, view: Any) -> None:
+    if state.savestate is None:
+        state.say("no savestate yet (save with " + "/".join(state.bindings.controls.savestate) + ")")
+        return
+    try:
+        state.frame = state.backend.restore(state.savestate)
+    except Unsupported as e:
+        state.say(str(e))
+        return
+    if view is not None:
+        view.upload(state.frame)
+    state.say("state restored")
+
+
+def toggle_recording(state: PlayState) -> None:
+    if state.recorder is not None:
+        stop_recording(state)
+        return
+    past = np.frombuffer(state.actions, np.float64).reshape(-1, len(FIELDS)).tolist()
+    header = Trace(seed=state.seed, actions=[], world=state.cfg.game.world, context=state.cfg.session.context,
+                   extra={"backend": state.backend.status().name, "video_start": len(past)})
+    state.recorder = Recorder(resolve(state.cfg.record.dir), header, (Action(*r[:3], int(r[3]), int(r[4])) for r in past),
+                              fps=state.cfg.tick_hz, crf=state.cfg.record.crf)
+    state.say(f"recording to {state.recorder.video_path}")
+
+
+def stop_recording(state: PlayState) -> None:
+    if state.recorder is None:
+        return
+    video, trace = state.recorder.close()
+    state.recorder = None
+    state.say(f"saved {video.name} and {trace.name}")
