@@ -167,3 +167,50 @@ class Game:
         frame = state.screen_buffer
         assert frame.shape == (self.cfg.height, self.cfg.width, 3), frame.shape
         return frame
+
+
+@dataclass(frozen=True)
+class Sector:
+    floor: float
+    ceiling: float
+    lines: np.ndarray          # [L, 5] float32: x1, y1, x2, y2, is_blocking
+
+
+_SECTORS: dict[tuple[str, str], list[Sector]] = {}
+
+
+def map_sectors(cfg: GameConfig, workdir: str | None = None) -> list[Sector]:
+    """The map's sectors (floor/ceiling heights and line segments), read once per (wad, map).
+
+    Used by the exploration policy to plan routes and by the coverage report to draw the map; the
+    model never sees it. Read from a separate short-lived DoomGame so that per-tick states stay small.
+    """
+    key = (cfg.wad, cfg.map)
+    if key not in _SECTORS:
+        import vizdoom as vzd
+
+        game = Game(GameConfig(wad=cfg.wad, map=cfg.map), workdir)
+        g = vzd.DoomGame()
+        g.set_doom_game_path(cfg.wad_path())
+        g.set_doom_map(cfg.map)
+        g.set_doom_config_path(os.path.join(game.workdir, "_vizdoom.ini"))
+        g.set_screen_resolution(vzd.ScreenResolution.RES_160X120)
+        g.set_window_visible(False)
+        g.set_sound_enabled(False)
+        g.set_sectors_info_enabled(True)
+        with _CHDIR_LOCK:
+            here = os.getcwd()
+            os.chdir(game.workdir)
+            try:
+                g.init()
+            finally:
+                os.chdir(here)
+        g.new_episode()
+        state = g.get_state()
+        _SECTORS[key] = [
+            Sector(float(s.floor_height), float(s.ceiling_height),
+                   np.array([[ln.x1, ln.y1, ln.x2, ln.y2, ln.is_blocking] for ln in s.lines], np.float32))
+            for s in state.sectors
+        ]
+        g.close()
+    return _SECTORS[key]

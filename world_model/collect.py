@@ -1,0 +1,221 @@
+"""Parallel data collection: many ViZDoom processes playing the exploration policy.
+
+Each worker owns a game, a policy and a few shared-memory slots. It fills a slot with `chunk_ticks`
+consecutive ticks (frames, the actions that produced them, episode starts), hands the slot index to
+the parent through a queue and moves on to a free slot. The parent copies the chunk out and gives
+the slot back, so frames cross process boundaries with one memcpy and no pickling.
+
+Alignment: actions[i] is the action applied on the tick that produced frames[i]; where starts[i] is
+True, frames[i] opens an episode and actions[i] is the no-op.
+
+    with Collector(CollectConfig(workers=16), seed=0) as col:
+        for chunk in col:          # forever, until you break
+            ...
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import time
+import traceback
+from dataclasses import dataclass, field, replace
+from multiprocessing import shared_memory
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+import numpy as np
+
+from .actions import DIM, NOOP, Action
+from .game import Game, GameConfig, map_sectors
+from .policy import ExplorerPolicy, PolicyConfig, RoutePlanner
+
+
+@dataclass(frozen=True)
+class CollectConfig:
+    workers: int = field(default=16, metadata={"min": 1, "max": 256})
+    chunk_ticks: int = field(default=256, metadata={"min": 8})
+    slots: int = field(default=4, metadata={"min": 2})             # shared-memory slots per worker
+    pin: bool = True                                                # one core per worker (ViZDoom runs faster)
+    mix: bool = True                                                # each worker perturbs the policy config
+    game: GameConfig = GameConfig(buffers=True)
+    policy: PolicyConfig = PolicyConfig()
+
+
+class Chunk(NamedTuple):
+    frames: np.ndarray    # (N, H, W, 3) uint8
+    actions: np.ndarray   # (N, 5) float32
+    starts: np.ndarray    # (N,) bool
+    worker: int
+
+
+def worker_policy(base: PolicyConfig, seed: int, mix: bool) -> PolicyConfig:
+    """A per-worker variation of the policy, so the data holds several play styles."""
+    if not mix:
+        return base
+    rng = np.random.default_rng([seed, 7])
+    lo = rng.uniform(0.2, 0.6)
+    return replace(base, speed_min=lo, speed_max=float(rng.uniform(lo + 0.2, 1.0)),
+                   turn_gain=float(rng.uniform(0.7, 1.4)), smoothing=float(rng.uniform(0.2, 0.6)),
+                   probe_prob=float(rng.uniform(0.005, 0.03)), strafe_prob=float(rng.uniform(0.1, 0.5)),
+                   fight=bool(rng.random() < 0.85))
+
+
+def play(game: Game, policy: ExplorerPolicy, seed: int, ticks: int) -> Iterator[tuple[np.ndarray, Action, bool]]:
+    """Policy play on one game: yields (frame, action that produced it, episode start)."""
+    frame = game.reset(seed)
+    yield frame, NOOP, True
+    for _ in range(ticks - 1):
+        action = policy.act(frame, game.tick_info)
+        frame = game.step(action)
+        yield frame, (NOOP if game.tick_info.new_episode else action), game.tick_info.new_episode
+
+
+def _slot_layout(cfg: CollectConfig) -> tuple[tuple[int, ...], int, int, int]:
+    shape = (cfg.chunk_ticks, cfg.game.height, cfg.game.width, 3)
+    nf = int(np.prod(shape))
+    na = cfg.chunk_ticks * DIM * 4
+    return shape, nf, na, nf + na + cfg.chunk_ticks
+
+
+def _views(buf, cfg: CollectConfig):
+    shape, nf, na, _ = _slot_layout(cfg)
+    frames = np.ndarray(shape, np.uint8, buf, 0)
+    actions = np.ndarray((cfg.chunk_ticks, DIM), np.float32, buf, nf)
+    starts = np.ndarray((cfg.chunk_ticks,), np.bool_, buf, nf + na)
+    return frames, actions, starts
+
+
+def _worker(idx: int, cfg: CollectConfig, seed: int, names: list[str], free: mp.Queue, done: mp.Queue,
+            stop: mp.Event) -> None:
+    try:
+        if cfg.pin and hasattr(os, "sched_setaffinity"):
+            cpus = sorted(os.sched_getaffinity(0))
+            os.sched_setaffinity(0, {cpus[idx % len(cpus)]})   # inherited by the engine process
+        shms = [shared_memory.SharedMemory(name=n) for n in names]
+        views = [_views(s.buf, cfg) for s in shms]
+        game = Game(cfg.game, workdir=os.path.join(Game(cfg.game).workdir, f"w{idx}"))
+        planner = RoutePlanner(map_sectors(cfg.game, game.workdir))
+        policy = ExplorerPolicy(worker_policy(cfg.policy, seed, cfg.mix), seed, planner)
+        stream = play(game, policy, seed, ticks=2**62)
+        while not stop.is_set():
+            try:
+                slot = free.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            frames, actions, starts = views[slot]
+            for i in range(cfg.chunk_ticks):
+                f, a, s = next(stream)
+                frames[i] = f
+                actions[i] = a.to_list()
+                starts[i] = s
+            done.put((idx, slot))
+        game.close()
+        del views
+        for s in shms:
+            s.close()
+    except Exception:
+        done.put((idx, traceback.format_exc()))
+
+
+class Collector:
+    """Runs `cfg.workers` game processes and yields their chunks as they arrive."""
+
+    def __init__(self, cfg: CollectConfig, seed: int):
+        self.cfg = cfg
+        ctx = mp.get_context("spawn")   # no fork: the parent may hold CUDA or torch threads
+        _, _, _, nbytes = _slot_layout(cfg)
+        self.stop = ctx.Event()
+        self.done = ctx.Queue()
+        self.shms, self.free, self.procs = [], [], []
+        for w in range(cfg.workers):
+            shms = [shared_memory.SharedMemory(create=True, size=nbytes) for _ in range(cfg.slots)]
+            free = ctx.Queue()
+            for s in range(cfg.slots):
+                free.put(s)
+            self.shms.append(shms)
+            self.free.append(free)
+            p = ctx.Process(target=_worker, daemon=True,
+                            args=(w, cfg, seed * 100_003 + w, [s.name for s in shms], free, self.done, self.stop))
+            p.start()
+            self.procs.append(p)
+        self.views = [[_views(s.buf, cfg) for s in shms] for shms in self.shms]
+        self.ticks = 0
+        self.t0 = time.perf_counter()
+
+    def __iter__(self) -> Iterator[Chunk]:
+        while True:
+            yield self.next()
+
+    def next(self, timeout: float = 300.0) -> Chunk:
+        deadline = time.perf_counter() + timeout
+        while True:
+            try:
+                w, slot = self.done.get(timeout=1.0)
+                break
+            except queue.Empty:
+                dead = [i for i, p in enumerate(self.procs) if p.exitcode not in (None, 0)]
+                if dead or time.perf_counter() > deadline:
+                    self.close()
+                    raise RuntimeError(f"collector: no chunk (workers that died: {dead}, "
+                                       f"waited up to {timeout:.0f} s)") from None
+        if isinstance(slot, str):
+            self.close()
+            raise RuntimeError(f"collector worker {w} failed:\n{slot}")
+        frames, actions, starts = self.views[w][slot]
+        chunk = Chunk(frames.copy(), actions.copy(), starts.copy(), w)
+        self.free[w].put(slot)
+        self.ticks += len(chunk.starts)
+        return chunk
+
+    @property
+    def rate(self) -> float:
+        """Frames per second delivered since start."""
+        return self.ticks / max(1e-9, time.perf_counter() - self.t0)
+
+    def close(self) -> None:
+        if not self.procs:
+            return
+        self.stop.set()
+        for p in self.procs:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.kill()
+        self.procs = []
+        self.views = []
+        for shms in self.shms:
+            for s in shms:
+                s.close()
+                s.unlink()
+        self.shms = []
+
+    def __enter__(self) -> "Collector":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def write_shards(cfg: CollectConfig, seed: int, ticks: int, out: str | Path, shard_ticks: int = 4096) -> list[Path]:
+    """Collect `ticks` ticks and write them as npz shards for inspection.
+
+    Chunks of different workers interleave in a shard: a worker's ticks are consecutive only within
+    the rows that carry its `worker` id.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths, parts, have = [], [], 0
+    with Collector(cfg, seed) as col:
+        while have < ticks:
+            c = col.next()
+            parts.append(c)
+            have += len(c.starts)
+            if sum(len(p.starts) for p in parts) >= shard_ticks or have >= ticks:
+                path = out / f"shard-{len(paths):05d}.npz"
+                np.savez(path, frames=np.concatenate([p.frames for p in parts]),
+                         actions=np.concatenate([p.actions for p in parts]),
+                         starts=np.concatenate([p.starts for p in parts]),
+                         worker=np.concatenate([np.full(len(p.starts), p.worker) for p in parts]))
+                paths.append(path)
+                parts = []
+    return paths

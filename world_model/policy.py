@@ -1,0 +1,261 @@
+"""Exploration policy: plays E1M1 roughly like a person finding their way around.
+
+It holds intentions for a while instead of drawing a new random action every tick, steers with analog
+values, slows down and turns away from walls it sees in the depth buffer, presses USE on close walls
+(doors), turns towards and shoots monsters from the labels buffer, notices when it is stuck and backs
+out, and prefers headings towards parts of the map it has visited least.
+
+Everything random comes from one numpy Generator seeded by the caller, so a (seed, policy config)
+pair always produces the same actions against the same game.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .actions import Action
+from .game import Sector, TickInfo
+
+# Freedoom object names that are enemies (labels buffer `object_name`).
+MONSTERS = frozenset({
+    "ZombieMan", "ShotgunGuy", "ChaingunGuy", "DoomImp", "Demon", "Spectre", "LostSoul", "Cacodemon",
+    "BaronOfHell", "HellKnight", "Revenant", "Fatso", "Arachnotron", "PainElemental", "Archvile",
+    "Cyberdemon", "SpiderMastermind", "WolfensteinSS",
+})
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    speed_min: float = field(default=0.35, metadata={"min": 0.0, "max": 1.0})   # cruising speed range
+    speed_max: float = field(default=1.0, metadata={"min": 0.0, "max": 1.0})
+    turn_gain: float = field(default=1.0, metadata={"min": 0.0, "max": 4.0})   # steering strength
+    smoothing: float = field(default=0.35, metadata={"min": 0.0, "max": 1.0})  # per-tick approach to target
+    probe_prob: float = field(default=0.01, metadata={"min": 0.0, "max": 1.0})  # chance per tick of a held probe action
+    strafe_prob: float = field(default=0.3, metadata={"min": 0.0, "max": 1.0})
+    fight: bool = True
+    novelty: float = field(default=1.0, metadata={"min": 0.0, "max": 10.0})    # pull towards unvisited cells
+    cell: float = field(default=128.0, metadata={"min": 16.0})                  # visitation grid cell, map units
+
+
+class RoutePlanner:
+    """Routes through the map's sector graph, so that exploration leaves the first room.
+
+    Sectors are nodes; two sectors sharing a two-sided line are linked through that line's midpoint
+    (a "portal"), unless the step up is higher than Doom lets a player climb (24 units). Closed doors
+    (ceiling == floor) stay linked: the policy presses USE when it bumps into one.
+    """
+
+    STEP = 24.0
+
+    def __init__(self, sectors: list[Sector]):
+        self.sectors = sectors
+        self.centre = np.array([s.lines[:, :4].reshape(-1, 2).mean(0) for s in sectors])   # (S, 2)
+        edges: dict[tuple, list[int]] = {}
+        for i, s in enumerate(sectors):
+            for x1, y1, x2, y2, blocking in s.lines:
+                if not blocking:
+                    key = tuple(sorted(((x1, y1), (x2, y2))))
+                    edges.setdefault(key, []).append(i)
+        self.links: dict[int, list[tuple[int, np.ndarray]]] = {i: [] for i in range(len(sectors))}
+        for (p, q), owners in edges.items():
+            mid = (np.array(p) + np.array(q)) / 2
+            for a in owners:
+                for b in owners:
+                    if a != b and sectors[b].floor - sectors[a].floor <= self.STEP:
+                        self.links[a].append((b, mid))
+
+    def locate(self, x: float, y: float) -> int:
+        """Index of the sector containing (x, y) (ray casting), or the nearest centre."""
+        for i, s in enumerate(self.sectors):
+            x1, y1, x2, y2 = s.lines[:, 0], s.lines[:, 1], s.lines[:, 2], s.lines[:, 3]
+            crosses = ((y1 > y) != (y2 > y)) & (x < (x2 - x1) * (y - y1) / np.where(y2 == y1, 1e-9, y2 - y1) + x1)
+            if crosses.sum() % 2 == 1:
+                return i
+        return int(np.argmin(((self.centre - (x, y)) ** 2).sum(1)))
+
+    def route(self, start: int, goal: int) -> list[np.ndarray] | None:
+        """Waypoints (portal midpoints, then the goal's centre) by breadth-first search."""
+        prev = {start: None}
+        queue = [start]
+        for node in queue:
+            if node == goal:
+                break
+            for nxt, mid in self.links[node]:
+                if nxt not in prev:
+                    prev[nxt] = (node, mid)
+                    queue.append(nxt)
+        if goal not in prev:
+            return None
+        points = [self.centre[goal]]
+        node = goal
+        while prev[node] is not None:
+            node, mid = prev[node]
+            points.append(mid)
+        return points[::-1]
+
+
+class ExplorerPolicy:
+    """`act(frame, info) -> Action`; `info` must come from a Game with buffers=True.
+
+    With a `planner`, cruising follows routes to rarely visited sectors; without one it steers
+    towards the least visited directions around it (slower to leave the first room).
+    """
+
+    def __init__(self, cfg: PolicyConfig, seed: int, planner: RoutePlanner | None = None):
+        self.cfg = cfg
+        self.rng = np.random.default_rng(seed)
+        self.planner = planner
+        self.visits: dict[tuple[int, int], int] = {}   # kept across episodes: same map
+        self.cur = np.zeros(3)                          # smoothed (forward, strafe, turn)
+        self._new_episode()
+
+    def _new_episode(self) -> None:
+        self.mode, self.mode_ticks = "cruise", 0
+        self.target = np.zeros(3)
+        self.speed = self.rng.uniform(self.cfg.speed_min, self.cfg.speed_max)
+        self.strafe = 0.0
+        self.heading_bias = 0.0
+        self.hist: list[tuple[float, float]] = []
+        self.probe = (0.0, 0.0, 0.0)
+        self.use_cooldown = 0
+        self.waypoints: list[np.ndarray] = []
+        self.route_age = 0
+
+    # -- sensing -------------------------------------------------------------------------------------
+    @staticmethod
+    def _sectors(depth: np.ndarray) -> tuple[float, float, float]:
+        """Mean depth (0..255, larger = farther) in left, centre and right thirds of the eye-level band."""
+        h, w = depth.shape
+        band = depth[int(h * 0.35): int(h * 0.6)].astype(np.float32)
+        third = w // 3
+        return band[:, :third].mean(), band[:, third: 2 * third].mean(), band[:, 2 * third:].mean()
+
+    def _monster(self, info: TickInfo, w: int) -> float | None:
+        """Horizontal offset in [-1, 1] of the biggest visible monster, or None."""
+        best, size = None, 0
+        for lab in info.labels or ():
+            if lab.object_name in MONSTERS and lab.width * lab.height > size:
+                best, size = lab, lab.width * lab.height
+        if best is None or size < 12:
+            return None
+        return float(np.clip((best.x + best.width / 2 - w / 2) / (w / 2), -1, 1))
+
+    def _cell(self, x: float, y: float) -> tuple[int, int]:
+        return int(x // self.cfg.cell), int(y // self.cfg.cell)
+
+    def _plan(self, info: TickInfo) -> None:
+        """Pick a rarely visited sector (weighted draw) and route to it."""
+        p = self.planner
+        here = p.locate(info.x, info.y)
+        visits = np.array([self.visits.get(self._cell(*c), 0) for c in p.centre], dtype=np.float64)
+        weight = 1.0 / (1.0 + visits) ** (1.0 + self.cfg.novelty)
+        weight[here] = 0.0
+        for _ in range(8):
+            goal = int(self.rng.choice(len(weight), p=weight / weight.sum()))
+            route = p.route(here, goal)
+            if route:
+                self.waypoints, self.route_age = route, 0
+                return
+            weight[goal] = 0.0
+            if weight.sum() == 0:
+                break
+        self.waypoints = []
+
+    def _heading_turn(self, info: TickInfo) -> float:
+        """Turn in [-1, 1] towards the next waypoint (or the least visited direction)."""
+        if self.planner is None:
+            return self.heading_bias
+        while self.waypoints and math.dist(self.waypoints[0], (info.x, info.y)) < 40:
+            self.waypoints.pop(0)
+        self.route_age += 1
+        if not self.waypoints or self.route_age > 700:
+            self._plan(info)
+        if not self.waypoints:
+            return 0.0
+        wx, wy = self.waypoints[0]
+        want = math.degrees(math.atan2(wy - info.y, wx - info.x))
+        diff = (want - info.angle + 180) % 360 - 180          # > 0: target is to the left
+        return float(np.clip(-diff / 30.0, -1, 1))              # our turn axis is positive to the right
+
+    def _novel_heading(self, info: TickInfo) -> float:
+        """Turn bias in [-1, 1] towards the least-visited of 8 directions around the player."""
+        c = self.cfg.cell
+        best, score = 0.0, math.inf
+        for k in range(8):
+            rel = (k - 3.5) / 3.5 * math.pi * 0.75          # -135..135 degrees relative to view
+            ang = math.radians(info.angle) + rel
+            s = self.visits.get(self._cell(info.x + 2 * c * math.cos(ang), info.y + 2 * c * math.sin(ang)), 0)
+            s += self.rng.uniform(0, 2)
+            if s < score:
+                best, score = rel, s
+        return float(np.clip(-best / (math.pi * 0.75), -1, 1))
+
+    # -- acting --------------------------------------------------------------------------------------
+    def act(self, frame: np.ndarray, info: TickInfo) -> Action:
+        cfg, rng = self.cfg, self.rng
+        if info.new_episode:
+            self._new_episode()
+        cell = self._cell(info.x, info.y)
+        self.visits[cell] = self.visits.get(cell, 0) + 1
+        self.hist.append((info.x, info.y))
+        del self.hist[:-40]
+        left, centre, right = self._sectors(info.depth) if info.depth is not None else (128.0, 128.0, 128.0)
+        attack = use = 0
+        self.use_cooldown = max(0, self.use_cooldown - 1)
+        self.mode_ticks -= 1
+
+        if self.mode == "probe" and self.mode_ticks > 0:
+            return self._emit(np.array(self.probe), 0, 0, snap=True)
+        stuck = len(self.hist) == 40 and math.dist(self.hist[0], self.hist[-1]) < 24 and self.mode == "cruise"
+        if stuck:
+            self.mode, self.mode_ticks = "unstick", int(rng.integers(10, 30))
+            side = rng.choice([-1.0, 1.0])
+            self.target = np.array([-rng.uniform(0.4, 1.0), rng.uniform(-0.5, 0.5), side * rng.uniform(0.5, 1.0)])
+            self.hist.clear()
+            if rng.random() < 0.3:
+                self.waypoints = []                  # maybe a locked door: go somewhere else
+            if self.use_cooldown == 0:
+                use, self.use_cooldown = 1, 20       # maybe it was a door
+        elif self.mode == "unstick" and self.mode_ticks > 0:
+            pass
+        elif rng.random() < cfg.probe_prob:
+            # A held "test" action: pure turns, backpedals and strafes teach action response.
+            self.mode, self.mode_ticks = "probe", int(rng.integers(6, 30))
+            mag = float(rng.choice([rng.uniform(0.2, 1.0), 1.0]))
+            sign = float(rng.choice([-1.0, 1.0]))
+            kind = int(rng.integers(0, 5))
+            self.probe = [(0, 0, sign * mag), (-mag, 0, 0), (0, sign * mag, 0), (mag, 0, sign * mag * 0.5),
+                          (0, 0, 0)][kind]
+            return self._emit(np.array(self.probe, dtype=float), 0, 0, snap=True)
+        else:
+            self.mode = "cruise"
+            if self.mode_ticks <= 0:
+                self.mode_ticks = int(rng.integers(20, 90))
+                self.speed = rng.uniform(cfg.speed_min, cfg.speed_max)
+                self.heading_bias = self._novel_heading(info) * cfg.novelty
+                self.strafe = rng.uniform(-0.8, 0.8) if rng.random() < cfg.strafe_prob else 0.0
+            # Steer towards the route, nudged away from the nearer side wall.
+            openness = (right - left) / 64.0
+            turn = cfg.turn_gain * (self._heading_turn(info) + 0.3 * np.tanh(openness))
+            fwd = self.speed * (0.4 if abs(turn) > 0.8 else 1.0)
+            if centre < 12:        # a wall right ahead: slow down, maybe it is a door
+                fwd = min(fwd, 0.3)
+                if self.use_cooldown == 0:
+                    use, self.use_cooldown = 1, 25
+            self.heading_bias *= 0.97
+            self.target = np.array([fwd, self.strafe, np.clip(turn, -1, 1)])
+            mon = self._monster(info, frame.shape[1]) if cfg.fight else None
+            if mon is not None:
+                self.target[2] = np.clip(2.5 * mon, -1, 1)
+                self.target[0] *= 0.5
+                attack = int(abs(mon) < 0.25 and rng.random() < 0.8)
+        return self._emit(self.target, attack, use)
+
+    def _emit(self, target: np.ndarray, attack: int, use: int, snap: bool = False) -> Action:
+        # Sticks move continuously: approach the target instead of jumping (except for held probes).
+        a = 1.0 if snap else self.cfg.smoothing
+        self.cur = (1 - a) * self.cur + a * target
+        f, s, t = (float(np.clip(round(v, 4), -1, 1)) for v in self.cur)
+        return Action(forward=f, strafe=s, turn=t, attack=attack, use=use)
