@@ -64,26 +64,11 @@ class KVCache:
         self.position = 0
         self._sync()
 
-    # ---- slot arithmetic (pure functions of position; unit-tested) ----
+    # ---- slot arithmetic (all of it; unit-tested) ----
 
     def slot_of(self, frame: int) -> int:
         """Slot that holds (or will hold) absolute frame `frame`."""
         return frame if frame < self.sink else self.sink + (frame - self.sink) % self.window
-
-    def frame_in_slot(self, slot: int) -> int:
-        """Absolute frame currently stored in `slot`, or -1 if the slot is empty."""
-        if slot < self.sink:
-            return slot if slot < self.position else -1
-        j = slot - self.sink
-        last = self.position - 1 - self.sink - j  # frames of this ring slot are sink + j + k*W
-        return self.sink + j + self.window * (last // self.window) if last >= 0 else -1
-
-    def temporal_position(self, frame: int) -> int:
-        """Window-relative position of a stored frame: sink 0..S-1, window S.. oldest first."""
-        if frame < self.sink:
-            return frame
-        oldest = max(self.sink, self.position - self.window)
-        return self.sink + frame - oldest
 
     @property
     def next_position(self) -> int:
@@ -94,14 +79,31 @@ class KVCache:
     def evictions(self) -> int:
         return max(0, self.position - self.slots)
 
+    def frames_in_slots(self) -> Tensor:
+        """(slots,) absolute frame held by each slot, -1 where empty. Ring slot j holds the frames
+        sink + j + k * W; the newest such frame below `position` is the one still there."""
+        S, W, n = self.sink, self.window, self.position
+        slot = torch.arange(self.slots, device=self.valid.device)
+        last = n - 1 - slot                                   # ring: (n - 1 - S - j) with j = slot - S
+        ring = slot + W * torch.div(last, W, rounding_mode="floor")
+        frame = torch.where(slot < S, slot, torch.where(last >= 0, ring, -1))
+        return torch.where((slot < S) & (slot >= n), -1, frame)
+
+    def frame_in_slot(self, slot: int) -> int:
+        return int(self.frames_in_slots()[slot])
+
     def _sync(self) -> None:
-        """Recompute the read-time tables from `position` and copy them into their fixed buffers."""
-        frames = [self.frame_in_slot(s) for s in range(self.slots)]
-        self.valid.copy_(torch.tensor([f >= 0 for f in frames]))
-        self.slot_pos.copy_(torch.tensor([float(self.temporal_position(f)) if f >= 0 else 0.0 for f in frames]))
-        self._query_pos.copy_(self.next_position + torch.arange(self.slots, dtype=torch.float32))
+        """Recompute the read-time tables from `position` into their fixed buffers, on the device (no
+        host round trip). Window positions are S + (frame - oldest window frame)."""
+        frame = self.frames_in_slots()
+        oldest = max(self.sink, self.position - self.window)
+        pos = torch.where(frame < self.sink, frame, self.sink + frame - oldest)
+        self.valid.copy_(frame >= 0)
+        self.slot_pos.copy_(torch.where(frame >= 0, pos, 0))
+        arange = torch.arange(self.slots, device=self.valid.device)
+        self._query_pos.copy_(self.next_position + arange)
         first = self.slot_of(self.position) * self.tokens_per_frame
-        self._write_tok.copy_(first + torch.arange(self._write_tok.numel()))
+        self._write_tok.copy_(first + torch.arange(self._write_tok.numel(), device=self.valid.device))
 
     # ---- what the model calls ----
 

@@ -53,7 +53,7 @@ class Session:
         self.autoencoder = autoencoder
         self.sampler = sampler
         self.check_finite = check_finite
-        self.generator = torch.Generator().manual_seed(seed)  # CPU: same noise on every device
+        self.generator = torch.Generator(self.device).manual_seed(seed)  # noise drawn where it is used
         self.cache: KVCache | None = None
         self.frame = 0                  # frames produced by step() since reset
         self.last_latent: Tensor | None = None
@@ -115,7 +115,7 @@ class Session:
         B = self.cache.batch
         a = self._action_tensor(actions, B, None)                                         # (B, A)
         C, h, w = self.model.config.latent_shape
-        noise = torch.randn((B, C, h, w), generator=self.generator).to(self.device)      # 1. noise
+        noise = torch.randn((B, C, h, w), generator=self.generator, device=self.device)  # 1. noise
 
         def velocity(x: Tensor, t: float, use_action: bool) -> Tensor:                   # READONLY pass
             tt = torch.full((B, 1), t, device=self.device)
