@@ -109,6 +109,10 @@ def test_step_depends_on_action_schedule_and_guidance():
     assert not torch.allclose(s.step(ACTIONS[1], steps=3), base)
     s.restore(snap)
     assert torch.equal(s.step(ACTIONS[0], steps=3), base)
+    s.restore(snap)  # one Action is shared by the whole batch
+    shared = s.step(Action(forward=1.0), steps=3)
+    s.restore(snap)
+    assert torch.equal(shared, s.step(torch.tensor([[1.0, 0, 0, 0, 0]] * 2), steps=3))
 
 
 def test_snapshot_restore_reproduces_next_frames():

@@ -371,8 +371,8 @@ class WorldModel(nn.Module):
         return model
 
 
-def save_model(path: str | Path, model: WorldModel, *, kind: str = "teacher", dtype: torch.dtype | None = torch.bfloat16,
-               meta: Mapping[str, str] | None = None) -> list[Path]:
+def save_model(path: str | Path, model: WorldModel, *, kind: str = "teacher",
+               dtype: torch.dtype | None = torch.bfloat16, meta: Mapping[str, str] | None = None) -> list[Path]:
     """Write a WorldModel checkpoint (weights cast to `dtype`, config in the metadata) via checkpoint.save."""
     return checkpoint.save(path, model.state_for_save(dtype), kind=kind, config=model.config_dict(), meta=meta)
 

@@ -171,9 +171,12 @@ class Session:
         elif isinstance(actions, (list, tuple)) and actions and isinstance(actions[0], Action):
             actions = [a.to_list() for a in actions]
         a = torch.as_tensor(actions, dtype=torch.float32, device=self.device)
-        want = (batch, self.model.config.action_dim) if frames is None else (batch, frames, self.model.config.action_dim)
+        dim = self.model.config.action_dim
+        want = (batch, dim) if frames is None else (batch, frames, dim)
         if a.dim() == len(want) - 1:
-            a = a[None].expand(want)  # one action (sequence) shared by the whole batch
+            a = a[None]
+        if a.shape[0] == 1 and tuple(a.shape[1:]) == want[1:]:
+            a = a.expand(want)  # one action (sequence) shared by the whole batch
         if tuple(a.shape) != want:
             raise ValueError(f"actions have shape {tuple(a.shape)}, expected {want}")
         return a
