@@ -58,6 +58,7 @@ class DataConfig:
     pool_frames: int = field(default=50_000, metadata={"min": 16})
     min_fill: int = field(default=5_000, metadata={"min": 1})       # pool frames before training starts
     keep_every: int = field(default=2, metadata={"min": 1})         # neighbouring ticks are near duplicates
+    max_fps: float = field(default=0.0, metadata={"min": 0.0})      # cap on frames read once filled; 0: none
 
 
 @dataclass(frozen=True)
@@ -181,12 +182,17 @@ class Feeder(threading.Thread):
         self.error: BaseException | None = None
 
     def run(self) -> None:
+        t0, seen = time.perf_counter(), 0
         try:
             for frames, worker in self.stream:
                 if self.stop.is_set():
                     break
                 kept = frames[:: self.data.keep_every]
                 (self.heldout if worker < self.data.heldout_workers else self.pool).add(kept)
+                seen += len(frames)
+                # An in-process source would otherwise take the GIL from the training loop.
+                if self.data.max_fps and self.pool.size >= self.data.min_fill:
+                    time.sleep(max(0.0, seen / self.data.max_fps - (time.perf_counter() - t0)))
         except BaseException as e:   # reported by the training loop
             self.error = e
         finally:
@@ -269,9 +275,9 @@ def evaluate(model: Autoencoder, frames: np.ndarray, device: torch.device, dtype
 
 
 @torch.no_grad()
-def latent_std(model: Autoencoder, pool: FramePool, device: torch.device, batches: int = 16) -> float:
+def latent_std(model: Autoencoder, pool: FramePool, device: torch.device, batches: int = 8) -> float:
     model.eval()
-    zs = [model.encode_raw(frames_to_model(torch.from_numpy(pool.sample(64)).to(device))).float() for _ in range(batches)]
+    zs = [model.encode_raw(frames_to_model(torch.from_numpy(pool.sample(32)).to(device))).float() for _ in range(batches)]
     model.train()
     return torch.cat(zs).std().item()
 
@@ -444,6 +450,7 @@ def main(cfg: TrainConfig, out: Path, resume: bool = False, stream: Stream | Non
     finally:
         feeder.stop.set()
         metrics.close()
+    feeder.join(timeout=30)   # frees the CPU for the final evaluation and timing
     return _finish(cfg, out, model, ema, pool, heldout, device, amp, step, minutes)
 
 
