@@ -47,6 +47,7 @@ class Chunk(NamedTuple):
     actions: np.ndarray   # (N, 5) float32
     starts: np.ndarray    # (N,) bool
     worker: int
+    pos: np.ndarray       # (N, 3) float32: player x, y, angle (for coverage reports; not a model input)
 
 
 def worker_policy(base: PolicyConfig, seed: int, mix: bool) -> PolicyConfig:
@@ -62,28 +63,33 @@ def worker_policy(base: PolicyConfig, seed: int, mix: bool) -> PolicyConfig:
 
 
 def play(game: Game, policy: ExplorerPolicy, seed: int, ticks: int) -> Iterator[tuple[np.ndarray, Action, bool]]:
-    """Policy play on one game: yields (frame, action that produced it, episode start)."""
+    """Policy play on one game: yields (frame, action applied on the tick that led to it, episode start).
+
+    The first item comes from reset() and carries the no-op. Where a death or exit restarted the game,
+    the frame opens the new episode and the action is the one applied on the old episode's last tick.
+    """
     frame = game.reset(seed)
     yield frame, NOOP, True
     for _ in range(ticks - 1):
         action = policy.act(frame, game.tick_info)
         frame = game.step(action)
-        yield frame, (NOOP if game.tick_info.new_episode else action), game.tick_info.new_episode
+        yield frame, action, game.tick_info.new_episode
 
 
 def _slot_layout(cfg: CollectConfig) -> tuple[tuple[int, ...], int, int, int]:
     shape = (cfg.chunk_ticks, cfg.game.height, cfg.game.width, 3)
     nf = int(np.prod(shape))
     na = cfg.chunk_ticks * DIM * 4
-    return shape, nf, na, nf + na + cfg.chunk_ticks
+    return shape, nf, na, nf + na + cfg.chunk_ticks * 12 + cfg.chunk_ticks
 
 
 def _views(buf, cfg: CollectConfig):
     shape, nf, na, _ = _slot_layout(cfg)
     frames = np.ndarray(shape, np.uint8, buf, 0)
     actions = np.ndarray((cfg.chunk_ticks, DIM), np.float32, buf, nf)
-    starts = np.ndarray((cfg.chunk_ticks,), np.bool_, buf, nf + na)
-    return frames, actions, starts
+    pos = np.ndarray((cfg.chunk_ticks, 3), np.float32, buf, nf + na)
+    starts = np.ndarray((cfg.chunk_ticks,), np.bool_, buf, nf + na + cfg.chunk_ticks * 12)
+    return frames, actions, starts, pos
 
 
 def _worker(idx: int, cfg: CollectConfig, seed: int, names: list[str], free: mp.Queue, done: mp.Queue,
@@ -103,11 +109,13 @@ def _worker(idx: int, cfg: CollectConfig, seed: int, names: list[str], free: mp.
                 slot = free.get(timeout=0.5)
             except queue.Empty:
                 continue
-            frames, actions, starts = views[slot]
+            frames, actions, starts, pos = views[slot]
             for i in range(cfg.chunk_ticks):
                 f, a, s = next(stream)
+                info = game.tick_info
+                pos[i] = (info.x, info.y, info.angle)
                 frames[i] = f
-                actions[i] = a.to_list()
+                actions[i] = NOOP.to_list() if s else a.to_list()   # a start frame follows no action
                 starts[i] = s
             done.put((idx, slot))
         game.close()
@@ -162,8 +170,8 @@ class Collector:
         if isinstance(slot, str):
             self.close()
             raise RuntimeError(f"collector worker {w} failed:\n{slot}")
-        frames, actions, starts = self.views[w][slot]
-        chunk = Chunk(frames.copy(), actions.copy(), starts.copy(), w)
+        frames, actions, starts, pos = self.views[w][slot]
+        chunk = Chunk(frames.copy(), actions.copy(), starts.copy(), w, pos.copy())
         self.free[w].put(slot)
         self.ticks += len(chunk.starts)
         return chunk

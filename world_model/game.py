@@ -30,12 +30,14 @@ class GameConfig:
     height: int = field(default=120, metadata={"min": 120, "max": 1080})
     skill: int = field(default=2, metadata={"min": 1, "max": 5})
     buffers: bool = False           # depth and labels buffers (the exploration policy needs them)
-    episode_ticks: int = field(default=0, metadata={"min": 0})  # 0: no limit
+    episode_ticks: int = field(default=0, metadata={"min": 0})  # 0: no limit; counts the warm-up tics
 
     def __post_init__(self) -> None:
         import vizdoom as vzd
 
         name = f"RES_{self.width}X{self.height}"
+        if 0 < self.episode_ticks <= Game.WARMUP_TICS + 1:
+            raise ValueError(f"episode_ticks: must be 0 or more than {Game.WARMUP_TICS + 1}, got {self.episode_ticks}")
         if not hasattr(vzd.ScreenResolution, name):
             raise ValueError(f"width/height: ViZDoom has no resolution {self.width}x{self.height}")
 
@@ -73,6 +75,8 @@ class TickInfo:
 
 class Game:
     """One ViZDoom instance. Not thread-safe; use one per process or thread."""
+
+    WARMUP_TICS = 7   # measured: forward input first moves the player on the 8th tic
 
     def __init__(self, cfg: GameConfig = GameConfig(), workdir: str | None = None):
         self.cfg = cfg
@@ -119,6 +123,10 @@ class Game:
             finally:
                 os.chdir(here)
         g.new_episode()
+        # The engine ignores input for its first tics; spend them here so that every frame we
+        # return answers the action that produced it.
+        for _ in range(self.WARMUP_TICS):
+            g.advance_action(1)
         return g
 
     def close(self) -> None:

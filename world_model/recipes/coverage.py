@@ -1,0 +1,118 @@
+"""Coverage and throughput of the data collector.
+
+    python -m world_model.recipes.coverage --ticks 100000 --workers 16 --out OUT
+
+Runs the parallel collector (the same code that feeds training) for `--ticks` ticks and writes:
+  OUT/coverage.png         map-visitation heat map over the map's lines
+  OUT/actions.png          histograms of every action field
+  OUT/coverage.json        numbers: throughput, episodes, cells and sectors reached, action stats
+  OUT/throughput.csv       frames delivered over time
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..actions import FIELDS
+from ..collect import CollectConfig, Collector
+from ..game import GameConfig, map_sectors
+from ..policy import RoutePlanner
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ticks", type=int, default=100_000)
+    ap.add_argument("--workers", type=int, default=16)
+    ap.add_argument("--chunk", type=int, default=256)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--width", type=int, default=160)
+    ap.add_argument("--height", type=int, default=120)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    cfg = CollectConfig(workers=args.workers, chunk_ticks=args.chunk,
+                        game=GameConfig(width=args.width, height=args.height, buffers=True))
+    pos, acts, starts, log = [], [], 0, []
+    t0 = time.perf_counter()
+    with Collector(cfg, args.seed) as col:
+        first = col.next()
+        t_first = time.perf_counter() - t0
+        col.ticks, col.t0 = 0, time.perf_counter()   # steady-state rate: leave start-up out
+        chunk, have = first, 0
+        while True:
+            pos.append(chunk.pos)
+            acts.append(chunk.actions[~chunk.starts])
+            starts += int(chunk.starts.sum())
+            have += len(chunk.starts)
+            log.append((time.perf_counter() - t0, col.ticks, col.rate))
+            if have >= args.ticks:
+                break
+            chunk = col.next()
+        rate = col.rate
+    print(f"collector: {rate:,.0f} frames/s steady state with {args.workers} workers at "
+          f"{args.width}x{args.height} (first chunk after {t_first:.1f} s)")
+    with open(out / "throughput.csv", "w") as f:
+        f.write("seconds,frames,frames_per_s\n")
+        f.writelines(f"{t:.3f},{n},{r:.1f}\n" for t, n, r in log)
+
+    pos = np.concatenate(pos)
+    acts = np.concatenate(acts)
+    sectors = map_sectors(cfg.game)
+    planner = RoutePlanner(sectors)
+    step = max(1, len(pos) // 20_000)   # locating every tick is slow; a sample is enough
+    reached = {planner.locate(x, y) for x, y, _ in pos[::step]}
+    cells = {(int(x // 128), int(y // 128)) for x, y, _ in pos}
+    stats = {
+        "ticks": int(len(pos)), "workers": args.workers, "frames_per_s": round(rate, 1),
+        "resolution": f"{args.width}x{args.height}", "first_chunk_s": round(t_first, 2),
+        "episode_starts": starts, "cells_128u_visited": len(cells),
+        "sectors_reached": len(reached), "sectors_total": len(sectors),
+        "actions": {name: {"mean": float(acts[:, i].mean()), "abs_mean": float(np.abs(acts[:, i]).mean()),
+                           "nonzero": float((acts[:, i] != 0).mean())} for i, name in enumerate(FIELDS)},
+    }
+    (out / "coverage.json").write_text(json.dumps(stats, indent=2))
+    plot(pos, acts, sectors, out)
+    print(json.dumps(stats))
+
+
+def plot(pos: np.ndarray, acts: np.ndarray, sectors, out: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    lines = np.concatenate([s.lines for s in sectors])
+    fig, ax = plt.subplots(figsize=(7, 6))
+    lo, hi = lines[:, :4].reshape(-1, 2).min(0) - 64, lines[:, :4].reshape(-1, 2).max(0) + 64
+    bins = [np.arange(lo[0], hi[0], 32), np.arange(lo[1], hi[1], 32)]
+    h, xe, ye = np.histogram2d(pos[:, 0], pos[:, 1], bins=bins)
+    im = ax.pcolormesh(xe, ye, np.ma.masked_equal(h.T, 0), norm=LogNorm(), cmap="inferno_r")
+    for x1, y1, x2, y2, blocking in lines:
+        ax.plot([x1, x2], [y1, y2], color="k" if blocking else "0.7", lw=0.4)
+    ax.set_aspect("equal")
+    ax.set_title(f"E1M1 visitation, {len(pos):,} ticks (ticks per 32x32 cell)")
+    fig.colorbar(im, ax=ax, shrink=0.7)
+    fig.tight_layout()
+    fig.savefig(out / "coverage.png", dpi=90)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(FIELDS), figsize=(13, 2.6))
+    for i, (ax, name) in enumerate(zip(axes, FIELDS)):
+        v = acts[:, i]
+        ax.hist(v, bins=41 if i < 3 else [-0.5, 0.5, 1.5], range=(-1, 1) if i < 3 else None, color="tab:blue")
+        ax.set_yscale("log")
+        ax.set_title(name)
+    fig.suptitle(f"action histogram ({len(acts):,} ticks)")
+    fig.tight_layout()
+    fig.savefig(out / "actions.png", dpi=80)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
