@@ -55,7 +55,7 @@ def pick_device(requested: str) -> tuple[str, str]:
     import torch
 
     if requested == "cpu":
-        return "cpu", "cpu"
+        return "cpu", "cpu" if torch.cuda.is_available() else "cpu (no GPU found)"
     if torch.cuda.is_available():
         return "cuda", f"cuda: {torch.cuda.get_device_name()}"
     if requested == "cuda":
