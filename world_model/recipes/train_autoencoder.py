@@ -28,6 +28,7 @@ import copy
 import csv
 import json
 import math
+import signal
 import sys
 import threading
 import time
@@ -67,7 +68,7 @@ class LossConfig:
     grad: float = field(default=0.5, metadata={"min": 0.0})
     mse: float = field(default=1.0, metadata={"min": 0.0})
     latent_l2: float = field(default=1e-4, metadata={"min": 0.0})
-    latent_noise: float = field(default=0.1, metadata={"min": 0.0})   # times the batch latent std
+    latent_noise: float = field(default=0.05, metadata={"min": 0.0})   # times the batch latent std
 
 
 @dataclass(frozen=True)
@@ -398,7 +399,8 @@ def plot(out: Path) -> None:
     a.set_yscale("log")
     a.set_xlabel("step")
     a.set_title("training loss")
-    a.legend()
+    if a.lines:
+        a.legend()
     pts = [(int(r["step"]), float(r["psnr"])) for r in rows if r["psnr"]]
     if pts:
         b.plot(*zip(*pts), marker="o", label="EMA model")
@@ -541,6 +543,10 @@ def _overrides(pairs: list[str]) -> dict:
     return out
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def cli(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("config", type=Path)
@@ -548,6 +554,7 @@ def cli(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", action="store_true", help="continue from --out/train_state.safetensors")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
     args = p.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)   # a killed job saves like Ctrl-C does
     try:
         cfg = settings.load(args.config, TrainConfig, _overrides(args.set))
         main(cfg, args.out, resume=args.resume)
