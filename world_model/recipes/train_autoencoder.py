@@ -480,7 +480,7 @@ def _train(cfg, model, ema, opt, step_fn, pool, heldout, feeder, metrics, device
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             if ema is not None:
-                ema_update(ema, model, cfg.ema)
+                ema_update(ema, model, min(cfg.ema, (1 + step) / (10 + step)))   # warm-up: no bias to the init
             step += 1
             minutes = (time.perf_counter() - t_start) / 60
             bar.update(1)
