@@ -31,7 +31,7 @@ from . import checkpoint
 
 @dataclass(frozen=True)
 class AutoencoderConfig:
-    latent_channels: int = field(default=16, metadata={"min": 1, "max": 256})
+    latent_channels: int = field(default=32, metadata={"min": 1, "max": 256})
     downsample: int = field(default=8, metadata={"choices": (2, 4, 8, 16)})
     height: int = field(default=120, metadata={"min": 8})
     width: int = field(default=160, metadata={"min": 8})

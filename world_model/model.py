@@ -40,7 +40,7 @@ T_SCALE = 1000.0  # rectified_flow_t_scaling_factor: the network sees t * 1000
 
 @dataclass(frozen=True)
 class ModelConfig:
-    latent_channels: int = field(default=16, metadata={"min": 1})
+    latent_channels: int = field(default=32, metadata={"min": 1})
     latent_h: int = field(default=15, metadata={"min": 1})
     latent_w: int = field(default=20, metadata={"min": 1})
     patch: int = field(default=2, metadata={"min": 1})
