@@ -33,7 +33,7 @@ def test_shapes_and_uint8():
     assert model.decode(z).shape == (2, 3, 48, 64)
     frames = model.decode_uint8(z * 50)   # far out of range: must clamp, not wrap
     assert frames.shape == (2, 48, 64, 3) and frames.dtype == torch.uint8 and frames.is_contiguous()
-    assert AutoencoderConfig().latent_shape == (16, 15, 20)   # the default: 160x120 -> 20x15
+    assert AutoencoderConfig().latent_shape == (32, 15, 20)   # the default: 160x120 -> 20x15
 
 
 def test_scale_is_applied_both_ways():
