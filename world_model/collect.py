@@ -167,6 +167,17 @@ class Collector:
                     self.close()
                     raise RuntimeError(f"collector: no chunk (workers that died: {dead}, "
                                        f"waited up to {timeout:.0f} s)") from None
+        return self._take(w, slot)
+
+    def poll(self) -> Chunk | None:
+        """A chunk if one is ready, else None: lets a training loop drain data between steps."""
+        try:
+            w, slot = self.done.get_nowait()
+        except queue.Empty:
+            return None
+        return self._take(w, slot)
+
+    def _take(self, w: int, slot: int | str) -> Chunk:
         if isinstance(slot, str):
             self.close()
             raise RuntimeError(f"collector worker {w} failed:\n{slot}")

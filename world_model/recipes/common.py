@@ -1,0 +1,136 @@
+"""Pieces every training recipe shares: schedule, EMA, resumable state, metrics CSV and plots, CLI overrides."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import math
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+import yaml
+from torch import nn
+
+import settings
+from world_model import checkpoint
+
+
+def autocast(device: torch.device, enabled: bool = True):
+    """bf16 autocast on CUDA only: CPU runs stay in float32 so tests compare exactly."""
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def lr_at(step: int, minutes: float, *, lr: float, min_lr: float, warmup: int, steps: int,
+          max_minutes: float) -> float:
+    """Linear warm-up, then cosine to min_lr over whichever runs out first: steps or minutes."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, steps - warmup)
+    if max_minutes > 0:
+        progress = max(progress, minutes / max_minutes)
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1.0 - decay)
+
+
+def save_state(path: Path, modules: Mapping[str, nn.Module], opt: torch.optim.Optimizer, *, config: Any,
+               meta: Mapping[str, str]) -> None:
+    """Everything needed to resume (weights, EMA, optimizer moments) as one kind="train_state" checkpoint."""
+    tensors = {f"{name}.{k}": v for name, m in modules.items() for k, v in m.state_dict().items()}
+    for i, state in opt.state_dict()["state"].items():
+        tensors.update({f"opt.{i}.{k}": torch.as_tensor(v) for k, v in state.items()})
+    checkpoint.save(path, tensors, kind="train_state", config=config, meta=dict(meta))
+
+
+def load_state(path: Path, modules: Mapping[str, nn.Module], opt: torch.optim.Optimizer,
+               config: Mapping[str, Any]) -> dict[str, str]:
+    """Restore in place and return the metadata; CheckpointError if it was written for another config."""
+    tensors, stored, meta = checkpoint.load(path, kind="train_state")
+    if stored != config:
+        raise checkpoint.CheckpointError(f"{path}: was trained with another model config")
+    for name, m in modules.items():
+        m.load_state_dict({k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")})
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, i, key = k.split(".", 2)
+            state.setdefault(int(i), {})[key] = v
+    opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
+    return meta
+
+
+class Metrics:
+    """Append-only CSV (resume keeps the earlier rows) plus optional TensorBoard scalars."""
+
+    def __init__(self, path: Path, fields: Iterable[str], resume: bool, tensorboard: Path | None = None):
+        self.path = path
+        self.fields = list(fields)
+        fresh = not (resume and path.exists())
+        self.file = open(path, "w" if fresh else "a", newline="")
+        self.writer = csv.DictWriter(self.file, self.fields, extrasaction="ignore")
+        if fresh:
+            self.writer.writeheader()
+        self.tb = None
+        if tensorboard is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(str(tensorboard))
+            except ImportError:   # tensorboard is optional on the GPU machine
+                self.tb = None
+
+    def write(self, row: Mapping[str, Any]) -> None:
+        self.writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        self.file.flush()
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, row["step"])
+
+    def close(self) -> None:
+        self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def plot_csv(csv_path: Path, png_path: Path, panels: Mapping[str, tuple[list[str], bool]], title: str = "") -> None:
+    """One panel per entry: name -> (columns, log scale). Empty cells are skipped."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(csv_path) as f:
+        rows = list(csv.DictReader(f))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
+    for ax, (name, (cols, log)) in zip(axes[0], panels.items()):
+        for col in cols:
+            pts = [(int(r["step"]), float(r[col])) for r in rows if r.get(col)]
+            if pts:
+                ax.plot(*zip(*pts), label=col, marker="o" if len(pts) < 30 else None)
+        if log:
+            ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_title(name)
+        if ax.lines:
+            ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=90)
+    plt.close(fig)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """--set KEY=VALUE pairs (VALUE parsed as YAML) -> {dotted key: value}."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise settings.SettingsError(f"--set {pair!r}: expected KEY=VALUE")
+        out[key] = yaml.safe_load(value)
+    return out

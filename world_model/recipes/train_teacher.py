@@ -1,0 +1,321 @@
+"""Train the multi-step teacher: a block-causal action-conditioned DiT on autoencoder latents.
+
+    python -m world_model.recipes.train_teacher settings/train/teacher.yaml --out runs/teacher [--resume]
+        [--init assets/checkpoints/teacher.safetensors] [--set max_minutes=9 --set batch=32]
+    torchrun --nproc_per_node=2 -m world_model.recipes.train_teacher ...        # DDP, one process per GPU
+
+Data: the parallel collector plays E1M1 in worker processes; this process encodes each chunk with
+the frozen autoencoder and appends the latents to a ClipBuffer on the training device, from which
+random 16-tick clips are drawn. Chunks of worker 0 go to a separate held-out buffer (its own seed and
+policy variation), used for the validation loss. Nothing is stored: the GPU machine starts empty.
+
+Loss: world_model.losses.TeacherLoss, a mix of packed teacher forcing and diffusion forcing, with
+null-action dropout. bf16 autocast on CUDA, AdamW, EMA. Resumable twice over: --resume continues from
+OUT/train_state.safetensors (full state), --init starts from a weights-only checkpoint (the shipped
+bf16 teacher) when the full state did not survive, e.g. across GPU machines.
+
+Outputs under --out: metrics.csv, metrics.png, tb/ (TensorBoard), train_state*.safetensors,
+teacher.safetensors (EMA weights, bf16), summary.json.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+import settings
+from world_model import checkpoint
+from world_model.autoencoder import Autoencoder, frames_to_model
+from world_model.collect import CollectConfig, Collector
+from world_model.data import ClipBuffer
+from world_model.losses import TeacherLoss, TeacherLossConfig
+from world_model.model import ModelConfig, WorldModel, load_model, save_model
+from world_model.recipes.common import (Metrics, autocast, ema_update, load_state, lr_at, parse_overrides,
+                                        plot_csv, save_state)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    collect: CollectConfig = CollectConfig(workers=14)
+    seed: int = 1
+    buffer_frames: int = field(default=400_000, metadata={"min": 64})   # latents on the device
+    heldout_frames: int = field(default=8_192, metadata={"min": 64})
+    min_fill: int = field(default=20_000, metadata={"min": 16})
+    encode_batch: int = field(default=256, metadata={"min": 1})
+    max_chunks_per_step: int = field(default=4, metadata={"min": 1})    # data drained between steps
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig = ModelConfig()
+    loss: TeacherLossConfig = TeacherLossConfig()
+    data: DataConfig = DataConfig()
+    autoencoder: str = "assets/checkpoints/autoencoder.safetensors"
+    clip_len: int = field(default=16, metadata={"min": 2})
+    batch: int = field(default=32, metadata={"min": 1})                 # per process
+    steps: int = field(default=60_000, metadata={"min": 1})
+    max_minutes: float = field(default=0.0, metadata={"min": 0.0})      # 0: no time limit
+    total_minutes: float = field(default=60.0, metadata={"min": 0.0})   # cosine horizon across resumes
+    lr: float = field(default=3e-4, metadata={"min": 0.0})
+    min_lr: float = field(default=3e-5, metadata={"min": 0.0})
+    warmup: int = field(default=1000, metadata={"min": 1})
+    weight_decay: float = field(default=0.01, metadata={"min": 0.0})
+    grad_clip: float = field(default=1.0, metadata={"min": 0.0})
+    ema: float = field(default=0.999, metadata={"min": 0.0, "max": 1.0})
+    ema_start: int = field(default=1000, metadata={"min": 0})
+    eval_every: int = field(default=1000, metadata={"min": 1})
+    save_every: int = field(default=2000, metadata={"min": 1})
+    log_every: int = field(default=50, metadata={"min": 1})
+    seed: int = 0
+    device: str = "auto"
+    compile: bool = False
+
+
+FIELDS = ("step", "loss", "loss_tf", "loss_df", "mse_tf", "mse_df", "val_mse_tf", "val_mse_df", "lr",
+          "grad_norm", "minutes", "frames", "buffer", "steps_per_s")
+
+
+class Objective(nn.Module):
+    """Model + loss as one module, so DDP sees a single forward even though the loss runs the
+    model twice (teacher-forcing half and diffusion-forcing half of the batch)."""
+
+    def __init__(self, model: WorldModel, loss: TeacherLoss):
+        super().__init__()
+        self.model = model
+        self.loss = loss
+
+    def forward(self, latents: torch.Tensor, actions: torch.Tensor, generator: torch.Generator | None):
+        return self.loss(self.model, latents, actions, generator)
+
+
+class Feeder:
+    """Collector -> autoencoder -> ClipBuffers (training and held-out), on the training device."""
+
+    def __init__(self, cfg: TrainConfig, ae: Autoencoder, device: torch.device, rank: int, world: int):
+        self.cfg, self.ae, self.device = cfg, ae, device
+        d = cfg.data
+        workers = max(2, d.collect.workers // world)
+        self.collector = Collector(replace(d.collect, workers=workers), seed=d.seed * 1000 + rank)
+        shape = ae.latent_shape
+        self.train = ClipBuffer(d.buffer_frames, shape, torch.bfloat16 if device.type == "cuda" else torch.float32, device)
+        self.heldout = ClipBuffer(d.heldout_frames, shape, self.train.items.dtype, device)
+        self.frames = 0
+
+    @torch.no_grad()
+    def _add(self, chunk) -> None:
+        d = self.cfg.data
+        frames = torch.from_numpy(chunk.frames).to(self.device, non_blocking=True)
+        z = []
+        for i in range(0, len(frames), d.encode_batch):
+            with autocast(self.device):
+                z.append(self.ae.encode(frames_to_model(frames[i:i + d.encode_batch])).float())
+        z = torch.cat(z)                                                      # (N, C, h, w)
+        actions = torch.from_numpy(chunk.actions)
+        target = self.heldout if chunk.worker == 0 else self.train
+        target.add(z, actions, chunk.starts)
+        self.frames += len(z)
+
+    def drain(self, limit: int) -> None:
+        for _ in range(limit):
+            chunk = self.collector.poll()
+            if chunk is None:
+                return
+            self._add(chunk)
+
+    def fill(self, frames: int, log=print) -> None:
+        t0 = time.perf_counter()
+        while len(self.train) < frames or len(self.heldout) < min(self.heldout.capacity, 512):
+            self._add(self.collector.next())
+        log(f"buffer filled: {len(self.train)} train / {len(self.heldout)} held-out latents "
+            f"in {time.perf_counter() - t0:.1f} s")
+
+    def close(self) -> None:
+        self.collector.close()
+
+
+@torch.no_grad()
+def validate(model: WorldModel, loss: TeacherLoss, buf: ClipBuffer, cfg: TrainConfig, device: torch.device,
+             batches: int = 4) -> dict[str, float]:
+    rng = np.random.default_rng(1234)
+    gen = torch.Generator(device=device).manual_seed(1234)
+    tf, df = [], []
+    for _ in range(batches):
+        x, a = buf.sample(cfg.batch, cfg.clip_len, rng)
+        with autocast(device):
+            tf.append(loss.teacher_forcing(model, x.float(), a, gen)[1].item())
+            df.append(loss.diffusion_forcing(model, x.float(), a, gen)[1].item())
+    return {"val_mse_tf": float(np.mean(tf)), "val_mse_df": float(np.mean(df))}
+
+
+def main(cfg: TrainConfig, out: Path, resume: bool = False, init: Path | None = None) -> dict:
+    rank, world = _init_distributed()
+    device = _device(cfg.device, rank)
+    out.mkdir(parents=True, exist_ok=True)
+    log = (lambda *a: print(*a, flush=True)) if rank == 0 else (lambda *a: None)
+    torch.manual_seed(cfg.seed + rank)
+
+    ae = Autoencoder.load(cfg.autoencoder, device=device)
+    if ae.latent_shape != cfg.model.latent_shape:
+        raise checkpoint.CheckpointError(f"{cfg.autoencoder}: latent {ae.latent_shape} does not match "
+                                         f"model.latent_* {cfg.model.latent_shape}")
+    model = WorldModel(cfg.model).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay,
+                            fused=device.type == "cuda")
+    state_path = out / "train_state.safetensors"
+    step, minutes = 0, 0.0
+    if resume and (state_path.exists() or (out / "train_state.index.json").exists()):
+        meta = load_state(state_path, {"model": model, "ema": ema}, opt, model.config_dict())
+        step, minutes = int(meta["step"]), float(meta["minutes"])
+        log(f"resumed from {state_path} at step {step} ({minutes:.1f} min)")
+    elif init is not None:
+        src = load_model(init)
+        if src.config_dict() != model.config_dict():
+            raise checkpoint.CheckpointError(f"{init}: another model config than {cfg.model}")
+        model.load_state_dict(src.state_dict())
+        ema.load_state_dict(src.state_dict())
+        meta = checkpoint.load(init)[2]
+        step, minutes = int(meta.get("step", 0)), float(meta.get("minutes", 0.0))
+        log(f"initialised from {init} (step {step}, {minutes:.1f} min); optimizer moments start fresh")
+    log(f"teacher: {model.num_params() / 1e6:.2f}M params, {world} process(es), device {device}")
+
+    objective = Objective(model, TeacherLoss(cfg.loss))
+    if world > 1:
+        objective = nn.parallel.DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
+    step_fn = torch.compile(objective) if cfg.compile else objective
+    feeder = Feeder(cfg, ae, device, rank, world)
+    metrics = Metrics(out / "metrics.csv", FIELDS, resume, tensorboard=out / "tb") if rank == 0 else None
+    rng = np.random.default_rng([cfg.seed, rank, step])
+    gen = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + rank * 104729 + step)
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    try:
+        feeder.fill(cfg.data.min_fill, log)
+        t_start, step0, minutes0 = time.perf_counter(), step, minutes
+        t_log, step_log = t_start, step
+        bar = _progress(rank, cfg.steps, step)
+        while step < cfg.steps and not stop["now"]:
+            minutes = minutes0 + (time.perf_counter() - t_start) / 60
+            if cfg.max_minutes and minutes - minutes0 >= cfg.max_minutes:
+                break
+            lr = lr_at(step, minutes, lr=cfg.lr, min_lr=cfg.min_lr, warmup=cfg.warmup, steps=cfg.steps,
+                       max_minutes=cfg.total_minutes)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            feeder.drain(cfg.data.max_chunks_per_step)
+            x, a = feeder.train.sample(cfg.batch, cfg.clip_len, rng)               # (B, T, C, h, w), (B, T, 5)
+            with autocast(device):
+                loss, parts = step_fn(x.float(), a, gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            step += 1
+            if step >= cfg.ema_start:
+                ema_update(ema, model, cfg.ema if step > cfg.ema_start else 0.0)
+            else:
+                ema.load_state_dict(model.state_dict())
+            bar.update(1)
+            if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps):
+                now = time.perf_counter()
+                row = {"step": step, "lr": lr, "grad_norm": float(grad_norm), "minutes": minutes,
+                       "frames": feeder.frames, "buffer": len(feeder.train),
+                       "steps_per_s": (step - step_log) / max(1e-9, now - t_log)}
+                row.update({k: float(v) for k, v in parts.items()})
+                t_log, step_log = now, step
+                if step % cfg.eval_every == 0:
+                    row.update(validate(ema, objective_loss(objective), feeder.heldout, cfg, device))
+                metrics.write(row)
+                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.1e}")
+            if step % cfg.save_every == 0:
+                _save(rank, state_path, out, model, ema, opt, step, minutes, cfg)
+        bar.close()
+        minutes = minutes0 + (time.perf_counter() - t_start) / 60
+        _save(rank, state_path, out, model, ema, opt, step, minutes, cfg)
+        summary = {}
+        if rank == 0:
+            summary = {"step": step, "minutes": round(minutes, 2), "params": model.num_params(),
+                       "steps_this_run": step - step0, "frames_collected": feeder.frames,
+                       "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                       "processes": world, **validate(ema, objective_loss(objective), feeder.heldout, cfg, device)}
+            (out / "summary.json").write_text(json.dumps(summary, indent=1))
+            metrics.close()
+            plot_csv(out / "metrics.csv", out / "metrics.png",
+                     {"training loss": (["loss", "loss_tf", "loss_df"], True),
+                      "held-out velocity MSE (EMA)": (["val_mse_tf", "val_mse_df"], True),
+                      "throughput (steps/s)": (["steps_per_s"], False)}, title="teacher")
+            log(f"teacher: step {step}, {minutes:.1f} min, held-out mse tf {summary['val_mse_tf']:.4f} "
+                f"df {summary['val_mse_df']:.4f} -> {out / 'teacher.safetensors'}")
+        return summary
+    finally:
+        feeder.close()
+        if world > 1:
+            dist.destroy_process_group()
+
+
+def objective_loss(objective: nn.Module) -> TeacherLoss:
+    return (objective.module if isinstance(objective, nn.parallel.DistributedDataParallel) else objective).loss
+
+
+def _save(rank, state_path, out, model, ema, opt, step, minutes, cfg) -> None:
+    if rank != 0:
+        return
+    meta = {"step": str(step), "minutes": f"{minutes:.3f}"}
+    save_state(state_path, {"model": model, "ema": ema}, opt, config=model.config_dict(), meta=meta)
+    save_model(out / "teacher.safetensors", ema, kind="teacher", meta={**meta, "recipe": "train_teacher"})
+
+
+def _init_distributed() -> tuple[int, int]:
+    if "RANK" not in os.environ:
+        return 0, 1
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend)
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _device(name: str, rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        torch.cuda.set_device(local)
+        return torch.device("cuda", local)
+    return torch.device(name)
+
+
+def _progress(rank: int, total: int, initial: int):
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, disable=rank != 0, dynamic_ncols=True, file=sys.stderr,
+                mininterval=5.0)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("config", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.safetensors if present")
+    p.add_argument("--init", type=Path, help="start from these teacher weights (optimizer moments fresh)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
+    args = p.parse_args(argv)
+    try:
+        cfg = settings.load(args.config, TrainConfig, parse_overrides(args.set))
+        main(cfg, args.out, resume=args.resume, init=args.init)
+    except (settings.SettingsError, checkpoint.CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
