@@ -4,6 +4,7 @@
                    [--device auto|cpu|cuda] [--seed N] [--settings FILE] [--headless --ticks N [--unpaced]]
     python main.py replay TRACE --out DIR [--backend model|game] [--model ...] [--steps N] [--device ...]
                    [--settings FILE] [--no-video]
+    python main.py kiosk [--settings settings/kiosk.yaml] [--headless --ticks N]     (demo booth: app/kiosk.py)
 
 Any problem the user must fix (settings, trace, checkpoint, display) is one line on stderr and a
 non-zero exit status, never a traceback.
@@ -25,6 +26,7 @@ from world_model.actions import SchemaError  # noqa: E402
 from world_model.trace import TraceError  # noqa: E402
 
 DEFAULT_SETTINGS = "settings/play.yaml"
+KIOSK_SETTINGS = "settings/kiosk.yaml"
 USER_ERRORS = (SettingsError, TraceError, SchemaError, BackendError)
 
 
@@ -45,12 +47,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     play.add_argument("--headless", action="store_true", help="no window: run the loop on no-op input, print timing")
     play.add_argument("--ticks", type=int, default=350, help="ticks to run with --headless (default 350)")
     play.add_argument("--unpaced", action="store_true", help="with --headless: tick as fast as possible")
+    play.add_argument("--record", action="store_true", help="start recording (mp4 + trace) at the first tick")
     rep = sub.add_parser("replay", help="replay a trace headless into frames.npz, timing.csv, video.mp4")
     common(rep, ("model", "game"))
     rep.add_argument("trace", help="trace JSONL file")
     rep.add_argument("--out", required=True, help="output folder")
     rep.add_argument("--no-video", action="store_true", help="skip video.mp4")
-    if not argv or argv[0] not in ("play", "replay", "-h", "--help"):
+    kiosk = sub.add_parser("kiosk", help="demo booth: attract loop, idle reset, locked controls, watchdog")
+    kiosk.add_argument("--settings", default=KIOSK_SETTINGS, help=f"kiosk settings YAML (default {KIOSK_SETTINGS})")
+    kiosk.add_argument("--headless", action="store_true", help="no window (the attract loop only)")
+    kiosk.add_argument("--ticks", type=int, help="stop after N ticks (default: run until the admin chord)")
+    if not argv or argv[0] not in ("play", "replay", "kiosk", "-h", "--help"):
         argv = ["play", *argv]
     return p.parse_args(argv)
 
@@ -64,7 +71,7 @@ def load_settings(args: argparse.Namespace) -> PlayConfig:
 
 
 def cmd_play(args: argparse.Namespace, cfg: PlayConfig) -> int:
-    from app.loop import new_state, reset, run, stop_recording
+    from app.loop import new_state, reset, run, stop_recording, toggle_recording
     from app.window import Window, display_available, NoDisplay
     from input.bindings import load_bindings
 
@@ -78,7 +85,11 @@ def cmd_play(args: argparse.Namespace, cfg: PlayConfig) -> int:
         window = None if args.headless else Window(cfg.window)
         state = new_state(cfg, backend, bindings)
         reset(state, window.view if window else None)
+        if args.record:
+            toggle_recording(state)
         status = backend.status()
+        if "no GPU" in status.device:
+            print("dreamloop: no GPU found; the model runs on the CPU (slower)", file=sys.stderr)
         if args.headless:
             print(f"dreamloop: headless {status.name} on {status.device}, {args.ticks} ticks"
                   f"{' unpaced' if args.unpaced else f' at {cfg.tick_hz:g} Hz'}")
@@ -119,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     from app.window import NoDisplay
 
     try:
+        if args.command == "kiosk":
+            from app.kiosk import run_kiosk
+            path = resolve(args.settings) if args.settings == KIOSK_SETTINGS else Path(args.settings)
+            run_kiosk(path, headless=args.headless, ticks=args.ticks)
+            return 0
         cfg = load_settings(args)
         return cmd_replay(args, cfg) if args.command == "replay" else cmd_play(args, cfg)
     except (*USER_ERRORS, NoDisplay) as e:

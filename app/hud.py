@@ -34,6 +34,7 @@ class HudFlags:
     message: str = ""
     devices: str = "keyboard"
     budget: float = 1 / 35           # seconds per tick
+    watchdog: int = 0                # backend faults the kiosk watchdog recovered from (reset and went on)
 
 
 class Fonts:
@@ -142,7 +143,8 @@ def render_hud(fonts: Fonts, stats: Stats, status: BackendStatus, action: Action
         img = fonts.font.render(name, True, BAD if on else DIM)
         surf.blit(img, (290 + i * 80, y - 2))
     y += 16
-    text(f"input {flags.devices}   faults {status.faults}", DIM)
+    faults = f"faults {status.faults}" + (f"  watchdog {flags.watchdog}" if flags.watchdog else "")
+    text(f"input {flags.devices}   {faults}", BAD if flags.watchdog or status.faults else DIM)
     y += lh
     if flags.message:
         text(flags.message[:90], WARN)
@@ -177,6 +179,15 @@ def render_help(fonts: Fonts, bindings: Bindings) -> pygame.Surface:
             continue
         surf.blit(fonts.font.render(keys, True, FG), (20, y))
         surf.blit(fonts.font.render(desc, True, DIM), (300, y))
+    return surf
+
+
+def render_banner(fonts: Fonts, text: str) -> pygame.Surface:
+    """One line on a dark band, drawn centred (the kiosk's "press any key" while the attract loop runs)."""
+    img = fonts.font.render(text, True, WARN)
+    surf = pygame.Surface((img.get_width() + 32, img.get_height() + 16), pygame.SRCALPHA)
+    surf.fill((0, 0, 0, 170))
+    surf.blit(img, (16, 8))
     return surf
 
 

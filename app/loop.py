@@ -4,7 +4,13 @@
     each display frame: draw the latest frame + HUD -> flip
 
 When the backend falls behind, the last frame stays on screen, no catch-up ticks are queued, and the
-tick is counted late. All run state lives in one `PlayState`; nothing is global.
+tick is counted late. While the window is minimized the world pauses (no ticks, no drawing; events are
+polled 20 times a second) and it resumes on restore without catch-up. All run state lives in one
+`PlayState`; nothing is global. Time comes from `state.clock`, so tests can drive the loop with a fake one.
+
+In kiosk mode (`state.kiosk`, app/kiosk.py) the kiosk sees every event first, chooses each tick's action
+(attract trace or live input), refuses locked commands, and its watchdog turns a failing tick into a
+backend reset instead of a crash.
 """
 from __future__ import annotations
 
@@ -26,10 +32,11 @@ from .backends import Unsupported
 from .config import PlayConfig, resolve
 from .hud import Fonts, HudFlags, render_help, render_hud, surface_rgba
 from .record import Recorder
-from .timing import Stats
+from .timing import Clock, Stats
 
 log = logging.getLogger(__name__)
 MESSAGE_S = 4.0
+HIDDEN_POLL_S = 0.05     # event polling period while minimized
 
 
 @dataclass
@@ -42,7 +49,9 @@ class PlayState:
     seed: int = 0
     frame: np.ndarray | None = None
     action: Action = NOOP
-    actions: array = field(default_factory=lambda: array("d"))   # every action since reset, flat (ticks * 5)
+    actions: array = field(default_factory=lambda: array("d"))   # recent actions since reset, flat (ticks * 5)
+    dropped: int = 0                  # ticks since reset no longer in `actions` (record.history_s bounds it)
+    context: int = 0                  # leading ticks of `actions` that seeded the backend
     paused: bool = False
     step_once: bool = False
     running: bool = True
@@ -58,11 +67,18 @@ class PlayState:
     message: str = ""
     message_until: float = 0.0
     fonts: Fonts | None = None
+    clock: Clock = field(default_factory=Clock)
+    kiosk: Any = None                 # app.kiosk.Kiosk in kiosk mode
 
     def say(self, text: str) -> None:
         log.info("%s", text)
-        self.message, self.message_until = text, time.perf_counter() + MESSAGE_S
+        self.message, self.message_until = text, self.clock.now() + MESSAGE_S
         self.hud_due = 0.0
+
+    @property
+    def history_cap(self) -> int:
+        """Ticks of actions kept for a recording's trace (memory stays flat in long play)."""
+        return max(1, round(self.cfg.record.history_s * self.cfg.tick_hz))
 
 
 def new_state(cfg: PlayConfig, backend: Any, bindings: Bindings) -> PlayState:
@@ -70,12 +86,13 @@ def new_state(cfg: PlayConfig, backend: Any, bindings: Bindings) -> PlayState:
                      stats=Stats(cfg.hud.history), seed=cfg.seed, show_hud=cfg.hud.show)
 
 
-def reset(state: PlayState, view: Any = None) -> None:
-    """Back to the seed: the context ticks (no-ops) are played again so traces replay from here."""
+def reset(state: PlayState, view: Any = None, context: list[Action] | None = None) -> None:
+    """Back to the seed: the context ticks (no-ops unless given) are played again so traces replay from here."""
     stop_recording(state)
-    context = [NOOP] * state.cfg.session.context
+    context = [NOOP] * state.cfg.session.context if context is None else list(context)
     state.frame = state.backend.reset(state.seed, context)
     state.actions = array("d", [v for a in context for v in a.to_list()])
+    state.dropped, state.context = 0, len(context)
     if view is not None:
         view.upload(state.frame)
 
@@ -90,42 +107,67 @@ def run(state: PlayState, window: Any = None, *, max_ticks: int | None = None, p
     A recording still running at the end stays open (the caller stops it with `stop_recording`)."""
     period = 1.0 / state.cfg.tick_hz
     frame_period = 1.0 / state.cfg.window.max_fps
+    clock = state.clock
     view = window.view if window is not None else None
     if state.frame is None:
         reset(state, view)
     if view is not None and state.show_hud:
         update_hud(state, view)           # font loading and the first render happen before the first tick
-    now = time.perf_counter()
+    now = clock.now()
     state.next_tick = next_frame = now
     while state.running and (max_ticks is None or state.stats.ticks < max_ticks):
         if window is not None:
             poll(state, window)
-        now = time.perf_counter()
-        if state.step_once or (not state.paused and (now >= state.next_tick or not paced)):
+        if state.kiosk is not None:
+            state.kiosk.update(state, view)
+        hidden = window is not None and window.minimized
+        now = clock.now()
+        ready = not hidden and (state.kiosk is None or state.kiosk.ready(now))
+        if ready and (state.step_once or (not state.paused and (now >= state.next_tick or not paced))):
             scheduled = state.next_tick if paced else now
-            tick(state, view, script)
-            end = time.perf_counter()
+            guarded_tick(state, view, script)
+            end = clock.now()
             deadline = scheduled + period
             if paced and not state.step_once and end > deadline:
                 state.stats.late += 1
             state.next_tick = deadline if end <= deadline else end    # never queue catch-up ticks
             state.step_once = False
-        if state.paused:
-            state.next_tick = time.perf_counter()
-        if window is not None and time.perf_counter() >= next_frame:
+        if state.paused or not ready:
+            state.next_tick = clock.now()
+        if hidden:
+            clock.sleep(HIDDEN_POLL_S)        # minimized: nothing to draw and the world waits
+            next_frame = clock.now()
+            state.hud_due = 0.0               # redraw the HUD as soon as the window is back
+            continue
+        if window is not None and clock.now() >= next_frame:
             present(state, window)
-            next_frame = max(next_frame + frame_period, time.perf_counter() - frame_period)
+            next_frame = max(next_frame + frame_period, clock.now() - frame_period)
         if paced:
             wake = min(state.next_tick, next_frame) if window is not None else state.next_tick
-            delay = wake - time.perf_counter()
+            delay = wake - clock.now()
             if delay > 0.0005:
-                time.sleep(delay - 0.0003)
+                clock.sleep(delay - 0.0003)
     return state.stats
+
+
+def guarded_tick(state: PlayState, view: Any, script: Iterator[Action] | None) -> None:
+    """One tick; in kiosk mode a failing backend is the watchdog's to reset, never a crash."""
+    try:
+        tick(state, view, script)
+    except Exception as e:  # noqa: BLE001 - any backend fault, by design (issue 7: the watchdog)
+        if state.kiosk is None:
+            raise
+        state.kiosk.fault(state, view, e)
 
 
 def tick(state: PlayState, view: Any, script: Iterator[Action] | None) -> None:
     t0 = time.perf_counter()
-    action = next(script, NOOP) if script is not None else state.input.action()
+    if script is not None:
+        action = next(script, NOOP)
+    elif state.kiosk is not None:
+        action = state.kiosk.action(state, view)
+    else:
+        action = state.input.action()
     frame = state.backend.step(action)
     t1 = time.perf_counter()
     if view is not None:
@@ -134,7 +176,7 @@ def tick(state: PlayState, view: Any, script: Iterator[Action] | None) -> None:
         state.recorder.add(frame, action)
     t2 = time.perf_counter()
     state.action, state.frame = action, frame
-    state.actions.extend(action.to_list())
+    remember(state, action)
     s = state.stats
     phases = state.backend.phases.last
     s.model.add(phases.get("model_gpu", phases.get("model", phases.get("game", t1 - t0))))
@@ -142,16 +184,28 @@ def tick(state: PlayState, view: Any, script: Iterator[Action] | None) -> None:
     if state.last_tick is not None:
         s.interval.add(t0 - state.last_tick)
     state.last_tick = t0
-    state.unpresented.append(t0)
+    if view is not None:
+        state.unpresented.append(t0)      # latency is measured at the flip that shows this tick
     s.ticks += 1
 
 
+def remember(state: PlayState, action: Action) -> None:
+    """Keep the actions a recording's trace needs, at most `history_cap` ticks (trimmed in batches)."""
+    state.actions.extend(action.to_list())
+    cap = state.history_cap * len(FIELDS)
+    if len(state.actions) > 2 * cap:
+        cut = len(state.actions) - cap
+        del state.actions[:cut]
+        state.dropped += cut // len(FIELDS)
+
+
 def present(state: PlayState, window: Any) -> None:
-    now = time.perf_counter()
+    now = state.clock.now()
     if state.show_hud and now >= state.hud_due:
         update_hud(state, window.view)
         state.hud_due = now + 1.0 / state.cfg.hud.refresh_hz
     if not window.present():
+        state.unpresented.clear()
         return
     t = time.perf_counter()
     for polled in state.unpresented:
@@ -166,10 +220,11 @@ def present(state: PlayState, window: Any) -> None:
 def update_hud(state: PlayState, view: Any) -> None:
     if state.fonts is None:
         state.fonts = Fonts(state.cfg.hud.font_size)
-    if time.perf_counter() > state.message_until:
+    if state.clock.now() > state.message_until:
         state.message = ""
     flags = HudFlags(paused=state.paused, message=state.message, devices=state.input.describe(),
-                     recording=state.recorder.seconds if state.recorder else None, budget=1.0 / state.cfg.tick_hz)
+                     recording=state.recorder.seconds if state.recorder else None, budget=1.0 / state.cfg.tick_hz,
+                     watchdog=state.kiosk.faults if state.kiosk is not None else 0)
     surf = render_hud(state.fonts, state.stats, state.backend.status(), state.action, flags)
     view.set_overlay("hud", *surface_rgba(surf))
 
@@ -180,6 +235,8 @@ def update_hud(state: PlayState, view: Any) -> None:
 
 def poll(state: PlayState, window: Any) -> None:
     for event in window.events():
+        if state.kiosk is not None and not state.kiosk.on_event(state, window.view, event):
+            continue
         if event.type == pygame.QUIT:
             state.running = False
             continue
@@ -191,6 +248,8 @@ def poll(state: PlayState, window: Any) -> None:
 def apply_command(state: PlayState, window: Any, command: str) -> None:
     view = window.view if window is not None else None
     b = state.backend
+    if state.kiosk is not None and not state.kiosk.allows(command):
+        return
     if command == "quit":
         state.running = False
     elif command == "help":
@@ -262,11 +321,15 @@ def toggle_recording(state: PlayState) -> None:
         stop_recording(state)
         return
     past = np.frombuffer(state.actions, np.float64).reshape(-1, len(FIELDS)).tolist()
-    header = Trace(seed=state.seed, actions=[], world=state.cfg.game.world, context=state.cfg.session.context,
-                   extra={"backend": state.backend.status().name, "video_start": len(past)})
+    extra = {"backend": state.backend.status().name, "video_start": len(past)}
+    if state.dropped:   # longer than record.history_s since the reset: the trace cannot replay from the seed
+        extra["dropped_ticks"] = state.dropped
+    header = Trace(seed=state.seed, actions=[], world=state.cfg.game.world, context=state.context, extra=extra)
     state.recorder = Recorder(resolve(state.cfg.record.dir), header, (Action(*r[:3], int(r[3]), int(r[4])) for r in past),
                               fps=state.cfg.tick_hz, crf=state.cfg.record.crf)
-    state.say(f"recording to {state.recorder.video_path}")
+    state.say(f"recording to {state.recorder.video_path}" + (
+        f" (the trace lacks the first {state.dropped} ticks since the reset: reset first for a replayable trace)"
+        if state.dropped else ""))
 
 
 def stop_recording(state: PlayState) -> None:

@@ -18,13 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from world_model.trace import Trace
+from world_model.trace import Trace, TraceError
 
 from .record import video_writer
 
 
 def replay(trace: Trace, backend: Any, out_dir: Path, *, video: bool = True) -> dict[str, float]:
     """Run the trace; returns a summary (ticks, seconds, step p50/p99 in ms)."""
+    if trace.extra.get("dropped_ticks"):
+        raise TraceError(f"this trace lacks its first {trace.extra['dropped_ticks']} ticks after the reset (the recording "
+                         f"started after more than record.history_s of play), so it cannot replay from the seed")
     out_dir.mkdir(parents=True, exist_ok=True)
     first = backend.reset(trace.seed, trace.actions[: trace.context])
     ticks = trace.actions[trace.context:]

@@ -9,6 +9,16 @@ from typing import Iterator
 import numpy as np
 
 
+class Clock:
+    """Monotonic time and sleeping in one object, so tests can drive the loop with a fake clock."""
+
+    def now(self) -> float:
+        return time.perf_counter()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
 class Rolling:
     """The last `n` samples of one quantity, with percentiles for the HUD."""
 

@@ -30,6 +30,17 @@ def display_available() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
+def minimized_after(event: pygame.event.Event, minimized: bool) -> bool:
+    """Whether the window is minimized after `event` (SDL2 window events, or pygame 1's ACTIVEEVENT)."""
+    if event.type in (pygame.WINDOWMINIMIZED, pygame.WINDOWHIDDEN):
+        return True
+    if event.type in (pygame.WINDOWRESTORED, pygame.WINDOWSHOWN, pygame.WINDOWMAXIMIZED, pygame.WINDOWEXPOSED):
+        return False
+    if event.type == pygame.ACTIVEEVENT and getattr(event, "state", 0) & pygame.APPACTIVE:
+        return not getattr(event, "gain", 1)
+    return minimized
+
+
 class Window:
     def __init__(self, cfg: WindowConfig, title: str = "Dreamloop"):
         if not display_available():
@@ -70,10 +81,7 @@ class Window:
         """All pending events; window-state events are also applied here."""
         events = pygame.event.get()
         for e in events:
-            if e.type in (pygame.WINDOWMINIMIZED, pygame.WINDOWHIDDEN):
-                self.minimized = True
-            elif e.type in (pygame.WINDOWRESTORED, pygame.WINDOWSHOWN, pygame.WINDOWMAXIMIZED, pygame.WINDOWEXPOSED):
-                self.minimized = False
+            self.minimized = minimized_after(e, self.minimized)
         return events
 
     def present(self) -> bool:
