@@ -13,6 +13,11 @@ Layout and rules (recipe.md section 2):
   READONLY: denoising passes read the cache and write nothing.
 
 All slot and eviction arithmetic lives in this file; the model only calls `read`, `write` and `advance`.
+
+CUDA graphs (world_model/graphs.py): the frame counter exists twice, as a Python int (`position`, for the HUD,
+`slot_of` and error checks) and as a device scalar (`_pos`) from which `_sync` computes every read-time
+table with tensor ops. A captured step therefore reads and updates only fixed device buffers: it works at
+every fill level and after evictions, with no host sync and no Python slot arithmetic baked into it.
 """
 from __future__ import annotations
 
@@ -61,6 +66,9 @@ class KVCache:
         self.slot_pos = torch.zeros(self.slots, device=device, dtype=torch.float32)  # (slots,) temporal position
         self._query_pos = torch.zeros(self.slots, device=device, dtype=torch.float32)  # next positions, (slots,)
         self._write_tok = torch.zeros(self.slots * tokens_per_frame, device=device, dtype=torch.long)
+        self._slot_idx = torch.arange(self.slots, device=device)                      # constants for _sync
+        self._tok_idx = torch.arange(self.slots * tokens_per_frame, device=device)
+        self._pos = torch.zeros((), device=device, dtype=torch.long)  # `position` on the device
         self.position = 0
         self._sync()
 
@@ -82,8 +90,8 @@ class KVCache:
     def frames_in_slots(self) -> Tensor:
         """(slots,) absolute frame held by each slot, -1 where empty. Ring slot j holds the frames
         sink + j + k * W; the newest such frame below `position` is the one still there."""
-        S, W, n = self.sink, self.window, self.position
-        slot = torch.arange(self.slots, device=self.valid.device)
+        S, W, n = self.sink, self.window, self._pos           # n: device scalar, no host value used
+        slot = self._slot_idx
         last = n - 1 - slot                                   # ring: (n - 1 - S - j) with j = slot - S
         ring = slot + W * torch.div(last, W, rounding_mode="floor")
         frame = torch.where(slot < S, slot, torch.where(last >= 0, ring, -1))
@@ -93,17 +101,18 @@ class KVCache:
         return int(self.frames_in_slots()[slot])
 
     def _sync(self) -> None:
-        """Recompute the read-time tables from `position` into their fixed buffers, on the device (no
-        host round trip). Window positions are S + (frame - oldest window frame)."""
+        """Recompute the read-time tables from the device counter `_pos` into their fixed buffers, with
+        tensor ops only (no host round trip; capturable). Window positions are S + (frame - oldest window
+        frame); the next frame goes to slot_of(n)."""
+        S, W, n = self.sink, self.window, self._pos
         frame = self.frames_in_slots()
-        oldest = max(self.sink, self.position - self.window)
-        pos = torch.where(frame < self.sink, frame, self.sink + frame - oldest)
+        oldest = (n - W).clamp_min(S)
+        pos = torch.where(frame < S, frame, S + frame - oldest)
         self.valid.copy_(frame >= 0)
         self.slot_pos.copy_(torch.where(frame >= 0, pos, 0))
-        arange = torch.arange(self.slots, device=self.valid.device)
-        self._query_pos.copy_(self.next_position + arange)
-        first = self.slot_of(self.position) * self.tokens_per_frame
-        self._write_tok.copy_(first + torch.arange(self._write_tok.numel(), device=self.valid.device))
+        self._query_pos.copy_(n.clamp_max(self.slots) + self._slot_idx)
+        next_slot = torch.where(n < S, n, S + (n - S).remainder(W))
+        self._write_tok.copy_(next_slot * self.tokens_per_frame + self._tok_idx)
 
     # ---- what the model calls ----
 
@@ -130,7 +139,17 @@ class KVCache:
 
     def advance(self, frames: int) -> None:
         """Commit `frames` appended frames (after every layer has written them)."""
+        self.advance_host(frames)
+        self.advance_device(frames)
+
+    def advance_host(self, frames: int) -> None:
+        """The Python half of `advance`: the counter the HUD and the checks read."""
         self.position += frames
+
+    def advance_device(self, frames: int) -> None:
+        """The device half of `advance`: counter and tables. No host values, so a CUDA graph can capture it
+        (graphs.py replays it and calls `advance_host` itself)."""
+        self._pos.add_(frames)
         self._sync()
 
     # ---- lifecycle ----
@@ -138,13 +157,14 @@ class KVCache:
     def reset(self) -> None:
         """Forget every frame. Storage is kept; stale values are masked out by `valid`."""
         self.position = 0
+        self._pos.zero_()
         self._sync()
 
     def clone(self) -> "KVCache":
         """Deep copy (for savestates)."""
         other = KVCache.__new__(KVCache)
         other.__dict__.update(self.__dict__)
-        for name in ("k", "v", "valid", "slot_pos", "_query_pos", "_write_tok"):
+        for name in ("k", "v", "valid", "slot_pos", "_query_pos", "_write_tok", "_pos"):
             setattr(other, name, getattr(self, name).clone())
         return other
 
@@ -155,6 +175,7 @@ class KVCache:
         self.k.copy_(other.k)
         self.v.copy_(other.v)
         self.position = other.position
+        self._pos.copy_(other._pos)
         self._sync()
 
     def state(self) -> CacheState:

@@ -307,7 +307,8 @@ class WorldModel(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, action: Tensor, action_mask: Tensor | None = None, *,
                 frame_pos: Tensor | None = None, mask: Tensor | None = None,
-                cache: KVCache | None = None, cache_mode: CacheMode = CacheMode.READONLY) -> Tensor:
+                cache: KVCache | None = None, cache_mode: CacheMode = CacheMode.READONLY,
+                commit: bool = True) -> Tensor:
         """Velocity for every frame.
 
         x (B, F, C, h, w) noisy latents; t (B, F) noise levels in [0, 1]; action (B, F, A);
@@ -315,7 +316,9 @@ class WorldModel(nn.Module):
         Without a cache: frame_pos (F,) temporal positions (default 0..F-1) and mask (F, F) frame-level
         (default block-causal). With a cache: the frames follow the cached ones, positions come from the
         cache, and `mask` (F, F) only covers the current frames (default block-causal); in APPEND mode their
-        keys/values are stored. Returns v (B, F, C, h, w) in x's dtype.
+        keys/values are stored and, with commit=True, the cache advances past them (commit=False leaves that
+        to the caller: a CUDA graph must not run the host half of `advance`). Returns v (B, F, C, h, w) in
+        x's dtype.
         """
         n_frames, P = x.shape[1], self.config.tokens_per_frame
         if mask is None:
@@ -338,7 +341,7 @@ class WorldModel(nn.Module):
         h = self.patchify(x)                                                              # (B, F, P, D)
         for i, block in enumerate(self.blocks):
             h = block(h, c, rope_q, rope_k, attn_mask, cache, i, cache_mode)
-        if cache is not None and cache_mode is CacheMode.APPEND:
+        if cache is not None and cache_mode is CacheMode.APPEND and commit:
             cache.advance(n_frames)
         return self.unpatchify(self.final(h, c)).to(x.dtype)
 

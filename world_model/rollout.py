@@ -6,16 +6,20 @@
     frame = session.decode(latent)                       # (B, H, W, 3) uint8
 
 Each step (Self-Forcing `causal_inference.py`, numbered as there):
-  1. draw noise from the session's own generator;
+  1. draw noise from the session's own generator (all of it up front: the start noise, then the
+     consistency sampler's re-noising, in the order the sampler uses it);
   2. denoise it with the sampler; every denoising pass reads the cache and writes nothing (READONLY);
   3. re-run the clean prediction, detached, at t=0 with its action to append it to the cache (APPEND).
 A frame whose prediction is not finite is never appended: the cache stays as it was (see NonFiniteError).
+Steps 2 and 3 and `decode` are methods with fixed-shape inputs, which graphs.GraphedSession replays as
+CUDA graphs. `timer`, when set, wraps them as phases "dit", "reencode" and "decode" (the benchmark's
+CUDA-event timer).
 """
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, ContextManager, Sequence
 
 import torch
 from torch import Tensor
@@ -23,7 +27,7 @@ from torch import Tensor
 from world_model.actions import Action
 from world_model.kv_cache import CacheMode, CacheState, KVCache
 from world_model.model import WorldModel
-from world_model.sampler import SamplerConfig, sample
+from world_model.sampler import SamplerConfig, renoise_count, sample, schedule_for
 
 
 class NonFiniteError(RuntimeError):
@@ -57,6 +61,7 @@ class Session:
         self.cache: KVCache | None = None
         self.frame = 0                  # frames produced by step() since reset
         self.last_latent: Tensor | None = None
+        self.timer: Callable[[str], ContextManager[Any]] | None = None   # phase timer (benchmark)
 
     # ---- setup ----
 
@@ -65,11 +70,20 @@ class Session:
             return torch.autocast("cuda", dtype=self.dtype)
         return contextlib.nullcontext()
 
+    def _phase(self, name: str) -> ContextManager[Any]:
+        return contextlib.nullcontext() if self.timer is None else self.timer(name)
+
     def _append(self, latents: Tensor, actions: Tensor) -> None:
         """t=0 pass over clean frames (B, F, C, h, w) that stores them in the cache."""
+        self._append_device(latents, actions)
+        self.cache.advance_host(latents.shape[1])
+
+    def _append_device(self, latents: Tensor, actions: Tensor) -> None:
+        """The device work of `_append` (the part a CUDA graph captures): the pass and the cache tables."""
         t = torch.zeros(latents.shape[:2], device=self.device)
         with torch.no_grad(), self._autocast():
-            self.model(latents, t, actions, cache=self.cache, cache_mode=CacheMode.APPEND)
+            self.model(latents, t, actions, cache=self.cache, cache_mode=CacheMode.APPEND, commit=False)
+        self.cache.advance_device(latents.shape[1])
 
     def reset(self, latents: Tensor, actions: Tensor) -> None:
         """Start from seed latents (B, T, C, h, w) and the actions that produced them (B, T, A)."""
@@ -114,27 +128,39 @@ class Session:
             raise RuntimeError("Session.step before reset")
         B = self.cache.batch
         a = self._action_tensor(actions, B, None)                                         # (B, A)
+        times = schedule if schedule is not None else schedule_for(self.sampler, steps)
         C, h, w = self.model.config.latent_shape
-        noise = torch.randn((B, C, h, w), generator=self.generator, device=self.device)  # 1. noise
+        noise = [torch.randn((B, C, h, w), generator=self.generator, device=self.device)  # 1. noise
+                 for _ in range(1 + renoise_count(self.sampler, times))]
+        with self._phase("dit"):                                                          # 2. denoise
+            x0 = self._denoise(noise, a, times, grad)
+        if self.check_finite and not bool(torch.isfinite(x0).all()):
+            raise NonFiniteError(f"non-finite latent at frame {self.frame}; cache left unchanged")
+        with self._phase("reencode"):                                                     # 3. re-encode at t=0
+            self._reencode(x0.detach(), a)
+        self.frame += 1
+        self.last_latent = x0.detach()
+        return x0
+
+    def _denoise(self, noise: list[Tensor], a: Tensor, times: list[float], grad: bool) -> Tensor:
+        """noise: start noise then re-noising, each (B, C, h, w); a (B, A) -> x0 (B, C, h, w)."""
+        B = a.shape[0]
 
         def velocity(x: Tensor, t: float, use_action: bool) -> Tensor:                   # READONLY pass
             tt = torch.full((B, 1), t, device=self.device)
             keep = None if use_action else torch.zeros((B, 1), dtype=torch.bool, device=self.device)
             return self.model(x[:, None], tt, a[:, None], keep, cache=self.cache)[:, 0]
 
-        with self._autocast():                                                            # 2. denoise
-            x0 = sample(velocity, noise, self.sampler, generator=self.generator, schedule=schedule,
-                        steps=steps, grad_last=grad)
-        if self.check_finite and not bool(torch.isfinite(x0).all()):
-            raise NonFiniteError(f"non-finite latent at frame {self.frame}; cache left unchanged")
-        self._append(x0.detach()[:, None], a[:, None])                                   # 3. re-encode at t=0
-        self.frame += 1
-        self.last_latent = x0.detach()
-        return x0
+        with self._autocast():
+            return sample(velocity, noise[0], self.sampler, schedule=times, grad_last=grad, renoise=noise[1:])
+
+    def _reencode(self, x0: Tensor, a: Tensor) -> None:
+        """Append the clean latent x0 (B, C, h, w) with its action (B, A) to the cache."""
+        self._append(x0[:, None], a[:, None])
 
     def decode(self, latent: Tensor) -> Tensor:
         """(B, C, h, w) -> uint8 frames (B, H, W, 3) on the session's device."""
-        with torch.no_grad(), self._autocast():
+        with self._phase("decode"), torch.no_grad(), self._autocast():
             return self._require_autoencoder().decode_uint8(latent)
 
     # ---- savestates and HUD ----

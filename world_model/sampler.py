@@ -10,7 +10,7 @@ lets it form action classifier-free guidance: v = v_null + s (v_action - v_null)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 import torch
 from torch import Tensor
@@ -79,17 +79,24 @@ def euler_sample(velocity: Velocity, noise: Tensor, schedule: list[float], *, cf
 
 
 def consistency_sample(velocity: Velocity, noise: Tensor, schedule: list[float], *,
-                       generator: torch.Generator, cfg_scale: float = 1.0, grad_last: bool = False) -> Tensor:
+                       generator: torch.Generator | None = None, cfg_scale: float = 1.0, grad_last: bool = False,
+                       renoise: Sequence[Tensor] | None = None) -> Tensor:
     """x0 = x_t - t v at every time; between times re-noise with fresh noise. Only the last step can carry
-    gradient (Self-Forcing: gradient through the final denoising step of each chunk)."""
+    gradient (Self-Forcing: gradient through the final denoising step of each chunk).
+
+    `renoise` (len(schedule) - 2 tensors like `noise`) supplies that fresh noise instead of `generator`:
+    a CUDA graph draws nothing inside, so its noise is drawn beforehand (see `renoise_count`)."""
     check_schedule(schedule)
+    if (generator is None) == (renoise is None):
+        raise ValueError("consistency_sample needs exactly one of generator= and renoise=")
     x = noise
     for i, t in enumerate(schedule[:-1]):
         with torch.set_grad_enabled(grad_last and i == len(schedule) - 2):
             x0 = x - t * guided_velocity(velocity, x, t, cfg_scale)
         t_next = schedule[i + 1]
         if t_next > 0:
-            x = (1 - t_next) * x0 + t_next * randn_like(x0, generator)
+            fresh = randn_like(x0, generator) if renoise is None else renoise[i].to(x0.dtype)
+            x = (1 - t_next) * x0 + t_next * fresh
     return x0
 
 
@@ -98,11 +105,18 @@ def randn_like(x: Tensor, generator: torch.Generator) -> Tensor:
     return torch.randn(x.shape, generator=generator, device=generator.device).to(x.device, x.dtype)
 
 
-def sample(velocity: Velocity, noise: Tensor, cfg: SamplerConfig, *, generator: torch.Generator,
-           schedule: list[float] | None = None, steps: int | None = None, grad_last: bool = False) -> Tensor:
-    """One frame with the configured sampler; `schedule` (times from high to 0) overrides `steps`."""
+def renoise_count(cfg: SamplerConfig, schedule: list[float]) -> int:
+    """How many fresh noise tensors `sample` draws after the initial noise for this schedule."""
+    return 0 if cfg.kind == "euler" else len(schedule) - 2
+
+
+def sample(velocity: Velocity, noise: Tensor, cfg: SamplerConfig, *, generator: torch.Generator | None = None,
+           schedule: list[float] | None = None, steps: int | None = None, grad_last: bool = False,
+           renoise: Sequence[Tensor] | None = None) -> Tensor:
+    """One frame with the configured sampler; `schedule` (times from high to 0) overrides `steps`.
+    Fresh noise comes from `generator`, or pre-drawn from `renoise` (consistency only)."""
     times = schedule if schedule is not None else schedule_for(cfg, steps)
     if cfg.kind == "euler":
         return euler_sample(velocity, noise, times, cfg_scale=cfg.cfg_scale, grad_last=grad_last)
     return consistency_sample(velocity, noise, times, generator=generator, cfg_scale=cfg.cfg_scale,
-                              grad_last=grad_last)
+                              grad_last=grad_last, renoise=renoise)
