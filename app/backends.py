@@ -126,13 +126,47 @@ def load_models(cfg: PlayConfig, which: str, device: str) -> tuple[Any, Any]:
         tensors, config, meta = load(path)
         if meta.get("kind") not in kinds:
             raise BackendError(f"{path}: a {meta.get('kind')!r} checkpoint, expected {' or '.join(kinds)}")
+        _check_shapes(path, config, tensors)
         model = WorldModel.from_tensors(config, tensors)
         autoencoder = Autoencoder.load(ae_path)
     except (CheckpointError, SettingsError) as e:
         raise BackendError(str(e).splitlines()[0]) from None
-    except RuntimeError as e:   # weights that do not fit the stored config
+    except (RuntimeError, TypeError, ValueError, KeyError) as e:   # weights that do not fit the stored config
         raise BackendError(f"{path}: tensors do not match the stored model config ({str(e).splitlines()[0][:120]})") from None
+    _check_pair(path, model.config, ae_path, autoencoder.config, cfg.game)
     return model.to(device).eval(), autoencoder.to(device).eval()
+
+
+def _check_shapes(path: Path, config: dict, tensors: dict) -> None:
+    """Compare the stored tensors with the config's model built on the meta device (no memory), so a
+    checkpoint whose config is edited to a huge model fails here instead of allocating it."""
+    import torch
+
+    from world_model.model import ModelConfig, WorldModel
+    from settings import from_dict
+
+    mcfg = from_dict(dict(config), ModelConfig, source=f"{path}: config")
+    if mcfg.depth > len(tensors):    # every block has weights; refuse before building thousands of blocks
+        raise BackendError(f"{path}: tensors do not match the stored model config (depth {mcfg.depth}, "
+                           f"{len(tensors)} tensors)")
+    with torch.device("meta"):
+        want = {k: tuple(v.shape) for k, v in WorldModel(mcfg).state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in tensors.items()}
+    if want != have:
+        bad = sorted(set(want) ^ set(have)) or sorted(k for k in want if want[k] != have[k])
+        raise BackendError(f"{path}: tensors do not match the stored model config (first difference: {bad[0]})")
+
+
+def _check_pair(path: Path, m: Any, ae_path: Path, a: Any, game: GameConfig) -> None:
+    """The world model, the autoencoder and the game must agree on frame and latent shapes."""
+    if (a.height, a.width) != (game.height, game.width):
+        raise BackendError(f"{ae_path}: autoencoder is for {a.width}x{a.height} frames, the game renders "
+                           f"{game.width}x{game.height}")
+    if tuple(a.latent_shape) != (m.latent_channels, m.latent_h, m.latent_w):
+        raise BackendError(f"{path}: model latents {(m.latent_channels, m.latent_h, m.latent_w)} do not match "
+                           f"the autoencoder's {tuple(a.latent_shape)} ({ae_path})")
+    if m.action_dim != 5:
+        raise BackendError(f"{path}: model takes {m.action_dim}-dim actions; action schema v1 has 5")
 
 
 class ModelBackend:
