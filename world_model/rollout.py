@@ -160,7 +160,11 @@ class Session:
 
     def decode(self, latent: Tensor) -> Tensor:
         """(B, C, h, w) -> uint8 frames (B, H, W, 3) on the session's device."""
-        with self._phase("decode"), torch.no_grad(), self._autocast():
+        with self._phase("decode"):
+            return self._decode(latent)
+
+    def _decode(self, latent: Tensor) -> Tensor:
+        with torch.no_grad(), self._autocast():
             return self._require_autoencoder().decode_uint8(latent)
 
     # ---- savestates and HUD ----

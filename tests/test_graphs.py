@@ -1,0 +1,126 @@
+"""CUDA-graph session: its static-shape step functions (the code that gets captured) equal Session.step at
+every fill level and across evictions, and they contain no host sync or data-dependent shape."""
+import copy
+
+import pytest
+import torch
+
+import settings
+from world_model.autoencoder import Autoencoder, AutoencoderConfig
+from world_model.graphs import GraphedSession, StaticFn
+from world_model.kv_cache import KVCache
+from world_model.model import ModelConfig, WorldModel
+from world_model.rollout import Session
+from world_model.sampler import SamplerConfig
+
+
+def tiny_model() -> WorldModel:
+    torch.manual_seed(0)
+    model = WorldModel(settings.load("settings/model/tiny.yaml", ModelConfig))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)   # leave the zero init, so outputs depend on everything
+    return model.eval()
+
+
+def tiny_autoencoder(channels: int) -> Autoencoder:
+    torch.manual_seed(1)
+    cfg = AutoencoderConfig(latent_channels=channels, height=40, width=48, enc_channels=(8, 8, 8, 8),
+                            dec_channels=(8, 8, 8, 8), groups=4)
+    return Autoencoder(cfg).eval()
+
+
+def pair(model, sampler, *, sink=1, window=3, B=2):
+    g = torch.Generator().manual_seed(3)
+    seed = (torch.randn((B, 2, *model.config.latent_shape), generator=g), torch.rand((B, 2, 5), generator=g))
+    made = []
+    for cls, kw in ((Session, {}), (GraphedSession, {"capture": False})):
+        s = cls(model, window=window, sink=sink, device="cpu", seed=7, sampler=sampler, **kw)
+        s.reset(*seed)
+        made.append(s)
+    return made
+
+
+@pytest.mark.parametrize("sampler,steps", [(SamplerConfig(kind="consistency"), 1),
+                                           (SamplerConfig(kind="consistency", cfg_scale=1.5), 2),
+                                           (SamplerConfig(kind="euler", steps=3), 3)])
+def test_static_step_equals_session_step_across_fill_levels_and_evictions(sampler, steps):
+    model = tiny_model()
+    eager, graphed = pair(model, sampler, sink=1, window=3)
+    g = torch.Generator().manual_seed(11)
+    for i in range(3 * eager.cache.slots + 2):            # fills the window, then evicts on every tick
+        a = torch.rand((2, 5), generator=g) * 2 - 1
+        x_e, x_g = eager.step(a, steps=steps), graphed.step(a, steps=steps)
+        assert torch.equal(x_e, x_g), f"tick {i}"
+        assert torch.equal(eager.cache.k, graphed.cache.k) and torch.equal(eager.cache.v, graphed.cache.v)
+        for name in ("valid", "slot_pos", "_query_pos", "_write_tok", "_pos"):
+            assert torch.equal(getattr(eager.cache, name), getattr(graphed.cache, name)), name
+        assert eager.cache_state() == graphed.cache_state()
+    assert graphed.cache_state().evictions > 0
+    assert len(graphed._fns) == 2                          # one denoise and one re-encode function serve all
+
+
+def test_static_step_survives_snapshot_restore_and_reset():
+    model = tiny_model()
+    sampler = SamplerConfig(kind="consistency")
+    eager, graphed = pair(model, sampler, sink=0, window=2)
+    a = torch.tensor([[1.0, 0, 0.5, 0, 1]])
+    for s in (eager, graphed):
+        for _ in range(3):
+            s.step(a, steps=1)
+    snaps = [eager.snapshot(), graphed.snapshot()]
+    k_storage = graphed.cache.k.data_ptr()
+    outs = [[s.step(a, steps=2) for _ in range(4)] for s in (eager, graphed)]
+    for s, snap in zip((eager, graphed), snaps):
+        s.restore(snap)
+    again = [[s.step(a, steps=2) for _ in range(4)] for s in (eager, graphed)]
+    assert graphed.cache.k.data_ptr() == k_storage         # restored into the storage the graphs point at
+    for x, y, z in zip(outs[0], outs[1], again[1]):
+        assert torch.equal(x, y) and torch.equal(y, z)
+    assert all(torch.equal(x, y) for x, y in zip(again[0], again[1]))
+
+
+def test_graphed_decode_equals_eager_decode():
+    model = tiny_model()
+    ae = tiny_autoencoder(model.config.latent_channels)
+    assert ae.latent_shape == model.config.latent_shape
+    eager = Session(model, window=2, sink=1, device="cpu", autoencoder=ae)
+    graphed = GraphedSession(model, window=2, sink=1, device="cpu", autoencoder=ae, capture=False)
+    z = torch.randn(1, *ae.latent_shape)
+    for _ in range(2):
+        frames = graphed.decode(z)
+        assert frames.dtype == torch.uint8 and frames.shape == (1, 40, 48, 3)
+        assert torch.equal(frames, eager.decode(z))
+
+
+def test_capture_needs_cuda():
+    with pytest.raises(ValueError, match="CUDA"):
+        GraphedSession(tiny_model(), window=2, sink=1, device="cpu", capture=True)
+
+
+def test_static_fn_copies_inputs_into_fixed_buffers():
+    fn = StaticFn(lambda x: x * 2, [torch.zeros(3)], capture=False)
+    buf = fn.inputs[0]
+    assert torch.equal(fn(torch.ones(3)), torch.full((3,), 2.0))
+    assert fn.inputs[0] is buf and torch.equal(buf, torch.ones(3))
+
+
+def test_captured_functions_have_no_host_sync_or_data_dependent_shape():
+    # On the meta device tensors have shapes but no data: any .item(), bool(tensor), nonzero() or
+    # data-dependent shape inside the step functions raises. That is what CUDA-graph capture forbids.
+    model = tiny_model()
+    ae = tiny_autoencoder(model.config.latent_channels)
+    s = GraphedSession(model, window=3, sink=1, device="cpu", capture=False, autoencoder=ae,
+                       sampler=SamplerConfig(kind="consistency", cfg_scale=2.0))
+    s.model = copy.deepcopy(model).to("meta")
+    s.autoencoder = copy.deepcopy(ae).to("meta")
+    s.device = torch.device("meta")
+    s.cache = s.model.new_cache(batch=1, sink=1, window=3, device="meta", dtype=torch.float32)
+    assert isinstance(s.cache, KVCache)
+    C, h, w = model.config.latent_shape
+    noise = [torch.empty(1, C, h, w, device="meta") for _ in range(2)]
+    a = torch.empty(1, 5, device="meta")
+    x0 = Session._denoise(s, noise, a, [1.0, 0.5, 0.0], False)
+    assert x0.shape == (1, C, h, w) and x0.device.type == "meta"
+    s._append_device(x0[:, None], a[:, None])
+    assert Session._decode(s, x0).shape == (1, 40, 48, 3)

@@ -1,0 +1,118 @@
+"""CUDA graphs for the streaming step: a Session whose denoise, re-encode and decode passes replay as graphs.
+
+Why: at batch 1 a one-frame forward is launch-bound (recipe.md section 4: eager ~4 ms, graph replay
+~0.8-1.1 ms on an H200), so the per-tick cost is mostly kernel launches that a graph replays at once.
+
+What lets one graph serve every tick:
+- the KV cache is preallocated and masks empty slots with `valid`; slot positions, query positions, write
+  indices and the frame counter are device tensors that the graph reads, and the re-encode graph also runs
+  the device half of `advance` (kv_cache.py). Fill level and evictions change only buffer contents;
+- inputs are copied into static buffers before each replay. Noise is drawn eagerly from the session's
+  generator in Session.step, so the random stream is exactly the eager one;
+- outputs are the graph's static tensors, cloned before they are handed out;
+- one graph per (pass, schedule, sampler): the schedule's times are constants inside it.
+
+On the CPU (or capture=False) the very same functions run eagerly on the static buffers; the tests compare
+that path against Session.step at every fill level and across evictions. Graphs that point at a cache are
+dropped when the session's cache object changes (a new batch size, or a restore of another shape).
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Hashable, Sequence
+
+import torch
+from torch import Tensor
+
+from world_model.rollout import Session
+
+
+class StaticFn:
+    """fn(*inputs) on fixed input buffers, captured as a CUDA graph or (capture=False) run eagerly.
+
+    Calling it copies the arguments into the buffers, then replays; the result is the graph's own output
+    tensor (overwritten by the next replay)."""
+
+    def __init__(self, fn: Callable[..., Any], example: Sequence[Tensor], *, capture: bool,
+                 pool: Any = None, warmup: int = 2):
+        self.fn = fn
+        self.inputs = [x.detach().clone() for x in example]
+        self.graph: torch.cuda.CUDAGraph | None = None
+        if capture:
+            # Lazy initialisation (cuBLAS handles, kernel selection) must happen outside the capture.
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(warmup):
+                    fn(*self.inputs)
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph, pool=pool, capture_error_mode="thread_local"):
+                self.output = fn(*self.inputs)
+
+    def __call__(self, *inputs: Tensor) -> Any:
+        for buf, x in zip(self.inputs, inputs, strict=True):
+            buf.copy_(x)
+        if self.graph is None:
+            return self.fn(*self.inputs)
+        self.graph.replay()
+        return self.output
+
+
+class GraphedSession(Session):
+    """Session with the no-grad streaming passes replayed as CUDA graphs (eager on the CPU).
+
+    Same constructor and interface as Session, plus `capture` (default: True on CUDA). Graphs are built
+    on first use of each (pass, schedule); that first tick is slower (warm-up and capture)."""
+
+    def __init__(self, model: Any, *, capture: bool | None = None, **session_kw: Any):
+        super().__init__(model, **session_kw)
+        self.capture = self.device.type == "cuda" if capture is None else capture
+        if self.capture and self.device.type != "cuda":
+            raise ValueError(f"CUDA graphs need a CUDA device, got {self.device}")
+        self._pool = torch.cuda.graph_pool_handle() if self.capture else None  # one pool for all graphs
+        self._fns: dict[Hashable, StaticFn] = {}
+        self._graphed_cache: Any = None
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        # No autocast weight cache: the casts are replayed inside the graph, nothing may outlive it.
+        if self.autocast:
+            return torch.autocast("cuda", dtype=self.dtype, cache_enabled=False)
+        return contextlib.nullcontext()
+
+    def _static(self, key: Hashable, fn: Callable[..., Any], example: Sequence[Tensor], *,
+                writes_cache: bool = False) -> StaticFn:
+        if self._graphed_cache is not self.cache:   # graphs read the old cache's storage: rebuild them
+            self._fns = {k: f for k, f in self._fns.items() if k[0] == "decode"}
+            self._graphed_cache = self.cache
+        if key not in self._fns:
+            # The warm-up runs before capture execute for real; undo what they write into the cache.
+            saved = self.cache.clone() if writes_cache and self.capture else None
+            with torch.no_grad():
+                self._fns[key] = StaticFn(fn, example, capture=self.capture, pool=self._pool)
+            if saved is not None:
+                self.cache.copy_from(saved)
+        return self._fns[key]
+
+    # ---- the three passes (Session.step and Session.decode call these) ----
+
+    def _denoise(self, noise: list[Tensor], a: Tensor, times: list[float], grad: bool) -> Tensor:
+        if grad:
+            return super()._denoise(noise, a, times, grad)
+
+        def denoise(*xs: Tensor) -> Tensor:          # xs = (*noise, a)
+            return Session._denoise(self, list(xs[:-1]), xs[-1], times, False)
+
+        fn = self._static(("dit", tuple(times), self.sampler, len(noise)), denoise, [*noise, a])
+        return fn(*noise, a).clone()
+
+    def _reencode(self, x0: Tensor, a: Tensor) -> None:
+        def reencode(x: Tensor, act: Tensor) -> None:
+            self._append_device(x[:, None], act[:, None])   # forward (APPEND) + device half of advance
+
+        self._static(("reencode",), reencode, [x0, a], writes_cache=True)(x0, a)
+        self.cache.advance_host(1)
+
+    def _decode(self, latent: Tensor) -> Tensor:
+        fn = self._static(("decode", tuple(latent.shape)), lambda z: Session._decode(self, z), [latent])
+        return fn(latent).clone()
