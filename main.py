@@ -5,6 +5,7 @@
     python main.py replay TRACE --out DIR [--backend model|game] [--model ...] [--steps N] [--device ...]
                    [--settings FILE] [--no-video]
     python main.py kiosk [--settings settings/kiosk.yaml] [--headless --ticks N]     (demo booth: app/kiosk.py)
+    python main.py bench [--device cuda|cpu] [--ticks N] [--json FILE] [--model PATH] ...   (app/bench.py; --help)
 
 Any problem the user must fix (settings, trace, checkpoint, display) is one line on stderr and a
 non-zero exit status, never a traceback.
@@ -53,6 +54,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     rep.add_argument("trace", help="trace JSONL file")
     rep.add_argument("--out", required=True, help="output folder")
     rep.add_argument("--no-video", action="store_true", help="skip video.mp4")
+    sub.add_parser("bench", help="per-tick cost by phase and engine (main.py bench --help; app/bench.py)")
     kiosk = sub.add_parser("kiosk", help="demo booth: attract loop, idle reset, locked controls, watchdog")
     kiosk.add_argument("--settings", default=KIOSK_SETTINGS, help=f"kiosk settings YAML (default {KIOSK_SETTINGS})")
     kiosk.add_argument("--headless", action="store_true", help="no window (the attract loop only)")
@@ -126,7 +128,11 @@ def cmd_replay(args: argparse.Namespace, cfg: PlayConfig) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="dreamloop: %(message)s")
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:                      # its own parser and report: app/bench.py
+        from app.bench import main as bench_main
+        return bench_main(argv[1:])
+    args = parse_args(argv)
     from app.window import NoDisplay
 
     try:

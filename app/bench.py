@@ -1,0 +1,418 @@
+"""`python main.py bench`: what one tick of the world model costs, phase by phase, engine by engine.
+
+    python main.py bench [--device auto|cpu|cuda] [--ticks N] [--warmup N] [--json FILE] [--model PATH]
+                         [--teacher PATH] [--random] [--model-config FILE] [--variants teacher,student1,student2]
+                         [--engines eager,graphs,onnxruntime,compile] [--memory-ticks N] [--gl] [--settings FILE]
+
+Variants: the teacher at session.teacher_steps with its Euler sampler, the student at 1 and 2 consistency
+steps. Each runs on every engine asked for (eager torch, CUDA graphs, onnxruntime; torch.compile on
+request), built by world_model.runtime.make_session as the player builds it, seeded with session.context
+random latents, warmed up, then timed tick by tick as the player runs a tick:
+    session.step(action) -> session.decode(latent) -> frame[0].cpu()
+Phases per tick: dit (the denoising passes), reencode (the t=0 APPEND pass), decode (uint8 frame on the
+device), upload (the device->host copy of that frame), gl (moderngl texture write, with --gl) and tick (wall
+time of all of it, perf_counter). On CUDA the phases are GPU times from CUDA events; on the CPU perf_counter.
+
+Honesty: weights are labelled with where they came from. Without a student checkpoint the student rows run
+the teacher's architecture and weights with the consistency schedule, and say so; without any checkpoint
+the models are random weights of the shipped configs (timing only). A variant that fails or cannot run
+here is reported with its reason, never left out or filled in.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from settings import SettingsError, load
+from world_model.autoencoder import Autoencoder, AutoencoderConfig
+from world_model.model import ModelConfig, WorldModel, load_model
+from world_model.runtime import RuntimeConfig, make_session
+from world_model.sampler import SamplerConfig
+
+from .backends import BackendError, pick_device
+from .config import PlayConfig, load_play, resolve
+
+PHASES = ("dit", "reencode", "decode", "upload")
+TARGETS = {"student1_p50_ms": 2.0, "student1_p99_ms": 4.0, "graph_speedup": 2.5, "teacher_over_student": 10.0,
+           "first_frame_s": 10.0}   # issue 6, on one H100
+
+
+@dataclass(frozen=True)
+class Variant:
+    key: str                 # teacher | student1 | student2
+    model: str               # teacher | student
+    steps: int
+    sampler: SamplerConfig
+    engine: str              # eager | graphs | onnxruntime | compile
+
+
+class PhaseTimer:
+    """Session.timer: `with timer("dit"): ...` records CUDA events (GPU time) or perf_counter (CPU)."""
+
+    def __init__(self, cuda: bool):
+        self.cuda = cuda
+        self.pending: list[tuple[str, Any, Any]] = []
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            try:
+                yield
+            finally:
+                end.record()
+                self.pending.append((name, start, end))
+        else:
+            t0 = time.perf_counter()
+            try:
+                yield
+            finally:
+                self.pending.append((name, t0, time.perf_counter()))
+
+    def collect(self) -> dict[str, float]:
+        """Milliseconds per phase since the last collect (waits for the GPU)."""
+        if self.cuda:
+            torch.cuda.synchronize()
+        out: dict[str, float] = {}
+        for name, a, b in self.pending:
+            out[name] = out.get(name, 0.0) + (a.elapsed_time(b) if self.cuda else (b - a) * 1000.0)
+        self.pending.clear()
+        return out
+
+
+def stats(values: list[float]) -> dict[str, float]:
+    v = np.asarray(values, dtype=float)
+    return {"p50": float(np.percentile(v, 50)), "p99": float(np.percentile(v, 99)), "max": float(v.max()),
+            "mean": float(v.mean())}
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux /proc), or None."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])   # field 22
+        return float(Path("/proc/uptime").read_text().split()[0]) - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def host_memory_bytes() -> int:
+    """Resident set size now (Linux), else 0."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# Models: checkpoints where they exist, random weights of the shipped configs where not (labelled)
+# ----------------------------------------------------------------------------------------------------
+
+def load_models(args: argparse.Namespace, cfg: PlayConfig, device: str) -> dict[str, Any]:
+    """{'teacher': (model, note), 'student': (model | None, note), 'autoencoder': (ae, note)}."""
+    model_cfg_path = resolve(args.model_config)
+    teacher_path = Path(args.teacher) if args.teacher else resolve(cfg.models.teacher)
+    student_path = Path(args.model) if args.model else resolve(cfg.models.student)
+    ae_path = resolve(cfg.models.autoencoder)
+    if not args.random and teacher_path.exists():
+        teacher, t_note = load_model(teacher_path), f"checkpoint {teacher_path}"
+    else:
+        torch.manual_seed(0)
+        teacher = WorldModel(load(model_cfg_path, ModelConfig))
+        t_note = f"random weights of {args.model_config} (timing only)"
+    if not args.random and student_path.exists():
+        student, s_note = load_model(student_path), f"checkpoint {student_path}"
+    else:
+        student = None
+        s_note = ("NO STUDENT CHECKPOINT: student rows run the teacher's architecture and weights "
+                  "with the consistency schedule (timing only)")
+    latent = teacher.config.latent_shape
+    if not args.random and ae_path.exists():
+        ae, a_note = Autoencoder.load(ae_path), f"checkpoint {ae_path}"
+    else:
+        torch.manual_seed(1)
+        ae = Autoencoder(AutoencoderConfig(latent_channels=latent[0], height=8 * latent[1], width=8 * latent[2]))
+        a_note = "random weights of AutoencoderConfig defaults (timing only)"
+    if ae.latent_shape != latent:
+        raise BackendError(f"autoencoder latent {ae.latent_shape} does not fit the model's {latent}")
+    to = lambda m: None if m is None else m.to(device).eval()
+    return {"teacher": (to(teacher), t_note), "student": (to(student), s_note), "autoencoder": (to(ae), a_note)}
+
+
+def variants(args: argparse.Namespace, cfg: PlayConfig, cuda: bool) -> list[Variant]:
+    """The player's default first (student 1-step on its default engine), so its first frame is the
+    process's first frame."""
+    teacher = SamplerConfig(kind="euler", steps=cfg.session.teacher_steps)
+    student = SamplerConfig(kind="consistency")
+    table = {"student1": ("student", 1, student), "student2": ("student", 2, student),
+             "teacher": ("teacher", cfg.session.teacher_steps, teacher)}
+    wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    default = "graphs" if cuda else "eager"
+    engines = sorted(engines, key=lambda e: e != default)
+    return [Variant(key, *table[key], engine) for key in wanted for engine in engines]
+
+
+# ----------------------------------------------------------------------------------------------------
+# One variant
+# ----------------------------------------------------------------------------------------------------
+
+class GlUpload:
+    """A moderngl texture of the frame size in a standalone EGL context: the player's view.upload."""
+
+    def __init__(self, height: int, width: int):
+        import moderngl
+
+        self.ctx = moderngl.create_context(standalone=True, backend="egl")
+        self.texture = self.ctx.texture((width, height), 3)
+
+    def __call__(self, frame: np.ndarray) -> float:
+        t0 = time.perf_counter()
+        self.texture.write(np.ascontiguousarray(frame))
+        self.ctx.finish()
+        return (time.perf_counter() - t0) * 1000.0
+
+
+def build_session(v: Variant, models: dict[str, Any], cfg: PlayConfig, device: str, args: argparse.Namespace) -> Any:
+    model = models[v.model][0] if models[v.model][0] is not None else models["teacher"][0]
+    ae = models["autoencoder"][0]
+    s = cfg.session
+    dtype = torch.bfloat16 if (device == "cuda" and s.dtype in ("auto", "bfloat16")) else torch.float32
+    kw = dict(window=s.window, sink=s.sink, device=device, dtype=dtype, seed=0, autoencoder=ae, sampler=v.sampler)
+    if v.engine == "compile":
+        return make_session(torch.compile(model, dynamic=False), runtime=RuntimeConfig(engine="eager"), **kw)
+    return make_session(model, runtime=RuntimeConfig(engine=v.engine), onnx_dir=resolve(args.onnx_dir), **kw)
+
+
+def run_variant(v: Variant, models: dict[str, Any], cfg: PlayConfig, device: str, args: argparse.Namespace,
+                gl: GlUpload | None, ticks: int | None = None, memory_every: int = 0) -> dict[str, Any]:
+    cuda = device == "cuda"
+    rec: dict[str, Any] = {"name": f"{v.key} {v.engine}", "variant": v.key, "engine": v.engine, "steps": v.steps,
+                           "sampler": asdict(v.sampler), "model": v.model,
+                           "weights": models[v.model][1] if models[v.model][0] is not None else models["student"][1]}
+    if v.engine == "graphs" and not cuda:
+        return {**rec, "skipped": "CUDA graphs need a CUDA device"}
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    memory = (lambda: torch.cuda.memory_allocated()) if cuda else host_memory_bytes
+    mem_before = memory()
+    g = torch.Generator().manual_seed(0)
+    C, h, w = models["teacher"][0].config.latent_shape
+    t0 = time.perf_counter()
+    session = build_session(v, models, cfg, device, args)
+    session.reset(torch.randn(1, cfg.session.context, C, h, w, generator=g), torch.zeros(1, cfg.session.context, 5))
+    rec["dtype"] = str(session.dtype).removeprefix("torch.")
+    timer = PhaseTimer(cuda)
+    session.timer = timer
+    samples: dict[str, list[float]] = {k: [] for k in (*PHASES, "tick", "gl")}
+    trace: list[tuple[int, int]] = []
+    n_ticks = args.ticks if ticks is None else ticks
+    for i in range(args.warmup + n_ticks):
+        action = torch.rand(1, 5, generator=g) * 2 - 1
+        start = time.perf_counter()
+        with torch.no_grad():
+            frame = session.decode(session.step(action, steps=v.steps))
+            with timer("upload"):
+                host = frame[0].cpu()                                                   # (H, W, 3) uint8
+        tick_ms = (time.perf_counter() - start) * 1000.0
+        gl_ms = gl(host.numpy()) if gl is not None else None
+        phases = timer.collect()
+        if i == 0:
+            rec["first_frame_s"] = time.perf_counter() - t0      # session build + seed + capture/export + 1 tick
+            rec["first_frame_since_process_start_s"] = process_age_s()
+        if i == args.warmup:
+            mem_warm = memory()
+        if i >= args.warmup:
+            for k in PHASES:
+                samples[k].append(phases.get(k, 0.0))
+            samples["tick"].append(tick_ms)
+            if gl_ms is not None:
+                samples["gl"].append(gl_ms)
+            if memory_every and (i - args.warmup) % memory_every == 0:
+                trace.append((i - args.warmup, memory()))
+    if args.warmup == 0:
+        mem_warm = mem_before
+    rec["ticks"] = n_ticks
+    rec["ms"] = {k: stats(x) for k, x in samples.items() if x}
+    rec["memory"] = {"kind": "cuda allocated (torch)" if cuda else "host RSS", "before_bytes": mem_before,
+                     "after_warmup_bytes": mem_warm, "end_bytes": memory(),
+                     "peak_bytes": torch.cuda.max_memory_allocated() if cuda else None}
+    rec["memory"]["growth_bytes"] = rec["memory"]["end_bytes"] - mem_warm
+    if v.engine == "onnxruntime" and cuda:
+        rec["memory"]["note"] = "onnxruntime's own CUDA arena is not counted by torch"
+    if trace:
+        rec["memory"]["trace"] = trace
+    return rec
+
+
+def safe_run(v: Variant, *run_args: Any, **run_kw: Any) -> dict[str, Any]:
+    """run_variant, with a failure recorded as that variant's result instead of ending the benchmark."""
+    try:
+        return run_variant(v, *run_args, **run_kw)
+    except Exception as e:   # noqa: BLE001 - a failed engine is a result (e.g. no CUDA provider for onnxruntime)
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        return {"name": f"{v.key} {v.engine}", "variant": v.key, "engine": v.engine, "steps": v.steps,
+                "error": f"{type(e).__name__}: {first}"}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Summary, table, CLI
+# ----------------------------------------------------------------------------------------------------
+
+def p50(results: list[dict[str, Any]], key: str, engine: str, phase: str = "tick", q: str = "p50") -> float | None:
+    for r in results:
+        if r["variant"] == key and r["engine"] == engine and "ms" in r:
+            return r["ms"][phase][q]
+    return None
+
+
+def summarize(results: list[dict[str, Any]], cuda: bool, memory_run: dict[str, Any] | None) -> dict[str, Any]:
+    best = "graphs" if cuda else "eager"
+    s1, s1_99, teacher = p50(results, "student1", best), p50(results, "student1", best, q="p99"), p50(results, "teacher", best)
+    eager = p50(results, "student1", "eager")
+    out: dict[str, Any] = {
+        "reference_engine": best,
+        "student1_tick_p50_ms": s1, "student1_tick_p99_ms": s1_99,
+        "graph_speedup_student1": eager / s1 if cuda and eager and s1 else None,
+        "graph_speedup_student1_dit": (p50(results, "student1", "eager", "dit") / p50(results, "student1", "graphs", "dit")
+                                       if cuda and p50(results, "student1", "graphs", "dit") else None),
+        "teacher_over_student1": teacher / s1 if teacher and s1 else None,
+        "first_frame_s": next((r.get("first_frame_s") for r in results if "first_frame_s" in r), None),
+    }
+    if memory_run is not None and "memory" in memory_run:
+        out["memory_growth_bytes_long_run"] = memory_run["memory"]["growth_bytes"]
+    if cuda:
+        checks = {"student1_p50_ms": (s1, "<="), "student1_p99_ms": (s1_99, "<="),
+                  "graph_speedup": (out["graph_speedup_student1"], ">="),
+                  "teacher_over_student": (out["teacher_over_student1"], ">="), "first_frame_s": (out["first_frame_s"], "<=")}
+        out["targets"] = {k: {"value": val, "target": f"{op} {TARGETS[k]}",
+                              "met": None if val is None else (val <= TARGETS[k] if op == "<=" else val >= TARGETS[k])}
+                          for k, (val, op) in checks.items()}
+    else:
+        out["targets"] = "issue 6 targets are for one H100; not checked on the CPU"
+    return out
+
+
+def table(report: dict[str, Any]) -> str:
+    head = (f"{'variant':<20}{'dtype':>9}{'dit':>9}{'reenc':>8}{'decode':>8}{'upload':>8}{'gl':>7} |"
+            f"{'tick p50':>9}{'p99':>8}{'max':>8} |{'1st frame':>10}{'peak MB':>9}{'grow MB':>9}")
+    lines = [f"dreamloop bench on {report['device']} (torch {report['torch']}, onnxruntime {report['onnxruntime']}); "
+             f"{report['ticks']} ticks after {report['warmup']} warm-up; window {report['window']} + sink {report['sink']}",
+             *(f"  {k}: {note}" for k, note in report["weights"].items()),
+             f"  phases: p50 ms ({'CUDA events, GPU time' if report['device'].startswith('cuda') else 'perf_counter'}); "
+             f"tick = wall time of step + decode + upload", head, "-" * len(head)]
+    for r in report["variants"]:
+        if "ms" not in r:
+            lines.append(f"{r['name']:<20}  {r.get('skipped') or r.get('error')}")
+            continue
+        ms, mem = r["ms"], r["memory"]
+        cell = lambda k, w: f"{ms[k]['p50']:>{w}.2f}" if k in ms else f"{'-':>{w}}"
+        peak = mem["peak_bytes"] / 2**20 if mem["peak_bytes"] is not None else mem["end_bytes"] / 2**20
+        lines.append(f"{r['name']:<20}{r['dtype']:>9}{cell('dit', 9)}{cell('reencode', 8)}{cell('decode', 8)}"
+                     f"{cell('upload', 8)}{cell('gl', 7)} |{ms['tick']['p50']:>9.2f}{ms['tick']['p99']:>8.2f}"
+                     f"{ms['tick']['max']:>8.2f} |{r['first_frame_s']:>9.2f}s{peak:>9.1f}{mem['growth_bytes'] / 2**20:>9.2f}")
+    s = report["summary"]
+    fmt = lambda x, unit="": "n/a" if x is None else f"{x:.2f}{unit}"
+    lines += ["", f"student 1-step ({s['reference_engine']}): tick p50 {fmt(s['student1_tick_p50_ms'], ' ms')}, "
+                  f"p99 {fmt(s['student1_tick_p99_ms'], ' ms')}; graph speedup {fmt(s['graph_speedup_student1'], 'x')} "
+                  f"(DiT only {fmt(s['graph_speedup_student1_dit'], 'x')}); teacher/student {fmt(s['teacher_over_student1'], 'x')}; "
+                  f"first frame {fmt(s['first_frame_s'], ' s')}"]
+    if "memory_growth_bytes_long_run" in s:
+        lines.append(f"memory over {report['memory_run']['ticks']} ticks: growth {s['memory_growth_bytes_long_run'] / 2**20:.2f} MB")
+    if isinstance(s["targets"], dict):
+        lines += [f"target {k}: {t['value'] if t['value'] is None else round(t['value'], 3)} {t['target']} -> "
+                  f"{'met' if t['met'] else 'NOT met' if t['met'] is not None else 'n/a'}" for k, t in s["targets"].items()]
+    else:
+        lines.append(s["targets"])
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="main.py bench", description="Per-tick cost of the world model, by phase and engine.")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--ticks", type=int, default=200, help="timed ticks per variant (default 200)")
+    p.add_argument("--warmup", type=int, default=20, help="untimed ticks first, incl. capture/export (default 20)")
+    p.add_argument("--json", help="also write the report as JSON to this file")
+    p.add_argument("--model", help="student checkpoint (default: settings models.student)")
+    p.add_argument("--teacher", help="teacher checkpoint (default: settings models.teacher)")
+    p.add_argument("--random", action="store_true", help="ignore checkpoints: random weights of --model-config")
+    p.add_argument("--model-config", default="settings/model/teacher.yaml", help="architecture for random weights")
+    p.add_argument("--variants", default="student1,student2,teacher", help="comma list of student1,student2,teacher")
+    p.add_argument("--engines", default="eager,graphs,onnxruntime", help="comma list of eager,graphs,onnxruntime,compile")
+    p.add_argument("--memory-ticks", type=int, default=0, help="extra long run of student1 on the default engine, "
+                   "sampling memory (e.g. 100000)")
+    p.add_argument("--gl", action="store_true", help="also time a moderngl texture write (standalone EGL context)")
+    p.add_argument("--onnx-dir", default="out/onnx", help="cache of exported ONNX graphs")
+    p.add_argument("--settings", default="settings/play.yaml", help="player settings (window, sink, context, steps)")
+    args = p.parse_args(argv)
+    if args.ticks < 1 or args.warmup < 0 or args.memory_ticks < 0:
+        p.error("--ticks must be >= 1, --warmup and --memory-ticks >= 0")
+    bad = set(args.variants.split(",")) - {"student1", "student2", "teacher"}
+    bad |= set(args.engines.split(",")) - {"eager", "graphs", "onnxruntime", "compile"}
+    if bad:
+        p.error(f"unknown variant or engine: {', '.join(sorted(bad))}")
+    return args
+
+
+def bench(args: argparse.Namespace) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    cfg = load_play(resolve(args.settings))
+    device, note = pick_device(args.device)
+    cuda = device == "cuda"
+    models = load_models(args, cfg, device)
+    gl = None
+    if args.gl:
+        try:
+            ae_cfg = models["autoencoder"][0].config
+            gl = GlUpload(ae_cfg.height, ae_cfg.width)
+        except Exception as e:   # noqa: BLE001 - no GL here is a result, not a crash
+            gl_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    results = []
+    for v in variants(args, cfg, cuda):
+        results.append(safe_run(v, models, cfg, device, args, gl))
+        if len(results) == 1 and "first_frame_s" in results[0]:
+            results[0]["load_to_first_frame_s"] = time.perf_counter() - t_start - sum(
+                r["ms"]["tick"]["mean"] * r["ticks"] / 1000 for r in results if "ms" in r)
+    memory_run = None
+    if args.memory_ticks:
+        v = Variant("student1", "student", 1, SamplerConfig(kind="consistency"), "graphs" if cuda else "eager")
+        memory_run = safe_run(v, models, cfg, device, args, None, ticks=args.memory_ticks,
+                              memory_every=max(1, args.memory_ticks // 20))
+    import onnxruntime
+    report = {"schema": 1, "command": " ".join(["python main.py bench", *sys.argv[2:]]) if sys.argv[1:2] == ["bench"] else None,
+              "device": f"{device}: {torch.cuda.get_device_name()}" if cuda else f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
+              "device_note": note, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+              "ticks": args.ticks, "warmup": args.warmup, "window": cfg.session.window, "sink": cfg.session.sink,
+              "context": cfg.session.context, "teacher_steps": cfg.session.teacher_steps,
+              "weights": {k: note for k, (_, note) in models.items()},
+              "gl": "timed" if gl is not None else (gl_error if args.gl else "not asked (--gl)"),
+              "variants": results, "memory_run": memory_run, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    report["summary"] = summarize(results, cuda, memory_run)
+    return report
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    try:
+        report = bench(args)
+    except (BackendError, SettingsError) as e:
+        print(f"dreamloop bench: {e}", file=sys.stderr)
+        return 1
+    print(table(report))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=1))
+        print(f"wrote {args.json}")
+    return 0

@@ -1,0 +1,49 @@
+"""Which engine runs the streaming Session: eager torch, CUDA graphs, or onnxruntime.
+
+The player reads this from the `runtime:` section of settings/play.yaml; the benchmark builds every engine
+through `make_session`, so what it measures is what the player runs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from world_model.rollout import Session
+
+ENGINES = ("eager", "graphs", "onnxruntime")
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    engine: Literal["auto", "eager", "graphs", "onnxruntime"] = "auto"  # auto: graphs on CUDA, eager on CPU
+    onnx_dir: str = "out/onnx"        # exported ONNX graphs, cached by a hash of weights and shapes
+
+
+def resolve_engine(engine: str, device: torch.device | str) -> str:
+    """'auto' -> 'graphs' on CUDA, 'eager' on the CPU; ValueError for graphs without CUDA."""
+    cuda = torch.device(device).type == "cuda"
+    if engine == "auto":
+        return "graphs" if cuda else "eager"
+    if engine == "graphs" and not cuda:
+        raise ValueError("runtime.engine: graphs needs a CUDA device; use eager or onnxruntime on the CPU")
+    if engine not in ENGINES:
+        raise ValueError(f"runtime.engine must be auto or one of {ENGINES}, got {engine!r}")
+    return engine
+
+
+def make_session(model: Any, *, runtime: RuntimeConfig, window: int, sink: int, device: torch.device | str,
+                 onnx_dir: str | Path | None = None, **session_kw: Any) -> Session:
+    """A Session (or GraphedSession / OrtSession) for `runtime.engine`; `session_kw` as for Session.
+    `onnx_dir` overrides runtime.onnx_dir (e.g. resolved against the repo root by the player)."""
+    engine = resolve_engine(runtime.engine, device)
+    if engine == "graphs":
+        from world_model.graphs import GraphedSession
+        return GraphedSession(model, window=window, sink=sink, device=device, capture=True, **session_kw)
+    if engine == "onnxruntime":
+        from world_model.onnx_session import OrtSession
+        return OrtSession(model, window=window, sink=sink, device=device,
+                          onnx_dir=onnx_dir or runtime.onnx_dir, **session_kw)
+    return Session(model, window=window, sink=sink, device=device, **session_kw)
