@@ -134,20 +134,23 @@ def estimate_zoom(a: Any, b: Any, max_log_scale: float = 0.3, num: int = 25, max
     B, _, H, W = x.shape
     top, bottom, left, right = H // 8, int(H * rows), W // 4, W - W // 4
     target = _centred(y[:, top:bottom, left:right])                         # (B, h, w)
-    # Normalised coordinates (align_corners=False) of the window's pixel centres.
-    u = (2 * (torch.arange(left, right, device=x.device) + 0.5) / W - 1)[None, :]   # (1, w)
-    v = (2 * (torch.arange(top, bottom, device=x.device) + 0.5) / H - 1)[:, None]   # (h, 1)
-    u, v = torch.broadcast_tensors(u, v)                                            # (h, w)
+    # Normalised coordinates (align_corners=False) of the window's pixel centres, with max_dy extra rows
+    # above and below: each scale is sampled once and every dy is a slice of it.
+    u = (2 * (torch.arange(left, right, device=x.device) + 0.5) / W - 1)[None, :]                   # (1, w)
+    v = (2 * (torch.arange(top - max_dy, bottom + max_dy, device=x.device) + 0.5) / H - 1)[:, None]  # (h+2d, 1)
+    u, v = torch.broadcast_tensors(u, v)                                                           # (h+2d, w)
+    h = bottom - top
     best = torch.full((B,), float("inf"), device=x.device)
     best_log = torch.zeros(B, device=x.device)
     for i in sorted(range(-num, num + 1), key=abs):                        # no motion first
         log_s = max_log_scale * i / num
+        s = math.exp(log_s)
+        grid = torch.stack([u / s, v / s], -1)[None].expand(B, -1, -1, 2)                          # (B, h+2d, w, 2)
+        tall = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)[:, 0]
         for dy in sorted(range(-max_dy, max_dy + 1), key=abs):
-            s = math.exp(log_s)
-            grid = torch.stack([u / s, v / s - 2 * dy / H], -1)[None].expand(B, -1, -1, 2)  # (B, h, w, 2)
-            src = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)[:, 0]
-            err = (_centred(src) - target).abs().mean((1, 2))                        # (B,)
-            better = err < best - 1e-6                                                # ties keep less motion
+            src = tall[:, max_dy - dy:max_dy - dy + h]        # in(c + (p - dy - c) / s): moved down by dy
+            err = (_centred(src) - target).abs().mean((1, 2))                          # (B,)
+            better = err < best - 1e-6                                                  # ties keep less motion
             best = torch.where(better, err, best)
             best_log = torch.where(better, torch.full_like(best_log, log_s), best_log)
     return best_log

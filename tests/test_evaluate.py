@@ -1,0 +1,137 @@
+"""The evaluation recipe end to end on the CPU with a tiny random-weight model and autoencoder, and the
+action-response score with the real game standing in for the model."""
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from settings import load
+from world_model.actions import Action
+from world_model.autoencoder import Autoencoder, AutoencoderConfig
+from world_model.game import Game
+from world_model.model import ModelConfig, WorldModel, save_model
+from world_model.recipes import evaluate as E
+from world_model.trace import Trace, save as save_trace
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_checkpoints(tmp: Path) -> tuple[Path, Path]:
+    """tiny.yaml's model at the real latent grid (15 x 20, 4 channels) and a tiny 160x120 autoencoder."""
+    torch.manual_seed(0)
+    ae = Autoencoder(AutoencoderConfig(latent_channels=4, enc_channels=(8, 8, 8, 8), dec_channels=(8, 8, 8, 8),
+                                       enc_blocks=0, dec_blocks=0, groups=4))
+    cfg = replace(load(ROOT / "settings/model/tiny.yaml", ModelConfig), latent_h=15, latent_w=20)
+    model = WorldModel(cfg)
+    with torch.no_grad():
+        for p in model.parameters():      # wake the zero-initialised gates so every path contributes
+            p.add_(torch.randn_like(p) * 0.1)
+    ae.save(tmp / "ae.safetensors")
+    save_model(tmp / "teacher.safetensors", model, kind="teacher", dtype=None)
+    return tmp / "teacher.safetensors", tmp / "ae.safetensors"
+
+
+def short_trace(path: Path, n: int = 30, seed: int = 10_000) -> Path:
+    acts = [Action(forward=1.0, turn=0.6 if i % 10 < 5 else -0.6) for i in range(n)]
+    save_trace(Trace(seed=seed, actions=acts, context=8), path)
+    return path
+
+
+def test_recipe_runs_end_to_end_and_writes_every_output(tmp_path):
+    model, ae = tiny_checkpoints(tmp_path)
+    trace = short_trace(tmp_path / "heldout-a.jsonl")
+    args = ["--model", str(model), "--autoencoder", str(ae), "--traces", str(trace), "--device", "cpu",
+            "--quick", "--context", "3", "--window", "4"]
+    E.main(args + ["--out", str(tmp_path / "a")])
+    out = tmp_path / "a"
+    for name in ("metrics.json", "table.md", "side_by_side.mp4", "horizon.png", "drift.png", "horizon.csv",
+                 "teacher_forced.csv", "probes.csv", "drift.csv"):
+        assert (out / name).stat().st_size > 0, name
+    res = json.loads((out / "metrics.json").read_text())
+    ar = res["autoregressive"]
+    assert ar["windows"] == 2 and set(ar["horizons"]) == {"1", "2", "4"}
+    for v in ar["horizons"].values():
+        assert 0 < v["psnr"] < 60 and -1 <= v["ssim"] <= 1 and v["frozen_psnr"] > 0
+    tf = res["teacher_forced"]
+    assert tf["ticks"] == 4 and tf["psnr"] > 0 and tf["copy_last_psnr"] > tf["psnr"]   # random weights lose
+    assert res["action_response"]["combined"]["scored"] >= 1
+    assert res["drift"]["ticks"] == 12 and len((out / "drift.csv").read_text().splitlines()) == 13
+    assert "| autoregressive PSNR @ 1 ticks |" in (out / "table.md").read_text()
+    import imageio.v2 as iio
+    video = iio.mimread(out / "side_by_side.mp4")
+    assert len(video) == 12 and video[0].shape == (120 + 14, 320, 3)
+
+
+
+def test_seeded_rollouts_are_deterministic(tmp_path):
+    model, ae = tiny_checkpoints(tmp_path)
+    cfg = replace(E.EvalConfig(context=3, window=4).quick(), max_windows=1)
+    m = E.load_models(model, ae, cfg, "cpu")
+    with Game() as game:
+        played = [E.play_trace(E.load_trace(short_trace(tmp_path / "t.jsonl", n=12)), "t", game)]
+    runs = [(E.autoregressive(m, played, cfg), E.teacher_forced(m, played, cfg)[0]) for _ in range(2)]
+    assert runs[0] == runs[1]
+    other = E.autoregressive(m, played, replace(cfg, seed=1))
+    assert other["curve"]["psnr"] != runs[0][0]["curve"]["psnr"]      # the seed reaches the noise
+
+
+def test_bad_checkpoint_is_one_line(tmp_path):
+    model, ae = tiny_checkpoints(tmp_path)
+    trace = short_trace(tmp_path / "t.jsonl")
+    with pytest.raises(SystemExit, match="error: .*autoencoder"):
+        E.main(["--model", str(model), "--autoencoder", str(model), "--traces", str(trace), "--out",
+                str(tmp_path / "o"), "--device", "cpu", "--quick"])
+
+
+def test_teacher_forced_context_is_what_streaming_holds():
+    cfg = E.EvalConfig(context=3, window=4, sink=1)
+    starts = np.zeros(20, bool)
+    starts[0] = starts[12] = True
+    p = E.Played("p", Trace(seed=0, actions=[]), np.zeros((20, 1, 1, 3), np.uint8), np.zeros((20, 5)), starts)
+    assert E.context_indices(p, 3, cfg) == [0, 1, 2]
+    assert E.context_indices(p, 10, cfg) == [0, 6, 7, 8, 9]           # sink + last window
+    assert E.context_indices(p, 14, cfg) == [12, 13]                   # a new episode resets the context
+
+
+@pytest.fixture(scope="module")
+def game_probe_frames():
+    """Action probes of the real game from 6 states of a policy-like trace."""
+    acts = [Action(forward=1.0, turn=0.4 * np.sin(i / 7)) for i in range(200)]
+    trace = Trace(seed=10_001, actions=acts, context=8)
+    cfg = E.EvalConfig(probe_stride=30, max_probes=6)
+    with Game() as game:
+        p = E.play_trace(trace, "probe", game)
+        states = E.probe_states([p], cfg)
+        finals, valid = E.game_probes(states, cfg, game)
+    starts = np.stack([pp.frames[s - 1] for pp, s in states])
+    return finals, valid, starts, p
+
+
+def test_the_game_scores_itself_perfectly_and_a_frozen_model_scores_zero(game_probe_frames):
+    finals, valid, starts, _ = game_probe_frames
+    assert valid.all()
+    perfect, _ = E.action_response(finals, finals, valid)
+    assert perfect["turn"]["scored"] >= 5 and perfect["move"]["scored"] >= 4
+    assert perfect["combined"]["score"] == 1.0
+    frozen, _ = E.action_response({k: starts for k in finals}, finals, valid)
+    assert frozen["combined"]["score"] == 0.0
+    swapped = {"left": finals["right"], "right": finals["left"], "forward": finals["backward"],
+               "backward": finals["forward"]}
+    wrong, _ = E.action_response(swapped, finals, valid)     # a model that mixes up the directions
+    assert wrong["combined"]["score"] == 0.0
+
+
+def test_drift_check_passes_the_game_and_fails_frozen_and_gray_rollouts(game_probe_frames):
+    p = game_probe_frames[3]
+    game, actions = p.frames[8:], p.actions[8:]
+    real = E.drift_stats(game, game, actions, len(game))
+    assert not real["collapsed"] and real["in_range"] == 1.0 and real["motion_ratio"] == 1.0
+    frozen = E.drift_stats(np.repeat(game[:1], len(game), 0), game, actions, len(game))
+    assert frozen["collapsed"] and not frozen["checks"]["not_frozen"]
+    gray = E.drift_stats(np.full_like(game, 128), game, actions, len(game))
+    assert gray["collapsed"] and not gray["checks"]["in_range"]
+    short = E.drift_stats(game[:50], game, actions, len(game))    # a NaN cut the rollout short
+    assert short["collapsed"] and not short["checks"]["finite"]

@@ -1,0 +1,657 @@
+"""Evaluate a world model against the real game on held-out traces (issue 3, part 6).
+
+    python -m world_model.recipes.evaluate --model teacher --traces assets/traces/heldout-*.jsonl --out out/eval
+
+Every trace is first played on the real game: that gives the ground-truth frame of every tick. The model
+is always seeded the way the player seeds it (Session.reset_frames with the real frames and actions of the
+`context` ticks before the point where it takes over), then:
+
+1. Autoregressive: from many start points per trace (a window every `window_stride` ticks), the model
+   rolls out `max(horizons)` ticks on the trace's actions; PSNR/SSIM against the game at each horizon,
+   next to the frozen-frame baseline (the last seed frame repeated).
+2. Teacher-forced next frame: for each tick t the cache holds the real frames before t (the sink frames
+   of the episode plus the last `window` frames, what streaming would hold), and the model predicts t.
+3. Action response: from many states, roll out turn-left vs turn-right and forward vs backward, on the
+   model and on the game from the same state; the model scores when its image moves the same way.
+4. Drift: one long rollout (the longest trace, up to `drift_ticks`) on the policy's actions: frame
+   statistics must stay in the game's range and the image must keep moving while the game does.
+
+Writes OUT/metrics.json, OUT/table.md, OUT/side_by_side.mp4 (drift run, model | game), OUT/horizon.png,
+OUT/drift.png and per-tick CSVs (horizon.csv, teacher_forced.csv, probes.csv, drift.csv). docs/EVALUATION.md
+explains every number.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .. import metrics as M
+from ..actions import Action
+from ..autoencoder import Autoencoder
+from ..checkpoint import CheckpointError, load as load_checkpoint
+from ..game import Game, GameConfig
+from ..model import WorldModel
+from ..rollout import NonFiniteError, Session
+from ..sampler import SamplerConfig
+from ..trace import Trace, TraceError, load as load_trace
+
+CHECKPOINTS = Path(__file__).resolve().parents[2] / "assets" / "checkpoints"
+# Default denoising steps per kind: the player's (settings/play.yaml session.teacher_steps and steps).
+DEFAULT_STEPS = {"teacher": 4, "student": 1}
+PROBES = {"left": Action(turn=-1.0), "right": Action(turn=1.0),
+          "backward": Action(forward=-1.0), "forward": Action(forward=1.0)}
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    context: int = 8                     # real ticks that seed the model (the player's session.context)
+    window: int = 32                     # KV-cache window and sink (the player's)
+    sink: int = 1
+    steps: int | None = None             # denoising steps per frame (None: DEFAULT_STEPS for the kind)
+    schedule: tuple[float, ...] | None = None   # explicit times from 1 to 0; overrides steps
+    sampler: str | None = None           # euler | consistency (None: euler for teachers, else consistency)
+    horizons: tuple[int, ...] = (1, 8, 32, 128)
+    window_stride: int = 32              # ticks between autoregressive window starts
+    max_windows: int = 24                # per trace, evenly spread
+    tf_ticks: int = 400                  # teacher-forced ticks per trace, evenly spread
+    probe_stride: int = 48               # ticks between action-response states
+    max_probes: int = 12                 # states per trace
+    turn_ticks: int = 3                  # ~15 px of pan per probe; ~30 px between left and right (search: 48)
+    move_ticks: int = 8
+    drift_ticks: int = 2000
+    batch: int = 32                      # windows / ticks / states rolled out together
+    seed: int = 0
+    video_scale: int = 2
+
+    def quick(self) -> "EvalConfig":
+        """Everything small, for CPU tests and smoke runs."""
+        return replace(self, horizons=(1, 2, 4), window_stride=4, max_windows=2, tf_ticks=4, probe_stride=8,
+                       max_probes=1, turn_ticks=2, move_ticks=3, drift_ticks=12, batch=4, video_scale=1,
+                       steps=self.steps or 2)
+
+
+@dataclass
+class Played:
+    """A trace played on the real game: frames[i] is the frame produced by actions[i]."""
+    name: str
+    trace: Trace
+    frames: np.ndarray           # (T, H, W, 3) uint8
+    actions: np.ndarray          # (T, 5) float32
+    starts: np.ndarray           # (T,) bool: frames[i] opens a new episode (death or exit restarted the game)
+
+    def clean(self, lo: int, hi: int) -> bool:
+        """No episode cut between frames lo and hi - 1 (a cut AT lo is fine: that frame starts it)."""
+        return not self.starts[lo + 1:hi].any()
+
+
+@dataclass
+class Models:
+    model: WorldModel
+    autoencoder: Autoencoder
+    kind: str
+    device: torch.device
+    dtype: torch.dtype
+    sampler: SamplerConfig
+    step_kw: dict[str, Any] = field(default_factory=dict)   # steps= or schedule= for Session.step
+
+    def session(self, cfg: EvalConfig, seed: int) -> Session:
+        return Session(self.model, window=cfg.window, sink=cfg.sink, device=self.device, dtype=self.dtype,
+                       seed=seed, autoencoder=self.autoencoder, sampler=self.sampler)
+
+
+# ---------------------------------------------------------------------------------------------------------
+#                                          Loading and the game
+# ---------------------------------------------------------------------------------------------------------
+
+def load_models(model: str | Path, autoencoder: str | Path, cfg: EvalConfig, device: str) -> Models:
+    """`model` is 'teacher', 'student' or a checkpoint path."""
+    path = CHECKPOINTS / f"{model}.safetensors" if str(model) in ("teacher", "student") else Path(model)
+    tensors, config, meta = load_checkpoint(path)
+    kind = meta.get("kind", "")
+    if kind not in ("teacher", "student"):
+        raise CheckpointError(f"{path}: a {kind!r} checkpoint, expected a teacher or student")
+    wm = WorldModel.from_tensors(config, tensors).to(device).eval()
+    ae = Autoencoder.load(autoencoder, device=device)
+    if tuple(ae.latent_shape) != tuple(wm.config.latent_shape):
+        raise CheckpointError(f"{autoencoder}: latent {tuple(ae.latent_shape)} does not fit the model's "
+                              f"{tuple(wm.config.latent_shape)}")
+    sampler = SamplerConfig(kind=cfg.sampler or ("euler" if kind == "teacher" else "consistency"))
+    step_kw = {"schedule": list(cfg.schedule)} if cfg.schedule else {"steps": cfg.steps or DEFAULT_STEPS[kind]}
+    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    return Models(wm, ae, kind, torch.device(device), dtype, sampler, step_kw)
+
+
+def play_trace(trace: Trace, name: str, game: Game) -> Played:
+    game.reset(trace.seed)
+    frames, starts = [], []
+    for a in trace.actions:
+        frames.append(game.step(a))
+        starts.append(game.tick_info.new_episode)
+    return Played(name, trace, np.stack(frames), np.array([a.to_list() for a in trace.actions], np.float32),
+                  np.array(starts))
+
+
+def game_probe(game: Game, played: Played, s: int, action: Action, ticks: int) -> np.ndarray | None:
+    """The game's frame after replaying the trace up to tick s, then `ticks` ticks of `action`; None if
+    an episode ended on the way. A fresh DoomGame every time: replays are bit-exact, savestates are not."""
+    game.reset(played.trace.seed)
+    for a in played.trace.actions[:s]:
+        game.step(a)
+    frame = None
+    for _ in range(ticks):
+        frame = game.step(action)
+        if game.tick_info.new_episode:
+            return None
+    return frame
+
+
+# ---------------------------------------------------------------------------------------------------------
+#                                          1. Autoregressive
+# ---------------------------------------------------------------------------------------------------------
+
+def spread(candidates: Sequence[int], most: int) -> list[int]:
+    """At most `most` items of a sorted list, evenly spread (deterministic)."""
+    if len(candidates) <= most:
+        return list(candidates)
+    return [candidates[round(i * (len(candidates) - 1) / max(1, most - 1))] for i in range(most)]
+
+
+def seed_batch(m: Models, cfg: EvalConfig, played: Sequence[Played], starts: Sequence[int], seed: int) -> Session:
+    """A Session seeded, per batch row, with the real frames and actions of the `context` ticks before s."""
+    session = m.session(cfg, seed)
+    frames = np.stack([p.frames[s - cfg.context:s] for p, s in zip(played, starts)])       # (B, ctx, H, W, 3)
+    actions = np.stack([p.actions[s - cfg.context:s] for p, s in zip(played, starts)])     # (B, ctx, 5)
+    with torch.no_grad():
+        session.reset_frames(frames, torch.from_numpy(actions))
+    return session
+
+
+def rollout(m: Models, session: Session, actions: np.ndarray) -> tuple[torch.Tensor, int]:
+    """Step through actions (B, T, 5); returns frames (B, T, H, W, 3) uint8 on the device and the tick of a
+    non-finite output (T if none; frames from there on are black)."""
+    B, T = actions.shape[:2]
+    out = None
+    for i in range(T):
+        try:
+            with torch.no_grad():
+                frame = session.decode(session.step(torch.from_numpy(actions[:, i]), **m.step_kw))  # (B, H, W, 3)
+        except NonFiniteError:
+            return out, i
+        if out is None:
+            out = torch.zeros((B, T, *frame.shape[1:]), dtype=torch.uint8, device=frame.device)
+        out[:, i] = frame
+    return out, T
+
+
+def autoregressive(m: Models, played: Sequence[Played], cfg: EvalConfig) -> dict[str, Any]:
+    H = max(cfg.horizons)
+    windows = []
+    for p in played:
+        ok = [s for s in range(cfg.context, len(p.frames) - H + 1, cfg.window_stride) if p.clean(s - cfg.context, s + H)]
+        windows += [(p, s) for s in spread(ok, cfg.max_windows)]
+    n = len(windows)
+    curves = {k: np.zeros((n, H)) for k in ("psnr", "ssim", "frozen_psnr", "frozen_ssim")}
+    faults = 0
+    for b0 in tqdm(range(0, n, cfg.batch), desc="autoregressive", leave=False):
+        ps, ss = zip(*windows[b0:b0 + cfg.batch])
+        session = seed_batch(m, cfg, ps, ss, cfg.seed + b0)
+        frames, ok = rollout(m, session, np.stack([p.actions[s:s + H] for p, s in zip(ps, ss)]))
+        faults += len(ps) * (ok < H)
+        truth = torch.from_numpy(np.stack([p.frames[s:s + H] for p, s in zip(ps, ss)])).to(m.device)  # (B, H, ...)
+        last = torch.from_numpy(np.stack([p.frames[s - 1] for p, s in zip(ps, ss)])).to(m.device)    # (B, ...)
+        for i in range(H):
+            rows = slice(b0, b0 + len(ps))
+            if i < ok:   # a non-finite frame and all after it score 0 (worst), never NaN
+                curves["psnr"][rows, i] = M.psnr(frames[:, i], truth[:, i]).cpu().numpy()
+                curves["ssim"][rows, i] = M.ssim(frames[:, i], truth[:, i]).cpu().numpy()
+            curves["frozen_psnr"][rows, i] = M.psnr(last, truth[:, i]).cpu().numpy()
+            curves["frozen_ssim"][rows, i] = M.ssim(last, truth[:, i]).cpu().numpy()
+    mean = {k: v.mean(0) if n else np.full(H, np.nan) for k, v in curves.items()}
+    return {"windows": n, "nonfinite_windows": faults, "curve": {k: v.tolist() for k, v in mean.items()},
+            "horizons": {str(h): {k: float(mean[k][h - 1]) for k in mean} for h in cfg.horizons}}
+
+
+# ---------------------------------------------------------------------------------------------------------
+#                                          2. Teacher forced
+# ---------------------------------------------------------------------------------------------------------
+
+def encode_all(m: Models, frames: np.ndarray, batch: int = 64) -> torch.Tensor:
+    """uint8 frames (T, H, W, 3) -> latents (T, C, h, w) on the device."""
+    out = []
+    for i in range(0, len(frames), batch):
+        x = torch.from_numpy(frames[i:i + batch]).to(m.device).permute(0, 3, 1, 2).float() / 127.5 - 1
+        with torch.no_grad(), torch.autocast("cuda", m.dtype, enabled=m.device.type == "cuda"):
+            out.append(m.autoencoder.encode(x).float())
+    return torch.cat(out)
+
+
+def context_indices(p: Played, t: int, cfg: EvalConfig) -> list[int]:
+    """The real frames a streaming cache would hold when predicting frame t: the episode's first `sink`
+    frames plus the last `window` frames before t."""
+    cut = np.flatnonzero(p.starts[:t])
+    e = int(cut[-1]) if len(cut) else 0
+    sink = list(range(e, min(e + cfg.sink, t)))
+    return sink + list(range(max(e + cfg.sink, t - cfg.window), t))
+
+
+def teacher_forced(m: Models, played: Sequence[Played], cfg: EvalConfig) -> tuple[dict[str, Any], list[dict]]:
+    """Each batch re-seeds the Session (reset) with true latents, then steps once: no predicted frame ever
+    enters the cache. Ticks with the same context length share a batch."""
+    rows: list[dict] = []
+    for p in played:
+        z = encode_all(m, p.frames)                                                # (T, C, h, w)
+        ticks = spread([t for t in range(cfg.context, len(p.frames)) if not p.starts[t]], cfg.tf_ticks)
+        groups: dict[int, list[int]] = {}
+        for t in ticks:
+            groups.setdefault(len(context_indices(p, t, cfg)), []).append(t)
+        for _, ts in sorted(groups.items()):
+            for b0 in range(0, len(ts), cfg.batch):
+                rows += _teacher_forced_batch(m, p, z, ts[b0:b0 + cfg.batch], cfg)
+    rows.sort(key=lambda r: (r["trace"], r["tick"]))
+    summary = {"ticks": len(rows)}
+    for k in ("psnr", "copy_last_psnr", "autoencoder_psnr"):
+        summary[k] = M.mean_over([r[k] for r in rows if not math.isnan(r[k])])
+    summary["nonfinite"] = sum(math.isnan(r["psnr"]) for r in rows)
+    return summary, rows
+
+
+def _teacher_forced_batch(m: Models, p: Played, z: torch.Tensor, ts: list[int], cfg: EvalConfig) -> list[dict]:
+    idx = torch.tensor([context_indices(p, t, cfg) for t in ts])                      # (B, L)
+    session = m.session(cfg, cfg.seed + ts[0])
+    with torch.no_grad():
+        session.reset(z[idx.to(m.device)], torch.from_numpy(p.actions[idx.numpy()]))  # (B, L, C, h, w)
+        truth = torch.from_numpy(p.frames[ts]).to(m.device)                          # (B, H, W, 3)
+        copy = M.psnr(torch.from_numpy(p.frames[[t - 1 for t in ts]]).to(m.device), truth)
+        recon = M.psnr(session.decode(z[ts]), truth)
+        try:
+            pred = M.psnr(session.decode(session.step(torch.from_numpy(p.actions[ts]), **m.step_kw)), truth)
+        except NonFiniteError:
+            pred = torch.full((len(ts),), float("nan"))
+    return [{"trace": p.name, "tick": t, "psnr": float(a), "copy_last_psnr": float(b), "autoencoder_psnr": float(c)}
+            for t, a, b, c in zip(ts, pred.tolist(), copy.tolist(), recon.tolist())]
+
+
+# ---------------------------------------------------------------------------------------------------------
+#                                          3. Action response
+# ---------------------------------------------------------------------------------------------------------
+
+def probe_ticks(name: str, cfg: EvalConfig) -> int:
+    return cfg.turn_ticks if name in ("left", "right") else cfg.move_ticks
+
+
+def probe_states(played: Sequence[Played], cfg: EvalConfig) -> list[tuple[Played, int]]:
+    states = []
+    for p in played:
+        ok = [s for s in range(cfg.context, len(p.frames) + 1, cfg.probe_stride) if p.clean(s - cfg.context, s)]
+        states += [(p, s) for s in spread(ok, cfg.max_probes)]
+    return states
+
+
+def game_probes(states: Sequence[tuple[Played, int]], cfg: EvalConfig, game: Game) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Final game frame of each probe from each state (N, H, W, 3), and which states gave all four."""
+    finals = {k: [] for k in PROBES}
+    valid = np.ones(len(states), bool)
+    for i, (p, s) in enumerate(tqdm(states, desc="probes (game)", leave=False)):
+        for k, a in PROBES.items():
+            f = game_probe(game, p, s, a, probe_ticks(k, cfg))
+            valid[i] &= f is not None
+            finals[k].append(p.frames[s - 1] if f is None else f)
+    return {k: np.stack(v) for k, v in finals.items()}, valid
+
+
+def model_probes(m: Models, states: Sequence[tuple[Played, int]], cfg: EvalConfig) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Same probes on the model: seed at each state, snapshot, and restore before each probe, so all four
+    start from the same cache and the same noise."""
+    finals = {k: [] for k in PROBES}
+    valid = []
+    for b0 in tqdm(range(0, len(states), cfg.batch), desc="probes (model)", leave=False):
+        ps, ss = zip(*states[b0:b0 + cfg.batch])
+        session = seed_batch(m, cfg, ps, ss, cfg.seed + b0)
+        start = session.snapshot()
+        ok = np.ones(len(ps), bool)
+        for k, a in PROBES.items():
+            session.restore(start)
+            n = probe_ticks(k, cfg)
+            frames, done = rollout(m, session, np.tile(np.array(a.to_list(), np.float32), (len(ps), n, 1)))
+            ok &= done == n
+            finals[k].append(frames[:, -1].cpu().numpy() if done == n else np.stack([p.frames[s - 1] for p, s in zip(ps, ss)]))
+        valid.append(ok)
+    return {k: np.concatenate(v) for k, v in finals.items()}, np.concatenate(valid)
+
+
+# Thresholds of metrics.agreement: the game must move clearly, the model at least one search step and a
+# quarter of the game's response.
+TURN_MIN_GAME, TURN_MIN_MODEL = 4.0, 2.0          # pixels of pan between the left and right probes
+MOVE_MIN_GAME, MOVE_MIN_MODEL = 0.05, 0.024       # log scale between the backward and forward probes
+
+
+def responses(finals: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    """Pairwise responses (N,): pan from the turn-left to the turn-right frame (px; negative for the game),
+    zoom from the backward to the forward frame (log scale; positive). Comparing the two probes with each
+    other cancels the momentum the player carried into the state."""
+    f = {k: torch.from_numpy(v).to(device) for k, v in finals.items()}
+    return {"turn": M.estimate_shift(f["left"], f["right"], max_shift=48),
+            "move": M.estimate_zoom(f["backward"], f["forward"], max_log_scale=0.6)}
+
+
+def action_response(model_finals: dict[str, np.ndarray], game_finals: dict[str, np.ndarray], valid: np.ndarray,
+                    device: torch.device | str = "cpu") -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Score = fraction of scorable (state, probe pair) where the model's response agrees with the game's."""
+    device = torch.device(device)
+    mod, ref = responses(model_finals, device), responses(game_finals, device)
+    keep = torch.from_numpy(valid).to(device)
+    out, per = {}, {}
+    limits = {"turn": (TURN_MIN_GAME, TURN_MIN_MODEL), "move": (MOVE_MIN_GAME, MOVE_MIN_MODEL)}
+    for k, (lo_game, lo_model) in limits.items():
+        scorable, correct = M.agreement(mod[k], ref[k], min_reference=lo_game, min_model=lo_model)
+        scorable &= keep
+        correct &= keep
+        out[k] = {"score": float(correct.sum() / scorable.sum()) if scorable.any() else float("nan"),
+                  "correct": int(correct.sum()), "scored": int(scorable.sum()), "states": int(len(valid))}
+        per.update({f"{k}_model": mod[k].cpu().numpy(), f"{k}_game": ref[k].cpu().numpy(),
+                    f"{k}_scorable": scorable.cpu().numpy(), f"{k}_correct": correct.cpu().numpy()})
+    scored = out["turn"]["scored"] + out["move"]["scored"]
+    out["combined"] = {"score": (out["turn"]["correct"] + out["move"]["correct"]) / scored if scored else float("nan"),
+                       "correct": out["turn"]["correct"] + out["move"]["correct"], "scored": scored}
+    return out, per
+
+
+# ---------------------------------------------------------------------------------------------------------
+#                                          4. Drift
+# ---------------------------------------------------------------------------------------------------------
+
+# A rollout has collapsed unless all of these hold (docs/EVALUATION.md):
+IN_RANGE_MIN = 0.95        # fraction of frames whose mean and std lie within the game's range (+10% margin)
+HIST_TV_MAX = 0.5          # histogram distance to the game over the last quarter
+MOTION_RATIO_MIN = 0.3     # model/game mean |frame difference| over moving ticks, last quarter
+FROZEN_MAX = 0.2           # fraction of moving ticks (last quarter) where the model's image stands still
+
+
+def drift(m: Models, p: Played, cfg: EvalConfig) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+    """Roll the model from the trace's first context ticks over up to drift_ticks of its actions."""
+    T = min(cfg.drift_ticks, len(p.frames) - cfg.context)
+    session = seed_batch(m, cfg, [p], [cfg.context], cfg.seed)
+    frames, ok = rollout(m, session, p.actions[None, cfg.context:cfg.context + T])
+    model = frames[0, :ok].cpu().numpy() if ok else np.zeros((0, *p.frames.shape[1:]), np.uint8)
+    game = p.frames[cfg.context:cfg.context + T]
+    return drift_stats(model, game, p.actions[cfg.context:cfg.context + T], T), model, game
+
+
+def drift_stats(model: np.ndarray, game: np.ndarray, actions: np.ndarray, ticks: int) -> dict[str, Any]:
+    """Collapse checks of a model rollout (N, H, W, 3) against the game's frames over the same ticks."""
+    n = len(model)
+    out: dict[str, Any] = {"ticks": ticks, "ticks_finite": n, "nonfinite": n < ticks}
+    if n < 2:
+        return {**out, "collapsed": True}
+    g, md = M.frame_stats(game[:n]), M.frame_stats(model)
+    inside = torch.ones(n, dtype=torch.bool)
+    for k in ("mean", "std"):
+        lo, hi = float(g[k].min()), float(g[k].max())
+        margin = max(2.0, 0.1 * (hi - lo))
+        inside &= (md[k] >= lo - margin) & (md[k] <= hi + margin)
+        out[f"game_{k}_range"] = [lo, hi]
+        out[f"model_{k}_range"] = [float(md[k].min()), float(md[k].max())]
+    q = slice(n - max(2, n // 4), n)                   # the last quarter
+    moving = (np.abs(actions[1:n, :3]).max(1) > 0.1)   # diff i compares frames i and i+1; action i+1 made it
+    dg, dm = M.mean_abs_diff(game[:n]).numpy(), M.mean_abs_diff(model).numpy()
+    live = moving & (dg >= 2.0)                        # ticks where the game's image really moved
+    last = np.zeros(n - 1, bool)
+    last[q.start:] = True
+    out.update({
+        "in_range": float(inside.float().mean()),
+        "hist_tv_all": M.histogram_distance(model, game[:n]),
+        "hist_tv_last_quarter": M.histogram_distance(model[q], game[q]),
+        "hist_tv_game_first_vs_last_quarter": M.histogram_distance(game[:max(2, n // 4)], game[q]),
+        "motion_ratio": float(dm[live].mean() / dg[live].mean()) if live.any() else float("nan"),
+        "motion_ratio_last_quarter": float(dm[live & last].mean() / dg[live & last].mean()) if (live & last).any() else float("nan"),
+        "frozen_fraction_last_quarter": float((dm[live & last] < 0.5).mean()) if (live & last).any() else float("nan"),
+        "psnr_last_quarter": float(M.psnr(model[q], game[q]).mean()),
+    })
+    checks = {"finite": not out["nonfinite"], "in_range": out["in_range"] >= IN_RANGE_MIN,
+              "histogram": out["hist_tv_last_quarter"] <= HIST_TV_MAX,
+              "moves": not out["motion_ratio_last_quarter"] < MOTION_RATIO_MIN,      # NaN (no motion) passes
+              "not_frozen": not out["frozen_fraction_last_quarter"] > FROZEN_MAX}
+    return {**out, "checks": checks, "collapsed": not all(checks.values())}
+
+
+# ---------------------------------------------------------------------------------------------------------
+#                                          Outputs
+# ---------------------------------------------------------------------------------------------------------
+
+def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    columns = list(rows[0]) if rows else []
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, columns)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: f"{v:.4f}" if isinstance(v, float) else v for k, v in r.items()})
+
+
+def fmt(x: float, unit: str = "", digits: int = 2) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}{unit}"
+
+
+def table(res: dict[str, Any]) -> str:
+    """The markdown table for docs/ (targets from issues 3 and 4)."""
+    ar, tf, resp, dr = res["autoregressive"], res["teacher_forced"], res["action_response"], res["drift"]
+    target = {"1": "", "8": ">= 20 dB", "32": ">= 17 dB", "128": ""}
+    lines = [f"Model `{res['model']}` ({res['kind']}, {res['sampling']}), {res['device']}; "
+             f"{len(res['traces'])} held-out traces, {ar['windows']} windows.", "",
+             "| metric | model | baseline | target |", "|---|---|---|---|"]
+    for h, v in ar["horizons"].items():
+        lines.append(f"| autoregressive PSNR @ {h} ticks | {fmt(v['psnr'], ' dB')} | {fmt(v['frozen_psnr'], ' dB')} "
+                     f"(frozen frame) | {target.get(h, '')} |")
+    for h, v in ar["horizons"].items():
+        lines.append(f"| autoregressive SSIM @ {h} ticks | {fmt(v['ssim'], '', 3)} | {fmt(v['frozen_ssim'], '', 3)} "
+                     f"(frozen frame) | |")
+    lines.append(f"| teacher-forced next-frame PSNR | {fmt(tf['psnr'], ' dB')} | {fmt(tf['copy_last_psnr'], ' dB')} "
+                 f"(copy last frame); autoencoder ceiling {fmt(tf['autoencoder_psnr'], ' dB')} | >= 26 dB |")
+    for k in ("turn", "move", "combined"):
+        v = resp[k]
+        lines.append(f"| action response, {k} | {fmt(100 * v['score'], '%', 1)} ({v['correct']}/{v['scored']}) "
+                     f"| 0% (frozen) | {'>= 90%' if k == 'combined' else ''} |")
+    lines.append(f"| drift over {dr['ticks']} ticks | {'collapsed' if dr['collapsed'] else 'no collapse'}: in range "
+                 f"{fmt(100 * dr.get('in_range', float('nan')), '%', 1)}, histogram TV {fmt(dr.get('hist_tv_last_quarter', float('nan')), '', 3)}, "
+                 f"motion ratio {fmt(dr.get('motion_ratio_last_quarter', float('nan')))}, frozen "
+                 f"{fmt(100 * dr.get('frozen_fraction_last_quarter', float('nan')), '%', 1)} | game | no collapse |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_horizon(ar: dict[str, Any], horizons: Sequence[int], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c = ar["curve"]
+    x = np.arange(1, len(c["psnr"]) + 1)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, k, unit in ((axes[0], "psnr", "PSNR (dB)"), (axes[1], "ssim", "SSIM")):
+        ax.plot(x, c[k], label="model")
+        ax.plot(x, c[f"frozen_{k}"], "--", label="frozen frame")
+        for h in horizons:
+            ax.axvline(h, color="gray", lw=0.5)
+        ax.set_xscale("log")
+        ax.set_xlabel("horizon (ticks)")
+        ax.set_ylabel(unit)
+        ax.legend()
+    fig.suptitle(f"autoregressive rollouts, {ar['windows']} windows")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_drift(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [r["tick"] for r in rows]
+    fig, axes = plt.subplots(3, 1, figsize=(10, 7), sharex=True)
+    axes[0].plot(t, [r["psnr"] for r in rows], lw=0.7)
+    axes[0].set_ylabel("PSNR vs game (dB)")
+    for ax, k, label in ((axes[1], "mean", "frame mean"), (axes[2], "diff", "|frame - previous|")):
+        ax.plot(t, [r[f"{k}_game"] for r in rows], lw=0.7, label="game")
+        ax.plot(t, [r[f"{k}_model"] for r in rows], lw=0.7, label="model")
+        ax.set_ylabel(label)
+        ax.legend()
+    axes[2].set_xlabel("tick")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def drift_rows(model: np.ndarray, game: np.ndarray, start: int) -> list[dict[str, Any]]:
+    n = len(model)
+    if n == 0:
+        return []
+    psnr, ssim = M.psnr(model, game[:n]).numpy(), M.ssim(model, game[:n]).numpy()
+    sm, sg = M.frame_stats(model), M.frame_stats(game[:n])
+    dm = np.r_[np.nan, M.mean_abs_diff(model).numpy()]
+    dg = np.r_[np.nan, M.mean_abs_diff(game[:n]).numpy()]
+    return [{"tick": start + i, "psnr": float(psnr[i]), "ssim": float(ssim[i]),
+             "mean_model": float(sm["mean"][i]), "mean_game": float(sg["mean"][i]),
+             "std_model": float(sm["std"][i]), "std_game": float(sg["std"][i]),
+             "diff_model": float(dm[i]), "diff_game": float(dg[i])} for i in range(n)]
+
+
+def write_video(path: Path, model: np.ndarray, game: np.ndarray, start: int, scale: int, fps: int = 35) -> None:
+    """model | game, with a label strip naming each side and the tick."""
+    import imageio.v2 as iio
+    from PIL import Image, ImageDraw
+
+    tmp = path.with_name(path.stem + ".part.mp4")
+    writer = iio.get_writer(str(tmp), format="FFMPEG", mode="I", fps=fps, codec="libx264", quality=None,
+                            pixelformat="yuv420p", macro_block_size=1, ffmpeg_log_level="error",
+                            output_params=["-crf", "18", "-preset", "veryfast"])
+    with writer:
+        for i, (a, b) in enumerate(zip(model, game)):
+            pair = np.concatenate([a, b], 1).repeat(scale, 0).repeat(scale, 1)        # (H*s, 2W*s, 3)
+            strip = Image.new("RGB", (pair.shape[1], 14 * scale), (0, 0, 0))
+            draw = ImageDraw.Draw(strip)
+            half = pair.shape[1] // 2
+            draw.text((3, 1), f"model  t={start + i}", fill=(255, 255, 255))
+            draw.text((half + 3, 1), "game", fill=(255, 255, 255))
+            writer.append_data(np.concatenate([np.asarray(strip), pair], 0))
+    os.replace(tmp, path)
+
+
+def jsonable(x: Any) -> Any:
+    """NaN -> None so metrics.json is strict JSON."""
+    if isinstance(x, float):
+        return None if math.isnan(x) else x
+    if isinstance(x, dict):
+        return {k: jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if isinstance(x, (np.bool_, np.integer, np.floating)):
+        return jsonable(x.item())
+    return x
+
+
+# ---------------------------------------------------------------------------------------------------------
+#                                          Recipe
+# ---------------------------------------------------------------------------------------------------------
+
+def evaluate(m: Models, traces: Sequence[str | Path], out: Path, cfg: EvalConfig, *, model_name: str = "",
+             game_cfg: GameConfig = GameConfig()) -> dict[str, Any]:
+    """Run all four evaluations and write every output file into `out`. Returns the metrics dict."""
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        seconds[name] = round(time.perf_counter() - clock, 2)
+        clock = time.perf_counter()
+
+    with Game(game_cfg) as game:
+        played = [play_trace(load_trace(t, world=game_cfg.world), Path(t).stem, game) for t in traces]
+        lap("game")
+        ar = autoregressive(m, played, cfg)
+        lap("autoregressive")
+        tf, tf_rows = teacher_forced(m, played, cfg)
+        lap("teacher_forced")
+        states = probe_states(played, cfg)
+        game_finals, game_ok = game_probes(states, cfg, game)
+    model_finals, model_ok = model_probes(m, states, cfg)
+    resp, per = action_response(model_finals, game_finals, game_ok, m.device)
+    resp["nonfinite_states"] = int((~model_ok).sum())
+    lap("action_response")
+    longest = max(played, key=lambda p: len(p.frames))
+    dr, model_frames, game_frames = drift(m, longest, cfg)
+    dr["trace"] = longest.name
+    lap("drift")
+
+    sampling = (f"schedule {list(cfg.schedule)}" if cfg.schedule else f"{m.step_kw['steps']} steps") + f" {m.sampler.kind}"
+    res = {"model": model_name, "kind": m.kind, "sampling": sampling, "device": str(m.device),
+           "dtype": str(m.dtype).removeprefix("torch."), "traces": [p.name for p in played],
+           "config": asdict(cfg), "autoregressive": ar, "teacher_forced": tf, "action_response": resp,
+           "drift": dr, "seconds": seconds}
+    (out / "metrics.json").write_text(json.dumps(jsonable(res), indent=1) + "\n")
+    (out / "table.md").write_text(table(res))
+    c = ar["curve"]
+    write_csv(out / "horizon.csv", [{"horizon": i + 1, **{k: float(c[k][i]) for k in c}} for i in range(len(c["psnr"]))])
+    write_csv(out / "teacher_forced.csv", tf_rows)
+    write_csv(out / "probes.csv", [{"trace": p.name, "tick": s, **{k: v[i].item() for k, v in per.items()}}
+                                   for i, (p, s) in enumerate(states)])
+    rows = drift_rows(model_frames, game_frames, cfg.context)
+    write_csv(out / "drift.csv", rows)
+    plot_horizon(ar, cfg.horizons, out / "horizon.png")
+    if rows:
+        plot_drift(rows, out / "drift.png")
+    write_video(out / "side_by_side.mp4", model_frames, game_frames, cfg.context, cfg.video_scale)
+    return res
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="teacher | student | a checkpoint path")
+    ap.add_argument("--autoencoder", default=str(CHECKPOINTS / "autoencoder.safetensors"))
+    ap.add_argument("--traces", nargs="+", required=True, help="trace files (a quoted glob is expanded too)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--steps", type=int, help="denoising steps per frame (default: teacher 4, student 1)")
+    ap.add_argument("--schedule", help="explicit times, e.g. 1,0.8333,0 (overrides --steps)")
+    ap.add_argument("--sampler", choices=("euler", "consistency"))
+    ap.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--context", type=int, default=EvalConfig.context)
+    ap.add_argument("--window", type=int, default=EvalConfig.window)
+    ap.add_argument("--sink", type=int, default=EvalConfig.sink)
+    ap.add_argument("--drift-ticks", type=int, default=EvalConfig.drift_ticks)
+    ap.add_argument("--batch", type=int, default=EvalConfig.batch)
+    ap.add_argument("--quick", action="store_true", help="tiny counts everywhere, for CPU smoke tests")
+    return ap.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    traces = sorted({f for t in args.traces for f in (glob.glob(t) or [t])})
+    schedule = tuple(float(x) for x in args.schedule.split(",")) if args.schedule else None
+    cfg = EvalConfig(context=args.context, window=args.window, sink=args.sink, steps=args.steps, schedule=schedule,
+                     sampler=args.sampler, drift_ticks=args.drift_ticks, batch=args.batch, seed=args.seed)
+    if args.quick:
+        cfg = replace(cfg.quick(), drift_ticks=min(args.drift_ticks, cfg.quick().drift_ticks))
+    try:
+        m = load_models(args.model, args.autoencoder, cfg, args.device)
+        res = evaluate(m, traces, Path(args.out), cfg, model_name=args.model)
+    except (CheckpointError, TraceError) as e:
+        raise SystemExit(f"error: {str(e).splitlines()[0]}") from None
+    print((Path(args.out) / "table.md").read_text(), end="")
+    print(f"wrote {args.out}: metrics.json table.md side_by_side.mp4 horizon.png drift.png *.csv ({res['seconds']})")
+
+
+if __name__ == "__main__":
+    main()
