@@ -233,12 +233,17 @@ class ModelBackend:
     def _seed_session(self, frames: Sequence[np.ndarray], actions: Sequence[Action]) -> np.ndarray:
         import torch
 
-        from world_model.rollout import Session
+        from world_model.runtime import make_session
 
         model, ae = self._get(self._model_name())
-        s = self.cfg.session
-        self.session = Session(model, window=s.window, sink=s.sink, device=self.device, dtype=self.dtype,
-                               seed=self.seed, autoencoder=ae)
+        s, rt = self.cfg.session, self.cfg.runtime
+        try:    # engine from settings runtime.engine: eager torch, CUDA graphs or onnxruntime
+            self.session = make_session(model, runtime=rt, onnx_dir=resolve(rt.onnx_dir), window=s.window, sink=s.sink,
+                                        device=self.device, dtype=self.dtype, seed=self.seed, autoencoder=ae)
+        except (ValueError, RuntimeError) as e:
+            if type(e).__name__ == "OutOfMemoryError":
+                raise
+            raise BackendError(f"runtime.engine {rt.engine}: {str(e).splitlines()[0]}") from None
         with torch.no_grad():
             self.session.reset_frames(np.stack(frames),                                     # (T, H, W, 3)
                                       torch.tensor([a.to_list() for a in actions]))       # (T, 5)

@@ -7,6 +7,7 @@ from typing import Literal
 
 from settings import load
 from world_model.game import GameConfig
+from world_model.runtime import RuntimeConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,6 +71,7 @@ class PlayConfig:
     game: GameConfig = field(default_factory=GameConfig)
     models: ModelPaths = field(default_factory=ModelPaths)
     session: SessionConfig = field(default_factory=SessionConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)   # engine: auto | eager | graphs | onnxruntime
     window: WindowConfig = field(default_factory=WindowConfig)
     hud: HudConfig = field(default_factory=HudConfig)
     record: RecordConfig = field(default_factory=RecordConfig)

@@ -79,3 +79,18 @@ def test_ort_session_batch_is_fixed_at_export(onnx_dir):
     s = OrtSession(tiny_model(), window=3, sink=1, device="cpu", onnx_dir=onnx_dir)
     with pytest.raises(ValueError, match="exported for batch 1"):
         s.reset(torch.zeros(2, 1, 4, 5, 6), torch.zeros(2, 1, 5))
+
+
+def test_runtime_setting_picks_the_engine(onnx_dir):
+    from app.config import load_play
+    from world_model.graphs import GraphedSession
+    from world_model.runtime import RuntimeConfig, make_session
+
+    assert load_play("settings/play.yaml").runtime == RuntimeConfig(engine="auto", onnx_dir="out/onnx")
+    model = tiny_model()
+    kw = dict(window=3, sink=1, device="cpu")
+    assert type(make_session(model, runtime=RuntimeConfig(), **kw)) is Session           # auto on the CPU
+    assert type(make_session(model, runtime=RuntimeConfig(engine="onnxruntime"), onnx_dir=onnx_dir, **kw)) is OrtSession
+    with pytest.raises(ValueError, match="graphs needs a CUDA device"):
+        make_session(model, runtime=RuntimeConfig(engine="graphs"), **kw)
+    assert issubclass(GraphedSession, Session)
