@@ -1,17 +1,17 @@
 """Which engine runs the streaming Session: eager torch, CUDA graphs, or onnxruntime.
 
 The player reads this from the `runtime:` section of settings/play.yaml; the benchmark builds every engine
-through `make_session`, so what it measures is what the player runs.
+through `make_session`, so what it measures is what the player runs. Importing this file does not import
+torch (app/config.py imports it to read settings).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-
-from world_model.rollout import Session
+if TYPE_CHECKING:
+    from world_model.rollout import Session
 
 ENGINES = ("eager", "graphs", "onnxruntime")
 
@@ -22,9 +22,9 @@ class RuntimeConfig:
     onnx_dir: str = "out/onnx"        # exported ONNX graphs, cached by a hash of weights and shapes
 
 
-def resolve_engine(engine: str, device: torch.device | str) -> str:
+def resolve_engine(engine: str, device: Any) -> str:
     """'auto' -> 'graphs' on CUDA, 'eager' on the CPU; ValueError for graphs without CUDA."""
-    cuda = torch.device(device).type == "cuda"
+    cuda = str(device).startswith("cuda")
     if engine == "auto":
         return "graphs" if cuda else "eager"
     if engine == "graphs" and not cuda:
@@ -34,8 +34,8 @@ def resolve_engine(engine: str, device: torch.device | str) -> str:
     return engine
 
 
-def make_session(model: Any, *, runtime: RuntimeConfig, window: int, sink: int, device: torch.device | str,
-                 onnx_dir: str | Path | None = None, **session_kw: Any) -> Session:
+def make_session(model: Any, *, runtime: RuntimeConfig, window: int, sink: int, device: Any,
+                 onnx_dir: str | Path | None = None, **session_kw: Any) -> "Session":
     """A Session (or GraphedSession / OrtSession) for `runtime.engine`; `session_kw` as for Session.
     `onnx_dir` overrides runtime.onnx_dir (e.g. resolved against the repo root by the player)."""
     engine = resolve_engine(runtime.engine, device)
@@ -46,4 +46,5 @@ def make_session(model: Any, *, runtime: RuntimeConfig, window: int, sink: int, 
         from world_model.onnx_session import OrtSession
         return OrtSession(model, window=window, sink=sink, device=device,
                           onnx_dir=onnx_dir or runtime.onnx_dir, **session_kw)
+    from world_model.rollout import Session
     return Session(model, window=window, sink=sink, device=device, **session_kw)
