@@ -104,8 +104,8 @@ def game_probe_frames():
     cfg = E.EvalConfig(probe_stride=30, max_probes=6)
     with Game() as game:
         p = E.play_trace(trace, "probe", game)
-        states = E.probe_states([p], cfg)
-        finals, valid = E.game_probes(states, cfg, game)
+    states = E.probe_states([p], cfg)
+    finals, valid = E.game_probes(states, cfg)
     starts = np.stack([pp.frames[s - 1] for pp, s in states])
     return finals, valid, starts, p
 

@@ -29,6 +29,7 @@ import json
 import math
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
@@ -299,16 +300,23 @@ def probe_states(played: Sequence[Played], cfg: EvalConfig) -> list[tuple[Played
     return states
 
 
-def game_probes(states: Sequence[tuple[Played, int]], cfg: EvalConfig, game: Game) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Final game frame of each probe from each state (N, H, W, 3), and which states gave all four."""
-    finals = {k: [] for k in PROBES}
-    valid = np.ones(len(states), bool)
-    for i, (p, s) in enumerate(tqdm(states, desc="probes (game)", leave=False)):
-        for k, a in PROBES.items():
-            f = game_probe(game, p, s, a, probe_ticks(k, cfg))
-            valid[i] &= f is not None
-            finals[k].append(p.frames[s - 1] if f is None else f)
-    return {k: np.stack(v) for k, v in finals.items()}, valid
+def game_probes(states: Sequence[tuple[Played, int]], cfg: EvalConfig,
+                game_cfg: GameConfig = GameConfig()) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Final game frame of each probe from each state (N, H, W, 3), and which states gave all four.
+
+    One game per probe kind, each in its own thread: ViZDoom runs its engine in a separate process, so
+    the four replays run in parallel."""
+    def run(kind: str) -> list[np.ndarray | None]:
+        workdir = os.path.join(Game(game_cfg).workdir, f"eval-{kind}")
+        with Game(game_cfg, workdir) as game:
+            return [game_probe(game, p, s, PROBES[kind], probe_ticks(kind, cfg)) for p, s in states]
+
+    with ThreadPoolExecutor(len(PROBES)) as pool:
+        got = dict(zip(PROBES, pool.map(run, PROBES)))
+    valid = np.array([all(got[k][i] is not None for k in PROBES) for i in range(len(states))], bool)
+    finals = {k: np.stack([p.frames[s - 1] if f is None else f for f, (p, s) in zip(v, states)])
+              for k, v in got.items()}
+    return finals, valid
 
 
 def model_probes(m: Models, states: Sequence[tuple[Played, int]], cfg: EvalConfig) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -579,13 +587,13 @@ def evaluate(m: Models, traces: Sequence[str | Path], out: Path, cfg: EvalConfig
 
     with Game(game_cfg) as game:
         played = [play_trace(load_trace(t, world=game_cfg.world), Path(t).stem, game) for t in traces]
-        lap("game")
-        ar = autoregressive(m, played, cfg)
-        lap("autoregressive")
-        tf, tf_rows = teacher_forced(m, played, cfg)
-        lap("teacher_forced")
-        states = probe_states(played, cfg)
-        game_finals, game_ok = game_probes(states, cfg, game)
+    lap("game")
+    ar = autoregressive(m, played, cfg)
+    lap("autoregressive")
+    tf, tf_rows = teacher_forced(m, played, cfg)
+    lap("teacher_forced")
+    states = probe_states(played, cfg)
+    game_finals, game_ok = game_probes(states, cfg, game_cfg)
     model_finals, model_ok = model_probes(m, states, cfg)
     resp, per = action_response(model_finals, game_finals, game_ok, m.device)
     resp["nonfinite_states"] = int((~model_ok).sum())
