@@ -132,21 +132,25 @@ def run(state: PlayState, window: Any = None, *, max_ticks: int | None = None, p
                 state.stats.late += 1
             state.next_tick = deadline if end <= deadline else end    # never queue catch-up ticks
             state.step_once = False
-        if state.paused or not ready:
-            state.next_tick = clock.now()
+        waiting = state.paused or not ready   # no tick is due until something changes
         if hidden:
             clock.sleep(HIDDEN_POLL_S)        # minimized: nothing to draw and the world waits
-            next_frame = clock.now()
+            state.next_tick = next_frame = clock.now()
             state.hud_due = 0.0               # redraw the HUD as soon as the window is back
             continue
         if window is not None and clock.now() >= next_frame:
             present(state, window)
             next_frame = max(next_frame + frame_period, clock.now() - frame_period)
-        if paced:
-            wake = min(state.next_tick, next_frame) if window is not None else state.next_tick
+        if paced or waiting:
+            if waiting:                       # sleep to the next display frame (or a poll), never spin
+                wake = next_frame if window is not None else clock.now() + HIDDEN_POLL_S
+            else:
+                wake = min(state.next_tick, next_frame) if window is not None else state.next_tick
             delay = wake - clock.now()
             if delay > 0.0005:
                 clock.sleep(delay - 0.0003)
+        if waiting:
+            state.next_tick = clock.now()     # resume from now: no catch-up ticks after a pause
     return state.stats
 
 
