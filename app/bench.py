@@ -309,7 +309,7 @@ def table(report: dict[str, Any]) -> str:
     head = (f"{'variant':<20}{'dtype':>9}{'dit':>9}{'reenc':>8}{'decode':>8}{'upload':>8}{'gl':>7} |"
             f"{'tick p50':>9}{'p99':>8}{'max':>8} |{'1st frame':>10}{'peak MB':>9}{'grow MB':>9}")
     lines = [f"dreamloop bench on {report['device']} (torch {report['torch']}, onnxruntime {report['onnxruntime']}); "
-             f"{report['ticks']} ticks after {report['warmup']} warm-up; window {report['window']} + sink {report['sink']}",
+             f"{report['threads']} CPU threads; {report['ticks']} ticks after {report['warmup']} warm-up; window {report['window']} + sink {report['sink']}",
              *(f"  {k}: {note}" for k, note in report["weights"].items()),
              f"  phases: p50 ms ({'CUDA events, GPU time' if report['device'].startswith('cuda') else 'perf_counter'}); "
              f"tick = wall time of step + decode + upload", head, "-" * len(head)]
@@ -354,6 +354,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--memory-ticks", type=int, default=0, help="extra long run of student1 on the default engine, "
                    "sampling memory (e.g. 100000)")
     p.add_argument("--gl", action="store_true", help="also time a moderngl texture write (standalone EGL context)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch and onnxruntime (default: torch's); "
+                   "1 is steadier on a shared machine")
     p.add_argument("--onnx-dir", default="out/onnx", help="cache of exported ONNX graphs")
     p.add_argument("--settings", default="settings/play.yaml", help="player settings (window, sink, context, steps)")
     args = p.parse_args(argv)
@@ -368,6 +370,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
     t_start = time.perf_counter()
+    if args.threads:
+        torch.set_num_threads(args.threads)       # onnx_session gives onnxruntime the same count
     cfg = load_play(resolve(args.settings))
     device, note = pick_device(args.device)
     cuda = device == "cuda"
@@ -393,7 +397,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     import onnxruntime
     report = {"schema": 1, "command": " ".join(["python main.py bench", *sys.argv[2:]]) if sys.argv[1:2] == ["bench"] else None,
               "device": f"{device}: {torch.cuda.get_device_name()}" if cuda else f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
-              "device_note": note, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+              "device_note": note, "threads": torch.get_num_threads(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
               "ticks": args.ticks, "warmup": args.warmup, "window": cfg.session.window, "sink": cfg.session.sink,
               "context": cfg.session.context, "teacher_steps": cfg.session.teacher_steps,
               "weights": {k: note for k, (_, note) in models.items()},

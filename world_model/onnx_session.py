@@ -36,6 +36,7 @@ def ort_session(path: str | Path, device: torch.device) -> Any:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 3
+    opts.intra_op_num_threads = torch.get_num_threads()   # as many CPU threads as torch
     # Idle ORT worker threads spin by default, starving torch (sampler, cache tables) on the same cores.
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if device.type == "cuda":
