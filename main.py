@@ -74,6 +74,7 @@ def load_settings(args: argparse.Namespace) -> PlayConfig:
 
 def cmd_play(args: argparse.Namespace, cfg: PlayConfig) -> int:
     from app.loop import new_state, reset, run, stop_recording, toggle_recording
+    from app.timing import memory_line
     from app.window import Window, display_available, NoDisplay
     from input.bindings import load_bindings
 
@@ -95,12 +96,17 @@ def cmd_play(args: argparse.Namespace, cfg: PlayConfig) -> int:
         if args.headless:
             print(f"dreamloop: headless {status.name} on {status.device}, {args.ticks} ticks"
                   f"{' unpaced' if args.unpaced else f' at {cfg.tick_hz:g} Hz'}")
+        if args.headless:   # memory after a warm-up and at the end: a soak shows whether it stays flat
+            warm = min(args.ticks, 1000)
+            run(state, None, max_ticks=warm, paced=not args.unpaced)
+            mem0 = memory_line()
         stats = run(state, window, max_ticks=args.ticks if args.headless else None, paced=not args.unpaced)
         if args.headless:
             print(f"ticks {stats.ticks}  late {stats.late}  rate {stats.rate(stats.interval):.1f} Hz  "
                   f"tick p50 {stats.tick.pct(50) * 1000:.2f} ms p99 {stats.tick.pct(99) * 1000:.2f} ms  "
                   f"model p50 {stats.model.pct(50) * 1000:.2f} ms p99 {stats.model.pct(99) * 1000:.2f} ms  "
                   f"faults {backend.status().faults}")
+            print(f"memory after {warm} ticks: {mem0}; after {stats.ticks}: {memory_line()}")
     finally:
         if state is not None:
             stop_recording(state)

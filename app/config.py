@@ -57,7 +57,7 @@ class RecordConfig:
     crf: int = field(default=18, metadata={"min": 0, "max": 51})
     # Actions kept in memory for a recording's trace (every tick since the reset is needed to replay it).
     # Bounds memory in long play; a recording started later writes a trace marked `dropped_ticks`.
-    history_s: float = field(default=1800.0, metadata={"min": 1.0, "max": 86400.0})
+    history_s: float = field(default=600.0, metadata={"min": 1.0, "max": 86400.0})
 
 
 @dataclass(frozen=True)

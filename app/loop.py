@@ -194,10 +194,10 @@ def tick(state: PlayState, view: Any, script: Iterator[Action] | None) -> None:
 
 
 def remember(state: PlayState, action: Action) -> None:
-    """Keep the actions a recording's trace needs, at most `history_cap` ticks (trimmed in batches)."""
+    """Keep the actions a recording's trace needs: the last `history_cap` ticks (trimmed in batches)."""
     state.actions.extend(action.to_list())
     cap = state.history_cap * len(FIELDS)
-    if len(state.actions) > 2 * cap:
+    if len(state.actions) > cap + cap // 4:
         cut = len(state.actions) - cap
         del state.actions[:cut]
         state.dropped += cut // len(FIELDS)

@@ -9,6 +9,23 @@ from typing import Iterator
 import numpy as np
 
 
+def memory_line() -> str:
+    """Host resident memory, and CUDA memory allocated / reserved when torch is using a GPU."""
+    import os
+    import sys
+
+    try:
+        with open("/proc/self/statm") as f:
+            host = f"host {int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2**20:.1f} MiB"
+    except OSError:     # not Linux
+        host = "host memory n/a"
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        return f"{host}, cuda {torch.cuda.memory_allocated() / 2**20:.1f} MiB allocated, " \
+               f"{torch.cuda.memory_reserved() / 2**20:.1f} MiB reserved"
+    return host
+
+
 class Clock:
     """Monotonic time and sleeping in one object, so tests can drive the loop with a fake clock."""
 

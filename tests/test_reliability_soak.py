@@ -45,7 +45,7 @@ def soak():
     assert state.stats.ticks == 1500 and backend.faults == 0
     print(f"RSS MiB every 200 ticks: {samples}")
     assert slope < 0.5 and max(samples) - min(samples) < 4, samples          # flat: no per-tick growth
-    assert len(state.actions) <= 2 * state.history_cap * 5 and state.dropped > 0
+    assert len(state.actions) <= 1.25 * state.history_cap * 5 and state.dropped > 0
     assert not state.unpresented                                              # headless keeps no latency queue
 
 
@@ -60,7 +60,7 @@ def test_action_history_is_bounded_and_a_late_recording_says_so(tmp_path):
     reset(state)
     for i in range(1000):
         remember(state, Action(turn=i / 1000))
-    assert 35 * 5 <= len(state.actions) <= 2 * 35 * 5 and state.dropped + len(state.actions) // 5 == 1002
+    assert 35 * 5 <= len(state.actions) <= 1.25 * 35 * 5 and state.dropped + len(state.actions) // 5 == 1002
     toggle_recording(state)
     assert "lacks the first" in state.message
     stop_recording(state)
