@@ -83,7 +83,7 @@ class TrainConfig:
 
 
 FIELDS = ("step", "loss", "loss_tf", "loss_df", "mse_tf", "mse_df", "val_mse_tf", "val_mse_df", "lr",
-          "grad_norm", "minutes", "frames", "buffer", "steps_per_s")
+          "grad_norm", "minutes", "frames", "buffer", "steps_per_s", "ms_data", "ms_sample", "ms_fwd_bwd", "ms_opt")
 
 
 class Objective(nn.Module):
@@ -107,6 +107,7 @@ class Feeder:
         d = cfg.data
         workers = max(2, d.collect.workers // world)
         self.collector = Collector(replace(d.collect, workers=workers), seed=d.seed * 1000 + rank)
+        _keep_off_worker_cores(workers * world)
         shape = ae.latent_shape
         self.train = ClipBuffer(d.buffer_frames, shape, torch.bfloat16 if device.type == "cuda" else torch.float32, device)
         self.heldout = ClipBuffer(d.heldout_frames, shape, self.train.items.dtype, device)
@@ -142,6 +143,36 @@ class Feeder:
 
     def close(self) -> None:
         self.collector.close()
+
+
+def _keep_off_worker_cores(busy: int) -> None:
+    """Collector workers pin themselves to the first cores; keep this process (which must launch
+    GPU kernels without waiting for a core) and its torch threads on the rest, where there are any."""
+    if not hasattr(os, "sched_getaffinity"):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    free = cpus[busy:]
+    if free:
+        os.sched_setaffinity(0, set(free))
+        torch.set_num_threads(len(free))
+
+
+class PhaseTimer:
+    """Wall time of the phases of one step, synchronising the device between them. Used on logged
+    steps only (one in `log_every`), so the other steps keep running asynchronously."""
+
+    def __init__(self, device: torch.device, active: bool):
+        self.device, self.active, self.ms = device, active, {}
+        self.t = time.perf_counter()
+
+    def mark(self, name: str) -> None:
+        if not self.active:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.ms[f"ms_{name}"] = (now - self.t) * 1000
+        self.t = now
 
 
 @torch.no_grad()
@@ -213,14 +244,19 @@ def main(cfg: TrainConfig, out: Path, resume: bool = False, init: Path | None = 
                        max_minutes=cfg.total_minutes)
             for g in opt.param_groups:
                 g["lr"] = lr
+            timer = PhaseTimer(device, active=(step + 1) % cfg.log_every == 0)
             feeder.drain(cfg.data.max_chunks_per_step)
+            timer.mark("data")
             x, a = feeder.train.sample(cfg.batch, cfg.clip_len, rng)               # (B, T, C, h, w), (B, T, 5)
+            timer.mark("sample")
             with autocast(device):
                 loss, parts = step_fn(x.float(), a, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            timer.mark("fwd_bwd")
             grad_norm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
+            timer.mark("opt")
             step += 1
             if step >= cfg.ema_start:
                 ema_update(ema, model, cfg.ema if step > cfg.ema_start else 0.0)
@@ -233,6 +269,7 @@ def main(cfg: TrainConfig, out: Path, resume: bool = False, init: Path | None = 
                        "frames": feeder.frames, "buffer": len(feeder.train),
                        "steps_per_s": (step - step_log) / max(1e-9, now - t_log)}
                 row.update({k: float(v) for k, v in parts.items()})
+                row.update(timer.ms)
                 t_log, step_log = now, step
                 if step % cfg.eval_every == 0:
                     row.update(validate(ema, objective_loss(objective), feeder.heldout, cfg, device))
