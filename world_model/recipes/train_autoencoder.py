@@ -27,7 +27,6 @@ import contextlib
 import copy
 import csv
 import json
-import math
 import signal
 import sys
 import threading
@@ -38,7 +37,6 @@ from typing import Callable, Iterator, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 import yaml
 
 import settings
@@ -46,6 +44,7 @@ from world_model import checkpoint
 from world_model.actions import Action
 from world_model.autoencoder import Autoencoder, AutoencoderConfig, frames_to_model, psnr
 from world_model.collect import CollectConfig, Collector
+from world_model.recipes.common import Metrics, ema_update, load_state, lr_at, parse_overrides, save_state
 
 
 @dataclass(frozen=True)
@@ -239,21 +238,9 @@ def ae_loss(model: Autoencoder, x: torch.Tensor, cfg: LossConfig) -> tuple[torch
     return total, parts
 
 
-def lr_at(cfg: TrainConfig, step: int, minutes: float) -> float:
-    """Linear warm-up, then cosine to min_lr over whichever runs out first: steps or minutes."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    if cfg.max_minutes > 0:
-        progress = max(progress, minutes / cfg.max_minutes)
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-@torch.no_grad()
-def ema_update(ema: Autoencoder, model: Autoencoder, decay: float) -> None:
-    e = [p for p in ema.parameters()]
-    m = [p.detach() for p in model.parameters()]
-    torch._foreach_lerp_(e, m, 1.0 - decay)
+def lr_for(cfg: TrainConfig, step: int, minutes: float) -> float:
+    return lr_at(step, minutes, lr=cfg.lr, min_lr=cfg.min_lr, warmup=cfg.warmup, steps=cfg.steps,
+                 max_minutes=cfg.max_minutes)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -330,32 +317,24 @@ def _cuda_median(fn: Callable[[], object], iters: int) -> float:
 # Train state (resume)
 # ------------------------------------------------------------------------------------------------
 
-def save_state(path: Path, model: Autoencoder, ema: Autoencoder | None, opt: torch.optim.Optimizer,
-               step: int, minutes: float) -> None:
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-    if ema is not None:
-        tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
-    for i, state in opt.state_dict()["state"].items():
-        tensors.update({f"opt.{i}.{k}": torch.as_tensor(v) for k, v in state.items()})
-    checkpoint.save(path, tensors, kind="train_state", config=model.config,
-                    meta={"step": str(step), "minutes": f"{minutes:.4f}"})
+def _modules(model: Autoencoder, ema: Autoencoder | None) -> dict[str, torch.nn.Module]:
+    return {"model": model} if ema is None else {"model": model, "ema": ema}
 
 
-def load_state(path: Path, model: Autoencoder, ema: Autoencoder | None, opt: torch.optim.Optimizer
-               ) -> tuple[int, float]:
+def _config(model: Autoencoder) -> dict:
+    return json.loads(json.dumps(asdict(model.config)))
+
+
+def save_ae_state(path: Path, model: Autoencoder, ema: Autoencoder | None, opt: torch.optim.Optimizer,
+                  step: int, minutes: float) -> None:
+    save_state(path, _modules(model, ema), opt, config=model.config,
+               meta={"step": str(step), "minutes": f"{minutes:.4f}"})
+
+
+def load_ae_state(path: Path, model: Autoencoder, ema: Autoencoder | None, opt: torch.optim.Optimizer
+                  ) -> tuple[int, float]:
     """Restore in place; returns (step, minutes trained). CheckpointError if it does not fit."""
-    tensors, config, meta = checkpoint.load(path, kind="train_state")
-    if config != json.loads(json.dumps(asdict(model.config))):
-        raise checkpoint.CheckpointError(f"{path}: was trained with another model config: {config}")
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    if ema is not None:
-        ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for k, v in tensors.items():
-        if k.startswith("opt."):
-            _, i, name = k.split(".", 2)
-            state.setdefault(int(i), {})[name] = v
-    opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
+    meta = load_state(path, _modules(model, ema), opt, _config(model))
     return int(meta["step"]), float(meta["minutes"])
 
 
@@ -364,23 +343,6 @@ def load_state(path: Path, model: Autoencoder, ema: Autoencoder | None, opt: tor
 # ------------------------------------------------------------------------------------------------
 
 FIELDS = ("step", "loss", "l1", "grad", "mse", "latent_l2", "psnr", "lr", "minutes", "frames_seen")
-
-
-class Metrics:
-    def __init__(self, out: Path, resume: bool):
-        self.path = out / "metrics.csv"
-        fresh = not (resume and self.path.exists())
-        self.file = open(self.path, "w" if fresh else "a", newline="")
-        self.writer = csv.DictWriter(self.file, FIELDS)
-        if fresh:
-            self.writer.writeheader()
-
-    def write(self, row: dict) -> None:
-        self.writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-        self.file.flush()
-
-    def close(self) -> None:
-        self.file.close()
 
 
 def plot(out: Path) -> None:
@@ -432,7 +394,7 @@ def main(cfg: TrainConfig, out: Path, resume: bool = False, stream: Stream | Non
     state_path = out / "train_state.safetensors"
     step, minutes = 0, 0.0
     if resume and (state_path.exists() or (out / "train_state.index.json").exists()):
-        step, minutes = load_state(state_path, model, ema, opt)
+        step, minutes = load_ae_state(state_path, model, ema, opt)
         print(f"resumed from {state_path} at step {step} ({minutes:.1f} min trained)", file=sys.stderr)
     step_fn = torch.compile(ae_loss) if cfg.compile else ae_loss
 
@@ -444,7 +406,7 @@ def main(cfg: TrainConfig, out: Path, resume: bool = False, stream: Stream | Non
         stream = collector_stream(data) if data.source == "collector" else game_stream(data, *shape[:2])
     feeder = Feeder(stream, pool, heldout, data)
     feeder.start()
-    metrics = Metrics(out, resume)
+    metrics = Metrics(out / "metrics.csv", FIELDS, resume)
     try:
         feeder.wait_for(min(data.min_fill, data.pool_frames), min(data.heldout_frames, 64))
         step, minutes = _train(cfg, model, ema, opt, step_fn, pool, heldout, feeder, metrics, device, amp,
@@ -465,7 +427,7 @@ def _train(cfg, model, ema, opt, step_fn, pool, heldout, feeder, metrics, device
         while step < cfg.steps and not (cfg.max_minutes and minutes >= cfg.max_minutes):
             if feeder.error is not None:
                 raise RuntimeError(f"frame source failed: {feeder.error}")
-            lr = lr_at(cfg, step, minutes)
+            lr = lr_for(cfg, step, minutes)
             for g in opt.param_groups:
                 g["lr"] = lr
             frames = torch.from_numpy(pool.sample(cfg.batch))
@@ -496,12 +458,12 @@ def _train(cfg, model, ema, opt, step_fn, pool, heldout, feeder, metrics, device
             if row:
                 metrics.write(row)
             if step % cfg.save_every == 0:
-                save_state(state_path, model, ema, opt, step, minutes)
+                save_ae_state(state_path, model, ema, opt, step, minutes)
     except KeyboardInterrupt:
         print(f"\ninterrupted at step {step}; saving", file=sys.stderr)
     finally:
         bar.close()
-    save_state(state_path, model, ema, opt, step, minutes)
+    save_ae_state(state_path, model, ema, opt, step, minutes)
     return step, minutes
 
 
@@ -533,16 +495,6 @@ def _finish(cfg, out, model, ema, pool, heldout, device, amp, step, minutes) -> 
     return summary
 
 
-def _overrides(pairs: list[str]) -> dict:
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise settings.SettingsError(f"--set {pair!r}: expected KEY=VALUE")
-        out[key] = yaml.safe_load(value)
-    return out
-
-
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
@@ -556,7 +508,7 @@ def cli(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)   # a killed job saves like Ctrl-C does
     try:
-        cfg = settings.load(args.config, TrainConfig, _overrides(args.set))
+        cfg = settings.load(args.config, TrainConfig, parse_overrides(args.set))
         main(cfg, args.out, resume=args.resume)
     except (settings.SettingsError, checkpoint.CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
