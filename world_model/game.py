@@ -115,13 +115,7 @@ class Game:
                   vzd.GameVariable.HEALTH):
             g.add_available_game_variable(v)
         g.set_seed(seed % (2**31))
-        with _CHDIR_LOCK:
-            here = os.getcwd()
-            os.chdir(self.workdir)
-            try:
-                g.init()
-            finally:
-                os.chdir(here)
+        _init_in(g, self.workdir)
         g.new_episode()
         # The engine ignores input for its first tics; spend them here so that every frame we
         # return answers the action that produced it.
@@ -177,6 +171,17 @@ class Game:
         return frame
 
 
+def _init_in(g, workdir: str) -> None:
+    """Start the engine with `workdir` as its current directory, where it writes _vizdoom/."""
+    with _CHDIR_LOCK:
+        here = os.getcwd()
+        os.chdir(workdir)
+        try:
+            g.init()
+        finally:
+            os.chdir(here)
+
+
 @dataclass(frozen=True)
 class Sector:
     floor: float
@@ -206,13 +211,7 @@ def map_sectors(cfg: GameConfig, workdir: str | None = None) -> list[Sector]:
         g.set_window_visible(False)
         g.set_sound_enabled(False)
         g.set_sectors_info_enabled(True)
-        with _CHDIR_LOCK:
-            here = os.getcwd()
-            os.chdir(game.workdir)
-            try:
-                g.init()
-            finally:
-                os.chdir(here)
+        _init_in(g, game.workdir)
         g.new_episode()
         state = g.get_state()
         _SECTORS[key] = [
