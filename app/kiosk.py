@@ -102,6 +102,7 @@ class Kiosk:
             self.last_input = state.clock.now()
             if self.mode == "attract":
                 self.start_play(state, view)
+                return not state.input.is_command(event)   # the key that wakes the booth only starts a game
         return True
 
     def allows(self, command: str) -> bool:

@@ -91,6 +91,12 @@ class InputState:
             self.release_all()  # keys released while unfocused never send KEYUP to us
         return None
 
+    def is_command(self, event: pygame.event.Event) -> bool:
+        """Whether `event` would trigger a player command (a bound key or pad button press)."""
+        if event.type == pygame.KEYDOWN:
+            return event.key in self._commands
+        return event.type == pygame.CONTROLLERBUTTONDOWN and event.button in self._pad_commands
+
     def _open_pad(self, device_index: int) -> None:
         try:
             from pygame._sdl2 import controller

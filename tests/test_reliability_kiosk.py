@@ -178,5 +178,31 @@ def test_kiosk_cli_headless_on_the_game(tmp_path, capsys):
     assert "quit: hold left ctrl + left shift + q" in out.out and "ticks 40" in out.out and "attract loops 1" in out.out
 
 
-def test_banner_text():
+def test_the_key_that_wakes_the_booth_only_starts_a_game():
+    state, w, b, clock, at = booth()
+    at(0.2, key(pygame.K_p))                                  # pause is allowed, but not as the waking key
+    at(0.5, key(pygame.K_w))
+    run(state, w, max_ticks=30)
+    assert state.kiosk.mode == "play" and not state.paused and b.actions[-1] == Action(forward=1)
     assert "press any key" in BANNER
+
+
+def test_kiosk_on_the_tiny_model_with_a_nan_fault():
+    import torch
+
+    from app.backends import ModelBackend
+    from test_app_model import tiny_models
+
+    cfg = KioskConfig(player=PlayConfig(session=SessionConfig(context=2, window=4, snapshot_every=2)), idle_s=1.0,
+                      seeds=[5])
+    b = ModelBackend(cfg.player, device="cpu", device_note="cpu", models={"student": tiny_models()})
+    state = new_state(cfg.player, b, Bindings())
+    state.clock = FakeClock()
+    state.kiosk = Kiosk(cfg, ATTRACT, now=state.clock.now())
+    state.kiosk.start_attract(state, None)
+    run(state, None, max_ticks=6)
+    b.session.cache.k.fill_(float("nan"))
+    run(state, None, max_ticks=30)
+    assert state.stats.ticks == 30 and b.status().faults == 1 and state.kiosk.loops == 3
+    assert torch.isfinite(b.session.cache.k).all() and state.frame.shape == (120, 160, 3)
+    b.close()
