@@ -23,10 +23,10 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
-if [ "$what" = test ] && ! command -v Xvfb >/dev/null 2>&1; then
+if [ "$what" = test ] && ! { command -v Xvfb && command -v xwd && command -v xwininfo; } >/dev/null 2>&1; then
   # The window test needs a virtual X screen; skip quietly where apt is not ours to use.
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends xvfb x11-apps) >/dev/null 2>&1 \
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends xvfb x11-apps x11-utils) >/dev/null 2>&1 \
       || echo "setup.sh: could not install xvfb; the Xvfb window test will be skipped" >&2
   fi
 fi
