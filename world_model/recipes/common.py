@@ -38,16 +38,26 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
     torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in model.parameters()], 1.0 - decay)
 
 
-def save_state(path: Path, modules: Mapping[str, nn.Module], opt: torch.optim.Optimizer, *, config: Any,
+Optimizers = torch.optim.Optimizer | Mapping[str, torch.optim.Optimizer]
+
+
+def _named(opt: Optimizers) -> Mapping[str, torch.optim.Optimizer]:
+    """One optimizer is stored under the name "opt"; several (e.g. generator and critic) under their own."""
+    return {"opt": opt} if isinstance(opt, torch.optim.Optimizer) else opt
+
+
+def save_state(path: Path, modules: Mapping[str, nn.Module], opt: Optimizers, *, config: Any,
                meta: Mapping[str, str]) -> None:
-    """Everything needed to resume (weights, EMA, optimizer moments) as one kind="train_state" checkpoint."""
+    """Everything needed to resume (weights, EMA, optimizer moments) as one kind="train_state" checkpoint.
+    `opt` is one optimizer or a {name: optimizer} mapping whose names differ from the module names."""
     tensors = {f"{name}.{k}": v for name, m in modules.items() for k, v in m.state_dict().items()}
-    for i, state in opt.state_dict()["state"].items():
-        tensors.update({f"opt.{i}.{k}": torch.as_tensor(v) for k, v in state.items()})
+    for name, o in _named(opt).items():
+        for i, state in o.state_dict()["state"].items():
+            tensors.update({f"{name}.{i}.{k}": torch.as_tensor(v) for k, v in state.items()})
     checkpoint.save(path, tensors, kind="train_state", config=config, meta=dict(meta))
 
 
-def load_state(path: Path, modules: Mapping[str, nn.Module], opt: torch.optim.Optimizer,
+def load_state(path: Path, modules: Mapping[str, nn.Module], opt: Optimizers,
                config: Mapping[str, Any]) -> dict[str, str]:
     """Restore in place and return the metadata; CheckpointError if it was written for another config."""
     tensors, stored, meta = checkpoint.load(path, kind="train_state")
@@ -55,12 +65,13 @@ def load_state(path: Path, modules: Mapping[str, nn.Module], opt: torch.optim.Op
         raise checkpoint.CheckpointError(f"{path}: was trained with another model config")
     for name, m in modules.items():
         m.load_state_dict({k[len(name) + 1:]: v for k, v in tensors.items() if k.startswith(name + ".")})
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for k, v in tensors.items():
-        if k.startswith("opt."):
-            _, i, key = k.split(".", 2)
-            state.setdefault(int(i), {})[key] = v
-    opt.load_state_dict({"state": state, "param_groups": opt.state_dict()["param_groups"]})
+    for name, o in _named(opt).items():
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for k, v in tensors.items():
+            if k.startswith(name + "."):
+                _, i, key = k.split(".", 2)
+                state.setdefault(int(i), {})[key] = v
+        o.load_state_dict({"state": state, "param_groups": o.state_dict()["param_groups"]})
     return meta
 
 

@@ -4,10 +4,8 @@
         [--init assets/checkpoints/teacher.safetensors] [--set max_minutes=9 --set batch=32]
     torchrun --nproc_per_node=2 -m world_model.recipes.train_teacher ...        # DDP, one process per GPU
 
-Data: the parallel collector plays E1M1 in worker processes; this process encodes each chunk with
-the frozen autoencoder and appends the latents to a ClipBuffer on the training device, from which
-random 16-tick clips are drawn. Chunks of worker 0 go to a separate held-out buffer (its own seed and
-policy variation), used for the validation loss. Nothing is stored: the GPU machine starts empty.
+Data: recipes/feeder.py (collector -> frozen autoencoder -> latent ClipBuffers on the training device);
+random 16-tick clips are drawn from it, and its held-out buffer (worker 0) gives the validation loss.
 
 Loss: world_model.losses.TeacherLoss, a mix of packed teacher forcing and diffusion forcing, with
 null-action dropout. bf16 autocast on CUDA, AdamW, EMA. Resumable twice over: --resume continues from
@@ -26,7 +24,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,24 +34,13 @@ from torch import nn
 
 import settings
 from world_model import checkpoint
-from world_model.autoencoder import Autoencoder, frames_to_model
-from world_model.collect import CollectConfig, Collector
+from world_model.autoencoder import Autoencoder
 from world_model.data import ClipBuffer
 from world_model.losses import TeacherLoss, TeacherLossConfig
 from world_model.model import ModelConfig, WorldModel, load_model, save_model
+from world_model.recipes.feeder import DataConfig, Feeder
 from world_model.recipes.common import (Metrics, autocast, ema_update, load_state, lr_at, parse_overrides,
                                         plot_csv, save_state)
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    collect: CollectConfig = CollectConfig(workers=14)
-    seed: int = 1
-    buffer_frames: int = field(default=400_000, metadata={"min": 64})   # latents on the device
-    heldout_frames: int = field(default=8_192, metadata={"min": 64})
-    min_fill: int = field(default=20_000, metadata={"min": 16})
-    encode_batch: int = field(default=256, metadata={"min": 1})
-    max_chunks_per_step: int = field(default=4, metadata={"min": 1})    # data drained between steps
 
 
 @dataclass(frozen=True)
@@ -97,64 +84,6 @@ class Objective(nn.Module):
 
     def forward(self, latents: torch.Tensor, actions: torch.Tensor, generator: torch.Generator | None):
         return self.loss(self.model, latents, actions, generator)
-
-
-class Feeder:
-    """Collector -> autoencoder -> ClipBuffers (training and held-out), on the training device."""
-
-    def __init__(self, cfg: TrainConfig, ae: Autoencoder, device: torch.device, rank: int, world: int):
-        self.cfg, self.ae, self.device = cfg, ae, device
-        d = cfg.data
-        workers = max(2, d.collect.workers // world)
-        self.collector = Collector(replace(d.collect, workers=workers), seed=d.seed * 1000 + rank)
-        _keep_off_worker_cores(workers * world)
-        shape = ae.latent_shape
-        self.train = ClipBuffer(d.buffer_frames, shape, torch.bfloat16 if device.type == "cuda" else torch.float32, device)
-        self.heldout = ClipBuffer(d.heldout_frames, shape, self.train.items.dtype, device)
-        self.frames = 0
-
-    @torch.no_grad()
-    def _add(self, chunk) -> None:
-        d = self.cfg.data
-        frames = torch.from_numpy(chunk.frames).to(self.device, non_blocking=True)
-        z = []
-        for i in range(0, len(frames), d.encode_batch):
-            with autocast(self.device):
-                z.append(self.ae.encode(frames_to_model(frames[i:i + d.encode_batch])).float())
-        z = torch.cat(z)                                                      # (N, C, h, w)
-        actions = torch.from_numpy(chunk.actions)
-        target = self.heldout if chunk.worker == 0 else self.train
-        target.add(z, actions, chunk.starts)
-        self.frames += len(z)
-
-    def drain(self, limit: int) -> None:
-        for _ in range(limit):
-            chunk = self.collector.poll()
-            if chunk is None:
-                return
-            self._add(chunk)
-
-    def fill(self, frames: int, log=print) -> None:
-        t0 = time.perf_counter()
-        while len(self.train) < frames or len(self.heldout) < min(self.heldout.capacity, 512):
-            self._add(self.collector.next())
-        log(f"buffer filled: {len(self.train)} train / {len(self.heldout)} held-out latents "
-            f"in {time.perf_counter() - t0:.1f} s")
-
-    def close(self) -> None:
-        self.collector.close()
-
-
-def _keep_off_worker_cores(busy: int) -> None:
-    """Collector workers pin themselves to the first cores; keep this process (which must launch
-    GPU kernels without waiting for a core) and its torch threads on the rest, where there are any."""
-    if not hasattr(os, "sched_getaffinity"):
-        return
-    cpus = sorted(os.sched_getaffinity(0))
-    free = cpus[busy:]
-    if free:
-        os.sched_setaffinity(0, set(free))
-        torch.set_num_threads(len(free))
 
 
 class PhaseTimer:
@@ -225,7 +154,7 @@ def main(cfg: TrainConfig, out: Path, resume: bool = False, init: Path | None = 
     if world > 1:
         objective = nn.parallel.DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
     step_fn = torch.compile(objective) if cfg.compile else objective
-    feeder = Feeder(cfg, ae, device, rank, world)
+    feeder = Feeder(cfg.data, ae, device, rank, world)
     metrics = Metrics(out / "metrics.csv", FIELDS, resume, tensorboard=out / "tb") if rank == 0 else None
     rng = np.random.default_rng([cfg.seed, rank, step])
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 7919 + rank * 104729 + step)

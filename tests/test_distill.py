@@ -1,0 +1,342 @@
+"""Distillation (issue 4) on CPU: TF-dCM and Self-Forcing DMD losses, the rollout's gradient paths, the
+critic/generator ratio, the student checkpoint, and the recipe end to end (synthetic and real data)."""
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import settings
+from world_model import checkpoint
+from world_model.autoencoder import Autoencoder, AutoencoderConfig
+from world_model.data import ClipBuffer
+from world_model.distill_losses import (ConsistencyConfig, ConsistencyLoss, DMDConfig, DMDLoss, dmd_gradient,
+                                        packed_velocity)
+from world_model.model import ModelConfig, WorldModel, load_model, save_model
+from world_model.recipes import distill
+from world_model.rollout import Session
+from world_model.sampler import SamplerConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "settings/train/distill_tiny.yaml"
+CFG = ModelConfig(latent_channels=4, latent_h=5, latent_w=6, dim=32, depth=2, heads=2, mlp_ratio=2.0)
+
+
+def make_teacher(seed: int = 0, cfg: ModelConfig = CFG) -> WorldModel:
+    """A tiny model whose output depends on its inputs (the zero-initialised layers get small weights)."""
+    torch.manual_seed(seed)
+    model = WorldModel(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2 and p.abs().sum() == 0:
+                p.normal_(0, 0.05)
+    return model
+
+
+def clips(B: int = 4, T: int = 5, seed: int = 1, cfg: ModelConfig = CFG) -> tuple[torch.Tensor, torch.Tensor]:
+    """Temporally correlated latents (B, T, C, h, w) and actions (B, T, 5)."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn((B, 1, *cfg.latent_shape), generator=g)
+    drift = 0.3 * torch.randn((B, T, *cfg.latent_shape), generator=g).cumsum(1)
+    actions = torch.randint(-1, 2, (B, T, 5), generator=g).float()
+    return base + drift, actions
+
+
+class MemoryFeeder:
+    """Stands in for recipes.feeder.Feeder: latents already in ClipBuffers, no collector."""
+
+    def __init__(self, cfg: ModelConfig = CFG, frames: int = 256):
+        self.train = ClipBuffer(frames, cfg.latent_shape, torch.float32)
+        self.heldout = ClipBuffer(frames, cfg.latent_shape, torch.float32)
+        for buf, seed in ((self.train, 1), (self.heldout, 2)):
+            x, a = clips(B=frames // 32, T=32, seed=seed, cfg=cfg)
+            for xi, ai in zip(x, a):
+                buf.add(xi, ai, np.eye(1, 32, dtype=bool)[0])
+        self.frames = 2 * frames
+
+    def fill(self, frames, log=print):
+        pass
+
+    def drain(self, limit=None):
+        pass
+
+    def close(self):
+        pass
+
+
+@pytest.fixture()
+def teacher_path(tmp_path) -> Path:
+    path = tmp_path / "teacher.safetensors"
+    save_model(path, make_teacher(), kind="teacher", dtype=None)
+    return path
+
+
+def tiny(teacher: Path, **over) -> distill.DistillConfig:
+    return settings.load(TINY, distill.DistillConfig, {"teacher": str(teacher), **over})
+
+
+# ---------------------------------------------------------------------------------------------------------
+#                                              Stage A
+# ---------------------------------------------------------------------------------------------------------
+
+def test_packed_velocity_matches_teacher_forcing_forward():
+    """Scoring only the last K noisy frames gives the same velocities as the full packed TF sequence."""
+    model = make_teacher()
+    x, a = clips(B=2, T=5)
+    noisy = torch.randn_like(x)
+    t = torch.rand(2, 5)
+    full = packed_velocity(model, x, noisy, t, a)                                  # K = T
+    last = packed_velocity(model, x, noisy[:, 2:], t[:, 2:], a)                    # K = 3
+    torch.testing.assert_close(last, full[:, 2:], atol=1e-5, rtol=1e-4)
+
+
+def test_consistency_times_one_grid_step_apart():
+    loss = ConsistencyLoss(ConsistencyConfig(total_steps=48, shift=3.0))
+    t0, t1 = loss.times(4096, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert (t0 > t1).all() and t0.max() <= 1.0 and t1.min() >= 0.0
+    assert t0.max() > 0.999 and t1.min() < 0.01          # the chain reaches pure noise and the data
+    unshift = lambda t: t / (3.0 - 2.0 * t)              # inverse of UniformShift(3)
+    torch.testing.assert_close(unshift(t0) - unshift(t1), torch.full_like(t0, 1 / 48), atol=1e-5, rtol=0)
+
+
+def test_cm_steps_lower_the_loss():
+    teacher = make_teacher().requires_grad_(False)
+    student = copy.deepcopy(teacher).requires_grad_(True)
+    loss_fn = ConsistencyLoss()
+    x, a = clips(B=4, T=4)
+    fixed = lambda: loss_fn(student, teacher, x, a, torch.Generator().manual_seed(7))[0]  # noqa: E731
+    before = float(fixed().detach())
+    opt = torch.optim.Adam(student.parameters(), lr=1e-3)
+    for i in range(15):
+        loss, _ = loss_fn(student, teacher, x, a, torch.Generator().manual_seed(7))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert before > 0 and float(fixed().detach()) < 0.7 * before
+    assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_cm_target_at_t1_zero_is_the_teacher_step():
+    """With one grid step (N=2 after the shift) t1 can be 0; there the target is x_t1 itself: the student
+    learns to land where the teacher's Euler step lands."""
+    teacher = make_teacher()
+    loss_fn = ConsistencyLoss(ConsistencyConfig(total_steps=2, shift=1.0))
+    g = torch.Generator().manual_seed(0)
+    t0, t1 = loss_fn.times(64, g, torch.device("cpu"))
+    assert torch.isclose(t0 - t1, torch.tensor(0.5)).all()
+
+
+# ---------------------------------------------------------------------------------------------------------
+#                                              Stage B
+# ---------------------------------------------------------------------------------------------------------
+
+def student_session(model: WorldModel, ctx: int, K: int, seed: int = 0) -> Session:
+    return Session(model, window=ctx + K, sink=1, device="cpu", seed=seed,
+                   sampler=SamplerConfig(kind="consistency"), check_finite=False)
+
+
+def test_rollout_gradient_only_through_each_frames_last_step_and_never_the_cache():
+    student = make_teacher()
+    x, a = clips(B=2, T=6)
+    session = student_session(student, 2, 4)
+    grad_calls = []
+    hook = student.register_forward_hook(lambda m, i, o: grad_calls.append(torch.is_grad_enabled()))
+    out = distill.rollout(session, x[:, :2], a, steps=2, t_mid=5 / 6, grad=True)   # (B, 6, C, h, w)
+    hook.remove()
+    # Per generated frame: 2 denoising passes (the last with grad) + 1 re-encode; the 2-frame seed: 1 pass.
+    assert grad_calls == [False] + [False, True, False] * 4
+    assert not session.cache.k.requires_grad and not session.cache.v.requires_grad
+    assert out[:, 2:].requires_grad
+    gen = out[:, 2:]
+    # Frame k depends on frame k-1 only through the detached cache: no gradient path between them.
+    for k in range(1, 4):
+        assert torch.autograd.grad(gen[:, k].sum(), gen[:, k - 1], retain_graph=True, allow_unused=True)[0] is None
+    # ... but every frame carries gradient into the student's weights.
+    g = torch.autograd.grad(gen[:, 3].pow(2).sum(), list(student.parameters()), allow_unused=True)
+    assert sum(float(t.abs().sum()) for t in g if t is not None) > 0
+
+
+def test_rollout_equals_the_player_session():
+    """distill.rollout is Session.reset + Session.step, the exact calls the player makes."""
+    student = make_teacher()
+    x, a = clips(B=2, T=5)
+    with torch.no_grad():
+        out = distill.rollout(student_session(student, 2, 3, seed=5), x[:, :2], a, 1, 5 / 6, grad=False)
+        s = student_session(student, 2, 3, seed=5)
+        s.reset(x[:, :2], a[:, :2])
+        ref = [s.step(a[:, 2 + k], steps=1) for k in range(3)]
+    torch.testing.assert_close(out[:, 2:], torch.stack(ref, 1))
+    torch.testing.assert_close(out[:, :2], x[:, :2])
+
+
+def test_dmd_critic_steps_lower_the_critic_loss():
+    teacher, student = make_teacher(0), make_teacher(1)
+    critic = copy.deepcopy(teacher).requires_grad_(True)
+    x, a = clips(B=4, T=5)
+    with torch.no_grad():
+        clean = distill.rollout(student_session(student, 2, 3), x[:, :2], a, 1, 5 / 6, grad=False)
+    loss_fn = DMDLoss()
+    fixed = lambda: float(loss_fn.critic(critic, clean, a, 3, torch.Generator().manual_seed(3))[0].detach())  # noqa: E731
+    before = fixed()
+    opt = torch.optim.Adam(critic.parameters(), lr=1e-3, betas=(0.0, 0.999))
+    for _ in range(25):
+        loss, _ = loss_fn.critic(critic, clean, a, 3, torch.Generator().manual_seed(3))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert fixed() < 0.75 * before
+
+
+def test_dmd_generator_gradient_reaches_only_the_student():
+    teacher, student = make_teacher(0).requires_grad_(False), make_teacher(1)
+    critic = make_teacher(2)   # a fake score that differs from the real one
+    x, a = clips(B=2, T=5)
+    clean = distill.rollout(student_session(student, 2, 3), x[:, :2], a, 2, 5 / 6, grad=True)
+    critic.requires_grad_(False)
+    loss, parts = DMDLoss().generator(teacher, critic, clean, a, 3, torch.Generator().manual_seed(0))
+    loss.backward()
+    assert sum(float(p.grad.abs().sum()) for p in student.parameters() if p.grad is not None) > 0
+    assert all(p.grad is None for p in teacher.parameters()) and all(p.grad is None for p in critic.parameters())
+    assert parts["dmd_grad"] > 0
+
+
+def test_dmd_gradient_is_zero_when_fake_equals_real_and_moves_towards_real():
+    x_hat = torch.randn(3, 2, 4, 5, 6)
+    real, fake = torch.randn_like(x_hat), torch.randn_like(x_hat)
+    assert dmd_gradient(x_hat, real, real, 1e-5).abs().max() == 0      # critic = teacher: nothing to learn
+    g = dmd_gradient(x_hat, real, fake, 1e-5)
+    assert g.dtype == torch.float64
+    # Descending the generator loss moves x_hat along -(fake - real): towards the real score's denoising.
+    x = x_hat.clone().requires_grad_(True)
+    target = (x.detach().double() - g).float()
+    (0.5 * (x - target).pow(2).mean()).backward()
+    assert float((-x.grad * (real - fake)).sum()) > 0
+    bad = fake.clone()
+    bad[1, 0, 0, 0, 0] = float("nan")
+    g = dmd_gradient(x_hat, real, bad, 1e-5)
+    assert torch.isfinite(g).all() and g[1].abs().max() == 0 and g[0].abs().max() > 0
+
+
+def test_dmd_moves_the_student_towards_the_teacher_on_a_toy():
+    """Toy: 1 generated frame, 1 step, DMD with a critic that starts as the student and follows its samples
+    (3 critic updates per generator update). The student's samples approach the teacher's samples from the
+    same noise (a proxy: DMD matches distributions, which here are nearly deterministic given the context)."""
+    teacher, student = make_teacher(0).requires_grad_(False), make_teacher(2)
+    critic = copy.deepcopy(student)
+    x, a = clips(B=8, T=3)
+    opt = torch.optim.Adam(student.parameters(), lr=3e-4, betas=(0.0, 0.999))
+    opt_c = torch.optim.Adam(critic.parameters(), lr=1e-3, betas=(0.0, 0.999))
+    loss_fn = DMDLoss(DMDConfig(shift=1.0))
+    play = lambda model, seed, grad: distill.rollout(student_session(model, 2, 1, seed=seed), x[:, :2], a, 1,  # noqa: E731
+                                                     5 / 6, grad=grad)
+    gaps = []
+    for i in range(20):
+        for j in range(3):
+            with torch.no_grad():
+                clean = play(student, 100 + 3 * i + j, False)
+            loss, _ = loss_fn.critic(critic, clean, a, 1, torch.Generator().manual_seed(100 + 3 * i + j))
+            opt_c.zero_grad()
+            loss.backward()
+            opt_c.step()
+        clean = play(student, i % 3, True)
+        critic.requires_grad_(False)
+        loss, _ = loss_fn.generator(teacher, critic, clean, a, 1, torch.Generator().manual_seed(i))
+        critic.requires_grad_(True)
+        with torch.no_grad():
+            gaps.append(float((clean[:, -1] - play(teacher, i % 3, False)[:, -1]).pow(2).mean()))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert np.mean(gaps[-3:]) < 0.9 * np.mean(gaps[:3])
+
+
+def test_critic_generator_ratio_is_honoured(teacher_path, tmp_path, monkeypatch):
+    assert [distill.is_generator_turn(i, 5) for i in range(12)] == ([False] * 5 + [True]) * 2
+    assert all(distill.is_generator_turn(i, 0) for i in range(4))
+    calls = []
+    for name in ("critic", "generator"):
+        orig = getattr(DMDLoss, name)
+        monkeypatch.setattr(DMDLoss, name, lambda self, *a, _o=orig, _n=name, **k: (calls.append(_n), _o(self, *a, **k))[1])
+    cfg = tiny(teacher_path, stage="dmd", steps=4, critic_per_generator=3, eval_every=100)
+    summary = distill.main(cfg, tmp_path / "dmd", feeder=MemoryFeeder())
+    assert calls == (["critic"] * 3 + ["generator"]) * 4
+    assert (summary["step"], summary["critic_steps"], summary["iteration"]) == (4, 12, 16)
+
+
+# ---------------------------------------------------------------------------------------------------------
+#                                      Checkpoint and the recipe
+# ---------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_student_checkpoint_round_trips_and_plays_one_and_two_steps(tmp_path, int8):
+    model = make_teacher()
+    cfg = distill.DistillConfig(save_int8=int8, t_mid=0.75)
+    path = tmp_path / "student.safetensors"
+    distill.save_student(path, model, cfg, {"step": "3"})
+    loaded = load_model(path, kind="student")
+    _, _, meta = checkpoint.load(path)
+    assert json.loads(meta["schedules"]) == {"1": [1.0, 0.0], "2": [1.0, 0.75, 0.0]}
+    assert meta["sampler"] == "consistency" and float(meta["t_mid"]) == 0.75
+    for p, q in zip(model.parameters(), loaded.parameters()):
+        scale = float(p.detach().abs().max()) + 1e-12
+        assert float((p - q).detach().abs().max()) <= scale * (1 / 127 if int8 else 1 / 128) + 1e-7
+    x, a = clips(B=1, T=3)
+    for steps in (1, 2):
+        s = Session(loaded, window=8, sink=1, device="cpu", sampler=SamplerConfig(kind="consistency", t_mid=0.75))
+        s.reset(x, a)
+        with torch.no_grad():
+            frames = [s.step(a[:, -1], steps=steps) for _ in range(3)]
+        assert all(torch.isfinite(f).all() for f in frames)
+    if int8:  # about a quarter of float32 (biases and norms stay float32)
+        assert path.stat().st_size < 0.4 * sum(p.numel() * 4 for p in model.parameters()) + 20_000
+
+
+def test_recipe_cm_then_dmd_saves_and_resumes(teacher_path, tmp_path):
+    out = tmp_path / "cm"
+    summary = distill.main(tiny(teacher_path), out, feeder=MemoryFeeder())
+    assert summary["step"] == 6 and summary["stage"] == "cm"
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("step,loss,cm_mse") and len(rows) == 1 + 6
+    assert (out / "metrics.png").stat().st_size > 1000 and (out / "tb").is_dir()
+    assert set(summary) >= {"val_mse_1step", "val_mse_2step", "teacher_val_mse_1step"}
+    student = load_model(out / "student.safetensors", kind="student")
+    teacher = load_model(teacher_path)
+    assert any(not torch.equal(p, q) for p, q in zip(student.parameters(), teacher.parameters()))
+    assert distill.main(tiny(teacher_path, steps=8), out, resume=True, feeder=MemoryFeeder())["step"] == 8
+    assert len((out / "metrics.csv").read_text().splitlines()) == 1 + 8
+    # Stage B from Stage A's student; a dmd run refuses to resume a cm state.
+    with pytest.raises(checkpoint.CheckpointError, match="stage"):
+        distill.main(tiny(teacher_path, stage="dmd"), out, resume=True, feeder=MemoryFeeder())
+    dmd = tmp_path / "dmd"
+    s = distill.main(tiny(teacher_path, stage="dmd", steps=3), dmd, init=out / "student.safetensors",
+                     feeder=MemoryFeeder())
+    assert (s["step"], s["critic_steps"]) == (3, 6)
+    rows = (dmd / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("step,critic_steps,loss_gen,loss_critic") and len(rows) == 1 + 3
+    s = distill.main(tiny(teacher_path, stage="dmd", steps=4), dmd, resume=True, feeder=MemoryFeeder())
+    assert (s["step"], s["critic_steps"], s["iteration"]) == (4, 8, 12)
+
+
+def test_recipe_max_minutes_stops_and_saves(teacher_path, tmp_path):
+    summary = distill.main(tiny(teacher_path, steps=10_000, max_minutes=1e-6), tmp_path / "t", feeder=MemoryFeeder())
+    assert summary["step"] < 10_000 and (tmp_path / "t" / "train_state.safetensors").exists()
+
+
+def test_cli_on_real_collector_data(tmp_path):
+    """End to end through the CLI: the collector, a tiny autoencoder, Stage B (slow: game processes)."""
+    torch.manual_seed(0)
+    ae = Autoencoder(AutoencoderConfig(latent_channels=4, enc_channels=(8, 8, 16, 16), dec_channels=(16, 16, 8, 8),
+                                       groups=4))
+    ae.save(tmp_path / "ae.safetensors")
+    teacher = tmp_path / "teacher.safetensors"
+    save_model(teacher, make_teacher(cfg=ModelConfig(latent_channels=4, dim=32, depth=2, heads=2, mlp_ratio=2.0)),
+               kind="teacher")
+    rc = distill.cli([str(TINY), "--out", str(tmp_path / "run"), "--set", f"teacher={teacher}",
+                      "--set", f"autoencoder={tmp_path / 'ae.safetensors'}", "--set", "stage=dmd",
+                      "--set", "steps=2"])
+    assert rc == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["step"] == 2 and summary["frames_collected"] > 0
+    assert load_model(tmp_path / "run" / "student.safetensors", kind="student") is not None

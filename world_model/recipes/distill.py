@@ -1,0 +1,428 @@
+"""Distill the teacher into a frame-wise student that plays at 1-2 steps per frame (Causal-rCM, recipe.md 1b).
+
+    python -m world_model.recipes.distill settings/train/distill_cm.yaml --out runs/distill_cm --resume \
+        --set max_minutes=9                                  # Stage A: TF-dCM, student initialised from the teacher
+    python -m world_model.recipes.distill settings/train/distill_dmd.yaml --out runs/distill_dmd --resume \
+        --init runs/distill_cm/student.safetensors --set max_minutes=9    # Stage B: Self-Forcing DMD
+
+`stage: cm` (Stage A). Teacher-forcing discrete consistency distillation on real clips: the packed sequence
+[clean | x_t0] under the TF mask, target from one teacher Euler step t0 -> t1 and the stop-grad student at t1
+(distill_losses.ConsistencyLoss).
+
+`stage: dmd` (Stage B). Each iteration the student rolls itself out with rollout.Session, the player's own
+code: seeded with `context` real latents and actions from the buffer, then `frames` generated frames on the
+clip's real actions, each with the consistency schedule [1, 0] or [1, t_mid, 0] (cycled per iteration, so one
+checkpoint serves both). Only the last denoising pass of each frame carries gradient (Session.step grad=True);
+the t=0 context re-encode is detached. Iterations alternate exactly `critic_per_generator` critic updates
+(flow matching of the fake score on the rollouts) and one generator update (the DMD gradient from the frozen
+teacher as real score and the critic as fake score). Adam beta1 = 0 for both; the critic has its own lr.
+
+Both stages: data from recipes/feeder.py, bf16 autocast on CUDA only, EMA of the student, resumable
+(--resume: OUT/train_state.safetensors; --init: student weights to start from, default the teacher), time
+slices via max_minutes, SIGTERM saves and stops. Outputs under --out: metrics.csv, metrics.png, tb/,
+train_state*.safetensors, student.safetensors (EMA weights, kind "student"; bf16, or int8 with save_int8;
+its metadata names the schedules for 1 and 2 steps), summary.json.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+import settings
+from world_model import checkpoint
+from world_model.autoencoder import Autoencoder
+from world_model.distill_losses import ConsistencyConfig, ConsistencyLoss, DMDConfig, DMDLoss, packed_velocity
+from world_model.model import WorldModel, load_model
+from world_model.recipes.common import (Metrics, autocast, ema_update, load_state, lr_at, parse_overrides,
+                                        plot_csv, save_state)
+from world_model.recipes.feeder import DataConfig, Feeder
+from world_model.rollout import Session
+from world_model.sampler import SamplerConfig, consistency_schedule
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    context: int = field(default=4, metadata={"min": 1})          # real seed frames (the player seeds with 8)
+    frames: int = field(default=12, metadata={"min": 1})          # generated frames; context + frames <= 16,
+    sink: int = field(default=1, metadata={"min": 0})             # the teacher's training clip length
+    steps: tuple[int, ...] = (1, 2)                               # denoising steps, cycled per iteration
+    first_frame_steps: int = field(default=0, metadata={"min": 0})  # 0: as the others (the player does so)
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    stage: Literal["cm", "dmd"] = "cm"
+    teacher: str = "assets/checkpoints/teacher.safetensors"
+    init: str = ""                                    # student weights to start from ("" = the teacher)
+    autoencoder: str = "assets/checkpoints/autoencoder.safetensors"
+    data: DataConfig = DataConfig(min_fill=8_000)
+    cm: ConsistencyConfig = ConsistencyConfig()
+    dmd: DMDConfig = DMDConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    t_mid: float = field(default=5 / 6, metadata={"min": 0.0, "max": 1.0})   # 2-step schedule [1, t_mid, 0]
+    clip_len: int = field(default=16, metadata={"min": 2})          # stage cm
+    batch: int = field(default=32, metadata={"min": 1})
+    steps: int = field(default=10_000, metadata={"min": 1})         # student (generator) updates
+    critic_per_generator: int = field(default=5, metadata={"min": 0})   # stage dmd
+    max_minutes: float = field(default=0.0, metadata={"min": 0.0})    # 0: no limit for this run
+    total_minutes: float = field(default=20.0, metadata={"min": 0.0})  # cosine horizon across resumes
+    lr: float = field(default=5e-5, metadata={"min": 0.0})
+    min_lr: float = field(default=5e-6, metadata={"min": 0.0})
+    critic_lr: float = field(default=2e-6, metadata={"min": 0.0})   # stage dmd: about lr / 5
+    warmup: int = field(default=200, metadata={"min": 1})
+    beta1: float = field(default=0.9, metadata={"min": 0.0, "max": 1.0})   # DMD: 0
+    beta2: float = field(default=0.999, metadata={"min": 0.0, "max": 1.0})
+    weight_decay: float = field(default=0.0, metadata={"min": 0.0})
+    grad_clip: float = field(default=1.0, metadata={"min": 0.0})
+    ema: float = field(default=0.999, metadata={"min": 0.0, "max": 1.0})
+    ema_start: int = field(default=200, metadata={"min": 0})
+    eval_every: int = field(default=500, metadata={"min": 1})
+    eval_batches: int = field(default=4, metadata={"min": 1})
+    save_every: int = field(default=1000, metadata={"min": 1})
+    log_every: int = field(default=25, metadata={"min": 1})
+    save_int8: bool = False                     # student.safetensors with int8 weights (about half of bf16)
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.stage == "dmd" and self.rollout.context + self.rollout.frames < 2:
+            raise ValueError("rollout.context + rollout.frames must be at least 2")
+        if any(s < 1 for s in self.rollout.steps) or not self.rollout.steps:
+            raise ValueError(f"rollout.steps must be a non-empty list of positive ints, got {self.rollout.steps}")
+
+    @property
+    def schedules(self) -> dict[int, list[float]]:
+        """The student's sampling schedules by step count: {1: [1, 0], 2: [1, t_mid, 0]}."""
+        return {n: consistency_schedule(n, self.t_mid) for n in (1, 2)}
+
+
+FIELDS = {
+    "cm": ("step", "loss", "cm_mse", "lr", "grad_norm", "val_mse_1step", "val_mse_2step", "minutes", "frames",
+           "buffer", "steps_per_s"),
+    "dmd": ("step", "critic_steps", "loss_gen", "loss_critic", "dmd_grad", "real_fake_gap", "gen_std", "lr",
+            "critic_lr", "grad_norm", "critic_grad_norm", "val_mse_1step", "val_mse_2step", "minutes", "frames",
+            "buffer", "steps_per_s"),
+}
+
+
+# ---------------------------------------------------------------------------------------------------------
+#                                    Pieces the tests call directly
+# ---------------------------------------------------------------------------------------------------------
+
+def is_generator_turn(iteration: int, critic_per_generator: int) -> bool:
+    """Iterations run in cycles of `critic_per_generator` critic updates, then one generator update."""
+    return iteration % (critic_per_generator + 1) == critic_per_generator
+
+
+def rollout(session: Session, seed: Tensor, actions: Tensor, steps: int, t_mid: float, *, grad: bool,
+            first_frame_steps: int = 0) -> Tensor:
+    """The student plays itself: seed (B, ctx, C, h, w) real latents, actions (B, ctx + K, A) ->
+    (B, ctx + K, C, h, w) = [seed | K generated frames]. With grad=True each generated frame carries the
+    gradient of its last denoising pass only; the cache never does (Session re-encodes detached)."""
+    ctx, K = seed.shape[1], actions.shape[1] - seed.shape[1]
+    with torch.no_grad():
+        session.reset(seed.float(), actions[:, :ctx])
+    frames = []
+    for k in range(K):
+        n = first_frame_steps if k == 0 and first_frame_steps else steps
+        frames.append(session.step(actions[:, ctx + k], schedule=consistency_schedule(n, t_mid), grad=grad))
+    return torch.cat([seed.float().to(frames[0].device), torch.stack(frames, dim=1)], dim=1)
+
+
+@torch.no_grad()
+def few_step_mse(model: WorldModel, x0: Tensor, actions: Tensor, schedule: list[float],
+                 generator: torch.Generator) -> float:
+    """Teacher-forced next-frame quality of the consistency sampler: every frame of the clips x0 (B, T, ...)
+    is generated from noise with `schedule`, given the real frames before it (packed TF), and compared with
+    the real frame (latent MSE)."""
+    B, T = x0.shape[:2]
+    x = torch.randn(x0.shape, generator=generator, device=x0.device)
+    for i, t in enumerate(schedule[:-1]):
+        tt = torch.full((B, T), t, device=x0.device)
+        pred = x - t * packed_velocity(model, x0, x, tt, actions).float()
+        if schedule[i + 1] > 0:
+            s = schedule[i + 1]
+            x = (1 - s) * pred + s * torch.randn(x0.shape, generator=generator, device=x0.device)
+    return float((pred - x0).pow(2).mean())
+
+
+def validate(model: WorldModel, feeder: Any, cfg: DistillConfig, device: torch.device) -> dict[str, float]:
+    rng = np.random.default_rng(1234)
+    gen = torch.Generator(device=device).manual_seed(1234)
+    clip = cfg.clip_len if cfg.stage == "cm" else cfg.rollout.context + cfg.rollout.frames
+    out = {"val_mse_1step": [], "val_mse_2step": []}
+    for _ in range(cfg.eval_batches):
+        x, a = feeder.heldout.sample(min(cfg.batch, 16), clip, rng)
+        with autocast(device):
+            for n, key in ((1, "val_mse_1step"), (2, "val_mse_2step")):
+                out[key].append(few_step_mse(model, x.float(), a, cfg.schedules[n], gen))
+    return {k: float(np.mean(v)) for k, v in out.items()}
+
+
+def save_student(path: Path, model: WorldModel, cfg: DistillConfig, meta: dict[str, str]) -> list[Path]:
+    """EMA weights as kind "student"; metadata tells the player/evaluation how to sample it."""
+    meta = {**meta, "recipe": "distill", "stage": cfg.stage, "sampler": "consistency", "default_steps": "1",
+            "t_mid": repr(cfg.t_mid), "schedules": json.dumps({str(k): v for k, v in cfg.schedules.items()})}
+    dtype = None if cfg.save_int8 else torch.bfloat16   # int8: quantize from float32, dequantize to float32
+    return checkpoint.save(path, model.state_for_save(dtype), kind="student", config=model.config_dict(),
+                           meta=meta, quantize_int8=cfg.save_int8)
+
+
+# ---------------------------------------------------------------------------------------------------------
+#                                                 Recipe
+# ---------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    """What the training loop mutates, kept in one place."""
+    student: WorldModel
+    ema: WorldModel
+    teacher: WorldModel
+    critic: WorldModel | None
+    opts: dict[str, torch.optim.Optimizer]
+    step: int = 0              # student updates
+    critic_steps: int = 0
+    iteration: int = 0         # student + critic updates
+    minutes: float = 0.0
+
+    def modules(self) -> dict[str, nn.Module]:
+        mods = {"student": self.student, "ema": self.ema}
+        return mods if self.critic is None else {**mods, "critic": self.critic}
+
+
+def build(cfg: DistillConfig, device: torch.device, out: Path, resume: bool, init: Path | None, log) -> Run:
+    teacher = load_model(cfg.teacher).to(device).eval().requires_grad_(False)
+    src = init or (Path(cfg.init) if cfg.init else Path(cfg.teacher))
+    student = load_model(src).to(device).train()
+    if student.config_dict() != teacher.config_dict():
+        raise checkpoint.CheckpointError(f"{src}: another model config than the teacher {cfg.teacher}")
+    ema = copy.deepcopy(student).requires_grad_(False)
+    betas = (cfg.beta1, cfg.beta2)
+    opts = {"opt_g": torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)}
+    critic = None
+    if cfg.stage == "dmd":  # the fake score starts as the teacher (Causal-rCM, Self-Forcing)
+        critic = copy.deepcopy(teacher).requires_grad_(True).train()
+        opts["opt_c"] = torch.optim.AdamW(critic.parameters(), lr=cfg.critic_lr, betas=betas,
+                                          weight_decay=cfg.weight_decay)
+    run = Run(student, ema, teacher, critic, opts)
+    state = out / "train_state.safetensors"
+    if resume and (state.exists() or (out / "train_state.index.json").exists()):
+        try:
+            meta = load_state(state, run.modules(), opts, student.config_dict())
+        except RuntimeError:   # the modules of another stage (a cm state has no critic)
+            raise checkpoint.CheckpointError(f"{state}: does not fit a stage {cfg.stage!r} run") from None
+        if meta.get("stage") != cfg.stage:
+            raise checkpoint.CheckpointError(f"{state}: a stage {meta.get('stage')!r} state, this run is {cfg.stage!r}")
+        run.step, run.critic_steps = int(meta["step"]), int(meta["critic_steps"])
+        run.iteration, run.minutes = int(meta["iteration"]), float(meta["minutes"])
+        log(f"resumed from {state} at step {run.step} (iteration {run.iteration}, {run.minutes:.1f} min)")
+    else:
+        log(f"student initialised from {src}")
+    log(f"distill {cfg.stage}: {student.num_params() / 1e6:.2f}M params, device {device}")
+    return run
+
+
+def cm_step(run: Run, loss_fn: ConsistencyLoss, x: Tensor, a: Tensor, cfg: DistillConfig,
+            gen: torch.Generator, device: torch.device) -> dict[str, float]:
+    with autocast(device):
+        loss, parts = loss_fn(run.student, run.teacher, x.float(), a, gen)
+    grad_norm = _update(run.opts["opt_g"], run.student, loss, cfg.grad_clip)
+    run.step += 1
+    return {**{k: float(v) for k, v in parts.items()}, "grad_norm": grad_norm}
+
+
+def dmd_iteration(run: Run, loss_fn: DMDLoss, session: Session, x: Tensor, a: Tensor, cfg: DistillConfig,
+                  gen: torch.Generator, device: torch.device) -> tuple[str, dict[str, float]]:
+    """One critic or generator update, as `is_generator_turn` says. Returns (role, logged numbers)."""
+    ro = cfg.rollout
+    K = ro.frames
+    steps = ro.steps[run.iteration % len(ro.steps)]
+    session.generator.manual_seed(cfg.seed * 7919 + run.iteration)   # resumable noise stream
+    generator_turn = is_generator_turn(run.iteration, cfg.critic_per_generator)
+    run.iteration += 1
+    clean = rollout(session, x[:, :ro.context], a, steps, cfg.t_mid, grad=generator_turn,
+                    first_frame_steps=ro.first_frame_steps)                           # (B, ctx + K, C, h, w)
+    if not generator_turn:
+        with autocast(device):
+            loss, parts = loss_fn.critic(run.critic, clean, a, K, gen)
+        grad_norm = _update(run.opts["opt_c"], run.critic, loss, cfg.grad_clip)
+        run.critic_steps += 1
+        return "critic", {**{k: float(v) for k, v in parts.items()}, "critic_grad_norm": grad_norm}
+    run.critic.requires_grad_(False)  # the critic only scores here; gradient goes to the student alone
+    with autocast(device):
+        loss, parts = loss_fn.generator(run.teacher, run.critic, clean, a, K, gen)
+    run.critic.requires_grad_(True)
+    grad_norm = _update(run.opts["opt_g"], run.student, loss, cfg.grad_clip)
+    run.step += 1
+    gen_std = float(clean[:, ro.context:].detach().float().std())
+    return "generator", {**{k: float(v) for k, v in parts.items()}, "grad_norm": grad_norm, "gen_std": gen_std}
+
+
+def _update(opt: torch.optim.Optimizer, model: nn.Module, loss: Tensor, clip: float) -> float:
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for g in opt.param_groups for p in g["params"]]
+    grad_norm = nn.utils.clip_grad_norm_(params, clip) if clip > 0 else torch.zeros(())
+    opt.step()
+    return float(grad_norm)
+
+
+def main(cfg: DistillConfig, out: Path, resume: bool = False, init: Path | None = None,
+         feeder: Any = None) -> dict:
+    """Run (or continue) one stage. `feeder` replaces the collector-backed Feeder (tests)."""
+    device = _device(cfg.device)
+    out.mkdir(parents=True, exist_ok=True)
+    log = lambda *a: print(*a, flush=True)  # noqa: E731
+    torch.manual_seed(cfg.seed)
+    run = build(cfg, device, out, resume, init, log)
+    if feeder is None:
+        ae = Autoencoder.load(cfg.autoencoder, device=device)
+        if tuple(ae.latent_shape) != tuple(run.student.config.latent_shape):
+            raise checkpoint.CheckpointError(f"{cfg.autoencoder}: latent {tuple(ae.latent_shape)} does not match "
+                                             f"the teacher's {tuple(run.student.config.latent_shape)}")
+        feeder = Feeder(cfg.data, ae, device)
+    metrics = Metrics(out / "metrics.csv", FIELDS[cfg.stage], resume, tensorboard=out / "tb")
+    stop = {"now": False}
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    try:
+        feeder.fill(cfg.data.min_fill, log)
+        summary = _loop(cfg, run, feeder, metrics, out, device, stop, log)
+    finally:
+        feeder.close()
+        metrics.close()
+        signal.signal(signal.SIGTERM, previous)
+    _plot(cfg, out)
+    return summary
+
+
+def _loop(cfg: DistillConfig, run: Run, feeder: Any, metrics: Metrics, out: Path, device: torch.device,
+          stop: dict, log) -> dict:
+    cm_loss, dmd_loss = ConsistencyLoss(cfg.cm), DMDLoss(cfg.dmd)
+    ro = cfg.rollout
+    session = Session(run.student, window=ro.context + ro.frames, sink=min(ro.sink, ro.context), device=device,
+                      dtype=torch.bfloat16 if device.type == "cuda" else torch.float32, seed=cfg.seed,
+                      sampler=SamplerConfig(kind="consistency", t_mid=cfg.t_mid), check_finite=False)
+    rng = np.random.default_rng([cfg.seed, run.iteration])
+    gen = torch.Generator(device=device).manual_seed(cfg.seed * 104729 + run.iteration)
+    clip = cfg.clip_len if cfg.stage == "cm" else ro.context + ro.frames
+    t_start, minutes0, step0 = time.perf_counter(), run.minutes, run.step
+    t_log, step_log, pending = t_start, run.step, {}
+    bar = _progress(cfg.steps, run.step)
+    while run.step < cfg.steps and not stop["now"]:
+        run.minutes = minutes0 + (time.perf_counter() - t_start) / 60
+        if cfg.max_minutes and run.minutes - minutes0 >= cfg.max_minutes:
+            break
+        lr = lr_at(run.step, run.minutes, lr=cfg.lr, min_lr=cfg.min_lr, warmup=cfg.warmup, steps=cfg.steps,
+                   max_minutes=cfg.total_minutes)
+        _set_lr(run, lr, cfg)
+        feeder.drain()
+        x, a = feeder.train.sample(cfg.batch, clip, rng)                  # (B, T, C, h, w), (B, T, A)
+        if cfg.stage == "cm":
+            role, parts = "generator", cm_step(run, cm_loss, x, a, cfg, gen, device)
+        else:
+            role, parts = dmd_iteration(run, dmd_loss, session, x, a, cfg, gen, device)
+        for k, v in parts.items():
+            pending.setdefault(k, []).append(v)
+        if role != "generator":
+            continue
+        ema_update(run.ema, run.student, cfg.ema if run.step > cfg.ema_start else 0.0)
+        bar.update(1)
+        if run.step % cfg.log_every == 0 or run.step == cfg.steps:
+            now = time.perf_counter()
+            row = {"step": run.step, "critic_steps": run.critic_steps, "lr": lr, "critic_lr": lr * _critic_ratio(cfg),
+                   "minutes": run.minutes, "frames": feeder.frames, "buffer": len(feeder.train),
+                   "steps_per_s": (run.step - step_log) / max(1e-9, now - t_log),
+                   **{k: float(np.mean(v)) for k, v in pending.items()}}
+            t_log, step_log, pending = now, run.step, {}
+            if run.step % cfg.eval_every == 0:
+                row.update(validate(run.ema, feeder, cfg, device))
+            metrics.write(row)
+            bar.set_postfix({k: f"{row[k]:.4g}" for k in ("loss", "loss_gen", "loss_critic") if k in row})
+        if run.step % cfg.save_every == 0:
+            _save(run, cfg, out)
+    bar.close()
+    run.minutes = minutes0 + (time.perf_counter() - t_start) / 60
+    _save(run, cfg, out)
+    summary = {"stage": cfg.stage, "step": run.step, "critic_steps": run.critic_steps, "iteration": run.iteration,
+               "minutes": round(run.minutes, 2), "steps_this_run": run.step - step0,
+               "params": run.student.num_params(), "frames_collected": feeder.frames,
+               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+               "schedules": cfg.schedules, **validate(run.ema, feeder, cfg, device),
+               **{f"teacher_{k}": v for k, v in validate(run.teacher, feeder, cfg, device).items()}}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    log(f"distill {cfg.stage}: step {run.step}, {run.minutes:.1f} min, held-out 1-step mse "
+        f"{summary['val_mse_1step']:.4f} (teacher {summary['teacher_val_mse_1step']:.4f}), 2-step "
+        f"{summary['val_mse_2step']:.4f} -> {out / 'student.safetensors'}")
+    return summary
+
+
+def _critic_ratio(cfg: DistillConfig) -> float:
+    return cfg.critic_lr / cfg.lr if cfg.lr > 0 else 0.0
+
+
+def _set_lr(run: Run, lr: float, cfg: DistillConfig) -> None:
+    """The critic follows the generator's warm-up and cosine at its own scale (critic_lr / lr)."""
+    for name, opt in run.opts.items():
+        for g in opt.param_groups:
+            g["lr"] = lr if name == "opt_g" else lr * _critic_ratio(cfg)
+
+
+def _save(run: Run, cfg: DistillConfig, out: Path) -> None:
+    meta = {"step": str(run.step), "critic_steps": str(run.critic_steps), "iteration": str(run.iteration),
+            "minutes": f"{run.minutes:.3f}", "stage": cfg.stage}
+    save_state(out / "train_state.safetensors", run.modules(), run.opts, config=run.student.config_dict(), meta=meta)
+    save_student(out / "student.safetensors", run.ema, cfg, {**meta, "teacher": cfg.teacher})
+
+
+def _plot(cfg: DistillConfig, out: Path) -> None:
+    if cfg.stage == "cm":
+        panels = {"consistency loss": (["loss"], True), "held-out TF next-frame latent MSE (EMA)":
+                  (["val_mse_1step", "val_mse_2step"], False), "throughput (steps/s)": (["steps_per_s"], False)}
+    else:
+        panels = {"DMD losses": (["loss_gen", "loss_critic"], True),
+                  "DMD gradient": (["dmd_grad", "real_fake_gap", "gen_std"], False),
+                  "held-out TF next-frame latent MSE (EMA)": (["val_mse_1step", "val_mse_2step"], False)}
+    plot_csv(out / "metrics.csv", out / "metrics.png", panels, title=f"distill {cfg.stage}")
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def _progress(total: int, initial: int):
+    from tqdm import tqdm
+    return tqdm(total=total, initial=initial, dynamic_ncols=True, file=sys.stderr, mininterval=5.0)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("config", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.safetensors if present")
+    p.add_argument("--init", type=Path, help="student weights to start from (default: settings init, else the teacher)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
+    args = p.parse_args(argv)
+    try:
+        cfg = settings.load(args.config, DistillConfig, parse_overrides(args.set))
+        main(cfg, args.out, resume=args.resume, init=args.init)
+    except (settings.SettingsError, checkpoint.CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
