@@ -14,6 +14,7 @@ frames of the first `context` ticks. SideBySide runs both on the same actions an
 from __future__ import annotations
 
 import logging
+import sys
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +109,11 @@ def _missing(path: Path, what: str) -> BackendError:
                         f"to play the real game instead run: python main.py --backend game")
 
 
+def _present(path: Path) -> bool:
+    """A checkpoint exists as one file or as shards with an index."""
+    return path.exists() or path.with_name(path.name.removesuffix(".safetensors") + ".index.json").exists()
+
+
 def load_models(cfg: PlayConfig, which: str, device: str) -> tuple[Any, Any]:
     """Load (world model, autoencoder) for `which` = 'student' | 'teacher' | a checkpoint path."""
     from world_model.autoencoder import Autoencoder
@@ -120,7 +126,7 @@ def load_models(cfg: PlayConfig, which: str, device: str) -> tuple[Any, Any]:
         path, kinds = Path(which).expanduser(), ("student", "teacher")
     ae_path = resolve(cfg.models.autoencoder)
     for p, what in ((path, which if which in ("student", "teacher") else "model"), (ae_path, "autoencoder")):
-        if not p.exists() and not p.with_name(p.name.removesuffix(".safetensors") + ".index.json").exists():
+        if not _present(p):
             raise _missing(p, what)
     try:
         tensors, config, meta = load(path)
@@ -380,5 +386,10 @@ def make_backend(cfg: PlayConfig, kind: str, model: str, device: str) -> Any:
     if kind == "game":
         return GameBackend(cfg.game)
     dev, note = pick_device(device)
+    if model == "student" and not _present(resolve(cfg.models.student)) and _present(resolve(cfg.models.teacher)):
+        # Until a distilled student ships, the default model is the teacher (slower, more steps).
+        print(f"dreamloop: no student checkpoint yet ({cfg.models.student}): playing the teacher",
+              file=sys.stderr)
+        model = "teacher"
     mb = ModelBackend(cfg, device=dev, device_note=note, student=model)
     return mb if kind == "model" else SideBySide(mb, GameBackend(cfg.game))

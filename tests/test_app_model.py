@@ -128,11 +128,27 @@ def test_side_by_side_is_model_then_game(models):
 
 
 def test_missing_checkpoint_is_one_clear_line(tmp_path):
-    cfg = PlayConfig(models=ModelPaths(student=str(tmp_path / "student.safetensors")))
+    cfg = PlayConfig(models=ModelPaths(student=str(tmp_path / "student.safetensors"),
+                                       teacher=str(tmp_path / "teacher.safetensors")))
     with pytest.raises(BackendError) as e:
         make_backend(cfg, "model", "student", "cpu")
     assert "\n" not in str(e.value) and "student.safetensors" in str(e.value)
     assert "python main.py --backend game" in str(e.value)
+
+
+def test_default_student_falls_back_to_the_teacher_until_one_ships(models, tmp_path, capsys):
+    model, ae = models
+    save_model(tmp_path / "teacher.safetensors", model, kind="teacher", dtype=None)
+    ae.save(tmp_path / "ae.safetensors")
+    cfg = PlayConfig(models=ModelPaths(student=str(tmp_path / "student.safetensors"),
+                                       teacher=str(tmp_path / "teacher.safetensors"),
+                                       autoencoder=str(tmp_path / "ae.safetensors")))
+    backend = make_backend(cfg, "model", "student", "cpu")
+    try:
+        assert backend.mode == "teacher"
+        assert "no student checkpoint yet" in capsys.readouterr().err
+    finally:
+        backend.close()
 
 
 def run_main(*args):
