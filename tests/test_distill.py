@@ -340,3 +340,22 @@ def test_cli_on_real_collector_data(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["step"] == 2 and summary["frames_collected"] > 0
     assert load_model(tmp_path / "run" / "student.safetensors", kind="student") is not None
+
+
+def test_quantize_recipe_keeps_kind_and_measures_a_small_difference(tmp_path):
+    from world_model.recipes import quantize
+    src = tmp_path / "teacher.safetensors"
+    save_model(src, make_teacher(cfg=ModelConfig(latent_channels=4, dim=32, depth=2, heads=2, mlp_ratio=2.0)),
+               kind="teacher")
+    dst = tmp_path / "teacher-int8.safetensors"
+    quantize.save_int8(src, dst)
+    assert checkpoint.load(dst, kind="teacher")[2]["int8_from"] == str(src)
+    torch.manual_seed(0)
+    ae = Autoencoder(AutoencoderConfig(latent_channels=4, enc_channels=(8, 8, 16, 16), dec_channels=(16, 16, 8, 8),
+                                       groups=4))
+    frames = np.random.default_rng(0).integers(0, 256, (11, 120, 160, 3), dtype=np.uint8)
+    with torch.no_grad():
+        z = ae.encode(torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1)
+    r = quantize.compare(load_model(src), load_model(dst), ae, frames, z, torch.zeros(11, 5), steps=2)
+    assert 0 < r["velocity_rel_mse"] < 1e-2 and r["rollout_frames"] == 3
+    assert r["rollout_psnr_int8_vs_ref_db"] > 30
