@@ -208,13 +208,14 @@ def build(cfg: DistillConfig, device: torch.device, out: Path, resume: bool, ini
     if student.config_dict() != teacher.config_dict():
         raise checkpoint.CheckpointError(f"{src}: another model config than the teacher {cfg.teacher}")
     ema = copy.deepcopy(student).requires_grad_(False)
-    betas = (cfg.beta1, cfg.beta2)
-    opts = {"opt_g": torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)}
+    betas, fused = (cfg.beta1, cfg.beta2), device.type == "cuda"
+    opts = {"opt_g": torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay,
+                                       fused=fused)}
     critic = None
     if cfg.stage == "dmd":  # the fake score starts as the teacher (Causal-rCM, Self-Forcing)
         critic = copy.deepcopy(teacher).requires_grad_(True).train()
         opts["opt_c"] = torch.optim.AdamW(critic.parameters(), lr=cfg.critic_lr, betas=betas,
-                                          weight_decay=cfg.weight_decay)
+                                          weight_decay=cfg.weight_decay, fused=fused)
     run = Run(student, ema, teacher, critic, opts)
     state = out / "train_state.safetensors"
     if resume and (state.exists() or (out / "train_state.index.json").exists()):
