@@ -158,6 +158,16 @@ def test_rollout_gradient_only_through_each_frames_last_step_and_never_the_cache
     assert sum(float(t.abs().sum()) for t in g if t is not None) > 0
 
 
+def test_rollout_first_frame_may_use_more_steps():
+    student = make_teacher()
+    x, a = clips(B=1, T=5)
+    calls = []
+    hook = student.register_forward_hook(lambda m, i, o: calls.append(torch.is_grad_enabled()))
+    distill.rollout(student_session(student, 2, 3), x[:, :2], a, 1, 5 / 6, grad=True, first_frame_steps=4)
+    hook.remove()
+    assert calls == [False] + [False, False, False, True, False] + [True, False] * 2
+
+
 def test_rollout_equals_the_player_session():
     """distill.rollout is Session.reset + Session.step, the exact calls the player makes."""
     student = make_teacher()
