@@ -58,7 +58,7 @@ PROBES = {"left": Action(turn=-1.0), "right": Action(turn=1.0),
 @dataclass(frozen=True)
 class EvalConfig:
     context: int = 8                     # real ticks that seed the model (the player's session.context)
-    window: int = 32                     # KV-cache window and sink (the player's)
+    window: int = 14                     # KV-cache window and sink (the player's: sink + window + 1 = training clip length)
     sink: int = 1
     steps: int | None = None             # denoising steps per frame (None: DEFAULT_STEPS for the kind)
     schedule: tuple[float, ...] | None = None   # explicit times from 1 to 0; overrides steps
