@@ -145,3 +145,27 @@ def parse_overrides(pairs: list[str]) -> dict[str, Any]:
             raise settings.SettingsError(f"--set {pair!r}: expected KEY=VALUE")
         out[key] = yaml.safe_load(value)
     return out
+
+
+def recipe_cli(argv: list[str] | None, doc: str, config_cls: type, run, *, init_help: str,
+               extra=None) -> int:
+    """The command line shared by the model recipes: CONFIG --out DIR [--resume] [--init PATH] [--set K=V].
+    `run(cfg, args)` does the work; settings and checkpoint problems print one line and return 1."""
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(description=doc.splitlines()[0])
+    p.add_argument("config", type=Path)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.safetensors if present")
+    p.add_argument("--init", type=Path, help=init_help)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
+    if extra is not None:
+        extra(p)
+    args = p.parse_args(argv)
+    try:
+        run(settings.load(args.config, config_cls, parse_overrides(args.set)), args)
+    except (settings.SettingsError, checkpoint.CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0

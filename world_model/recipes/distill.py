@@ -25,7 +25,6 @@ its metadata names the schedules for 1 and 2 steps), summary.json.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import signal
@@ -39,13 +38,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-import settings
 from world_model import checkpoint
 from world_model.autoencoder import Autoencoder
 from world_model.distill_losses import ConsistencyConfig, ConsistencyLoss, DMDConfig, DMDLoss, packed_velocity
 from world_model.model import WorldModel, load_model
-from world_model.recipes.common import (Metrics, autocast, ema_update, load_state, lr_at, parse_overrides,
-                                        plot_csv, save_state)
+from world_model.recipes.common import (Metrics, autocast, ema_update, load_state, lr_at, plot_csv,
+                                        recipe_cli, save_state)
 from world_model.recipes.feeder import DataConfig, Feeder
 from world_model.rollout import Session
 from world_model.sampler import SamplerConfig, consistency_schedule
@@ -409,20 +407,8 @@ def _progress(total: int, initial: int):
 
 
 def cli(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("config", type=Path)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.safetensors if present")
-    p.add_argument("--init", type=Path, help="student weights to start from (default: settings init, else the teacher)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
-    args = p.parse_args(argv)
-    try:
-        cfg = settings.load(args.config, DistillConfig, parse_overrides(args.set))
-        main(cfg, args.out, resume=args.resume, init=args.init)
-    except (settings.SettingsError, checkpoint.CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return recipe_cli(argv, __doc__, DistillConfig, lambda cfg, a: main(cfg, a.out, resume=a.resume, init=a.init),
+                      init_help="student weights to start from (default: settings init, else the teacher)")
 
 
 if __name__ == "__main__":

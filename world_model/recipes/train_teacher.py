@@ -17,7 +17,6 @@ teacher.safetensors (EMA weights, bf16), summary.json.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
@@ -32,15 +31,14 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-import settings
 from world_model import checkpoint
 from world_model.autoencoder import Autoencoder
 from world_model.data import ClipBuffer
 from world_model.losses import TeacherLoss, TeacherLossConfig
 from world_model.model import ModelConfig, WorldModel, load_model, save_model
 from world_model.recipes.feeder import DataConfig, Feeder
-from world_model.recipes.common import (Metrics, autocast, ema_update, load_state, lr_at, parse_overrides,
-                                        plot_csv, save_state)
+from world_model.recipes.common import (Metrics, autocast, ema_update, load_state, lr_at, plot_csv,
+                                        recipe_cli, save_state)
 
 
 @dataclass(frozen=True)
@@ -302,22 +300,12 @@ def _progress(rank: int, total: int, initial: int):
 
 
 def cli(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("config", type=Path)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.safetensors if present")
-    p.add_argument("--init", type=Path, help="start from these teacher weights (optimizer moments fresh)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting")
-    p.add_argument("--profile", type=int, default=0, metavar="N",
-                   help="profile N training steps (after 5 unrecorded ones), print the top operators, stop")
-    args = p.parse_args(argv)
-    try:
-        cfg = settings.load(args.config, TrainConfig, parse_overrides(args.set))
-        main(cfg, args.out, resume=args.resume, init=args.init, profile=args.profile)
-    except (settings.SettingsError, checkpoint.CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    def extra(p):
+        p.add_argument("--profile", type=int, default=0, metavar="N",
+                       help="profile N training steps (after 5 unrecorded ones), print the top operators, stop")
+    return recipe_cli(argv, __doc__, TrainConfig,
+                      lambda cfg, a: main(cfg, a.out, resume=a.resume, init=a.init, profile=a.profile),
+                      init_help="start from these teacher weights (optimizer moments fresh)", extra=extra)
 
 
 if __name__ == "__main__":
