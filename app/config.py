@@ -45,7 +45,7 @@ class SessionConfig:
     window: int = field(default=32, metadata={"min": 1, "max": 4096})   # KV-cache rolling window, frames
     sink: int = field(default=1, metadata={"min": 0, "max": 64})        # KV-cache sink frames
     steps: int = field(default=1, metadata={"choices": (1, 2)})        # student denoising steps per frame
-    teacher_steps: int = field(default=4, metadata={"min": 1, "max": 100})
+    teacher_steps: int = field(default=16, metadata={"min": 1, "max": 100})
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"              # auto: bf16 on CUDA, fp32 on CPU
     snapshot_every: int = field(default=35, metadata={"min": 1})        # ticks between last-good snapshots
 

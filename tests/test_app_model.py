@@ -109,7 +109,7 @@ def test_mode_switch_teacher_missing_then_present(models, tmp_path):
     assert "not found" in msg and "--backend game" in msg and b.mode == "1"
     assert b.set_mode("2") == "model: model student 2-step"
     b.models["teacher"] = tiny_models(1)
-    assert b.set_mode("teacher") == "model: model teacher 4-step"
+    assert b.set_mode("teacher") == f"model: model teacher {CFG.session.teacher_steps}-step"
     assert b.step(Action()).shape == (120, 160, 3)
     b.close()
 

@@ -50,7 +50,7 @@ from ..trace import Trace, TraceError, load as load_trace
 
 CHECKPOINTS = Path(__file__).resolve().parents[2] / "assets" / "checkpoints"
 # Default denoising steps per kind: the player's (settings/play.yaml session.teacher_steps and steps).
-DEFAULT_STEPS = {"teacher": 4, "student": 1}
+DEFAULT_STEPS = {"teacher": 16, "student": 1}
 PROBES = {"left": Action(turn=-1.0), "right": Action(turn=1.0),
           "backward": Action(forward=-1.0), "forward": Action(forward=1.0)}
 
