@@ -162,6 +162,7 @@ def main(cfg: TrainConfig, out: Path, resume: bool = False, init: Path | None = 
                             fused=device.type == "cuda")
     state_path = out / "train_state.safetensors"
     step, minutes = 0, 0.0
+    rewarm_from = None          # fresh Adam moments after --init: warm the lr up again from there
     if resume and (state_path.exists() or (out / "train_state.index.json").exists()):
         meta = load_state(state_path, {"model": model, "ema": ema}, opt, model.config_dict())
         step, minutes = int(meta["step"]), float(meta["minutes"])
@@ -174,6 +175,7 @@ def main(cfg: TrainConfig, out: Path, resume: bool = False, init: Path | None = 
         ema.load_state_dict(src.state_dict())
         meta = checkpoint.load(init)[2]
         step, minutes = int(meta.get("step", 0)), float(meta.get("minutes", 0.0))
+        rewarm_from = step
         log(f"initialised from {init} (step {step}, {minutes:.1f} min); optimizer moments start fresh")
     log(f"teacher: {model.num_params() / 1e6:.2f}M params, {world} process(es), device {device}")
 
@@ -199,6 +201,8 @@ def main(cfg: TrainConfig, out: Path, resume: bool = False, init: Path | None = 
                 break
             lr = lr_at(step, minutes, lr=cfg.lr, min_lr=cfg.min_lr, warmup=cfg.warmup, steps=cfg.steps,
                        max_minutes=cfg.total_minutes)
+            if rewarm_from is not None:
+                lr *= min(1.0, (step - rewarm_from + 1) / min(cfg.warmup, 200))
             for g in opt.param_groups:
                 g["lr"] = lr
             timer = PhaseTimer(device, active=(step + 1) % cfg.log_every == 0)
