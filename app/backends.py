@@ -243,9 +243,15 @@ class ModelBackend:
 
         model, ae = self._get(self._model_name())
         s, rt = self.cfg.session, self.cfg.runtime
+        from world_model.sampler import SamplerConfig
+
+        # The teacher integrates the flow ODE (Euler); a distilled student takes consistency steps
+        # ([1, 0] or [1, t_mid, 0], re-noising in between), the schedules it was trained for.
+        sampler = SamplerConfig(kind="euler" if self.mode == "teacher" else "consistency")
         try:    # engine from settings runtime.engine: eager torch, CUDA graphs or onnxruntime
             self.session = make_session(model, runtime=rt, onnx_dir=resolve(rt.onnx_dir), window=s.window, sink=s.sink,
-                                        device=self.device, dtype=self.dtype, seed=self.seed, autoencoder=ae)
+                                        device=self.device, dtype=self.dtype, seed=self.seed, autoencoder=ae,
+                                        sampler=sampler)
         except (ValueError, RuntimeError) as e:
             if type(e).__name__ == "OutOfMemoryError":
                 raise

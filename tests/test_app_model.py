@@ -182,3 +182,15 @@ def test_cli_replay_on_saved_tiny_checkpoints_is_deterministic_and_bad_files_are
                  "--settings", tmp_path / "play.yaml")
     assert r.returncode == 1 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "student.safetensors" in r.stderr
+
+
+def test_student_takes_consistency_steps_and_the_teacher_euler_steps(models):
+    b = ModelBackend(CFG, device="cpu", device_note="cpu", models={"student": models, "teacher": models})
+    try:
+        b.reset(0)
+        assert b.session.sampler.kind == "consistency"       # [1, 0] / [1, t_mid, 0] with re-noising
+        b.set_mode("teacher")
+        b.reset(0)
+        assert b.session.sampler.kind == "euler"
+    finally:
+        b.close()
