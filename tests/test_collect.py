@@ -65,7 +65,8 @@ def test_collector_matches_single_process_play():
     with Collector(cfg, seed=0) as col:
         chunk = col.next()
     with Game(cfg.game) as g:
-        items = list(play(g, ExplorerPolicy(cfg.policy, 0, RoutePlanner(map_sectors(cfg.game))), 0, 32))
+        items = list(play(g, ExplorerPolicy(cfg.policy, 0, RoutePlanner(map_sectors(cfg.game))), 0, 32,
+                          spawn_prob=cfg.spawn_prob))
     assert np.array_equal(chunk.frames, np.stack([f for f, _, _ in items]))
     assert np.allclose(chunk.actions[1:], [a.to_list() for _, a, _ in items[1:]])
 
@@ -96,3 +97,20 @@ def test_recorded_trace_replays_bit_exact(tmp_path):
         with Game() as g:
             return np.stack([g.reset(t.seed)] + [g.step(a) for a in t.actions])
     assert np.array_equal(replay(), replay())
+
+
+def test_random_spawns_start_episodes_across_the_map():
+    cfg = GameConfig(buffers=True)
+    planner = RoutePlanner(map_sectors(cfg))
+    spots = planner.spawn_points()
+    assert len(spots) > 30
+    starts = set()
+    for seed in range(4):
+        with Game(cfg) as g:
+            frame, action, start = next(play(g, ExplorerPolicy(PolicyConfig(), seed, planner), seed, 5, spawn_prob=1.0))
+            assert start and action == NOOP and g.tick_info.new_episode
+            starts.add((round(g.tick_info.x), round(g.tick_info.y)))
+    assert len(starts) > 1 and (-416, 256) not in starts          # not the level start
+    with Game(cfg) as g:                                          # spawn_prob 0: the level start, as traces need
+        next(play(g, ExplorerPolicy(PolicyConfig(), 0, planner), 0, 5))
+        assert (g.tick_info.x, g.tick_info.y) == (-416.0, 256.0)

@@ -38,6 +38,7 @@ class CollectConfig:
     slots: int = field(default=4, metadata={"min": 2})             # shared-memory slots per worker
     pin: bool = True                                                # one core per worker (ViZDoom runs faster)
     mix: bool = True                                                # each worker perturbs the policy config
+    spawn_prob: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0})  # episodes started anywhere
     game: GameConfig = GameConfig(buffers=True)
     policy: PolicyConfig = PolicyConfig()
 
@@ -62,17 +63,32 @@ def worker_policy(base: PolicyConfig, seed: int, mix: bool) -> PolicyConfig:
                    fight=bool(rng.random() < 0.85))
 
 
-def play(game: Game, policy: ExplorerPolicy, seed: int, ticks: int) -> Iterator[tuple[np.ndarray, Action, bool]]:
+def play(game: Game, policy: ExplorerPolicy, seed: int, ticks: int,
+         spawn_prob: float = 0.0) -> Iterator[tuple[np.ndarray, Action, bool]]:
     """Policy play on one game: yields (frame, action applied on the tick that led to it, episode start).
 
     The first item comes from reset() and carries the no-op. Where a death or exit restarted the game,
     the frame opens the new episode and the action is the one applied on the old episode's last tick.
+    With `spawn_prob`, that share of episodes starts at a random standing spot of the map instead of
+    the level start (a warp right after the reset), so data covers rooms that the policy rarely walks
+    to before it dies; traces use spawn_prob 0, so they replay from reset(seed) alone.
     """
-    frame = game.reset(seed)
+    rng = np.random.default_rng([seed, 11])
+    spots = policy.planner.spawn_points() if spawn_prob > 0 and policy.planner is not None else None
+
+    def start(frame: np.ndarray) -> np.ndarray:
+        if spots is not None and len(spots) and rng.random() < spawn_prob:
+            x, y = spots[rng.integers(len(spots))]
+            return game.warp(float(x), float(y))
+        return frame
+
+    frame = start(game.reset(seed))
     yield frame, NOOP, True
     for _ in range(ticks - 1):
         action = policy.act(frame, game.tick_info)
         frame = game.step(action)
+        if game.tick_info.new_episode:
+            frame = start(frame)
         yield frame, action, game.tick_info.new_episode
 
 
@@ -103,7 +119,7 @@ def _worker(idx: int, cfg: CollectConfig, seed: int, names: list[str], free: mp.
         game = Game(cfg.game, workdir=os.path.join(Game(cfg.game).workdir, f"w{idx}"))
         planner = RoutePlanner(map_sectors(cfg.game, game.workdir))
         policy = ExplorerPolicy(worker_policy(cfg.policy, seed, cfg.mix), seed, planner)
-        stream = play(game, policy, seed, ticks=2**62)
+        stream = play(game, policy, seed, ticks=2**62, spawn_prob=cfg.spawn_prob)
         while not stop.is_set():
             try:
                 slot = free.get(timeout=0.5)

@@ -158,6 +158,18 @@ class Game:
         self.tick_info.new_episode = False
         return self._observe()
 
+    def warp(self, x: float, y: float) -> np.ndarray:
+        """Move the player to (x, y) (ZDoom's `warp` command) and return the frame seen from there.
+        The collector uses it to start episodes all over the map; the frame opens a new episode."""
+        if self._game is None:
+            raise RuntimeError("Game.warp before Game.reset")
+        self._game.send_game_command(f"warp {x:.1f} {y:.1f}")
+        self._game.advance_action(1)
+        if self._game.is_episode_finished():
+            return self.step(Action())
+        self.tick_info.new_episode = True
+        return self._observe()
+
     def _observe(self) -> np.ndarray:
         state = self._game.get_state()
         info = self.tick_info

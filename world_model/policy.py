@@ -52,6 +52,8 @@ class RoutePlanner:
     def __init__(self, sectors: list[Sector]):
         self.sectors = sectors
         self.centre = np.array([s.lines[:, :4].reshape(-1, 2).mean(0) for s in sectors])   # (S, 2)
+        pts = [s.lines[:, :4].reshape(-1, 2) for s in sectors]
+        self.box = np.array([[p.min(0), p.max(0)] for p in pts])                            # (S, 2, 2)
         edges: dict[tuple, list[int]] = {}
         for i, s in enumerate(sectors):
             for x1, y1, x2, y2, blocking in s.lines:
@@ -67,13 +69,35 @@ class RoutePlanner:
                         self.links[a].append((b, mid))
 
     def locate(self, x: float, y: float) -> int:
-        """Index of the sector containing (x, y) (ray casting), or the nearest centre."""
+        """Index of the sector containing (x, y), or the nearest centre.
+
+        Ray casting alone is not enough: ViZDoom lists some sectors' lines without closing their
+        outline, and an open outline can give odd parity far outside it. So a sector must also hold the
+        point inside its bounding box, and of several candidates the smallest box wins.
+        """
+        best, best_area = None, np.inf
         for i, s in enumerate(self.sectors):
+            (x0, y0), (x1b, y1b) = self.box[i]
+            if not (x0 <= x <= x1b and y0 <= y <= y1b):
+                continue
             x1, y1, x2, y2 = s.lines[:, 0], s.lines[:, 1], s.lines[:, 2], s.lines[:, 3]
             crosses = ((y1 > y) != (y2 > y)) & (x < (x2 - x1) * (y - y1) / np.where(y2 == y1, 1e-9, y2 - y1) + x1)
-            if crosses.sum() % 2 == 1:
-                return i
+            area = (x1b - x0) * (y1b - y0)
+            if crosses.sum() % 2 == 1 and area < best_area:
+                best, best_area = i, area
+        if best is not None:
+            return best
         return int(np.argmin(((self.centre - (x, y)) ** 2).sum(1)))
+
+    def spawn_points(self) -> np.ndarray:
+        """(N, 2) centres of sectors a player can stand in: room to stand (ceiling 56+ units above the
+        floor), at least 64 units across, and the centre lies inside the sector itself."""
+        pts = []
+        for i, s in enumerate(self.sectors):
+            (x0, y0), (x1, y1) = self.box[i]
+            if s.ceiling - s.floor >= 56 and x1 - x0 >= 64 and y1 - y0 >= 64 and self.locate(*self.centre[i]) == i:
+                pts.append(self.centre[i])
+        return np.array(pts, dtype=np.float32)
 
     def route(self, start: int, goal: int) -> list[np.ndarray] | None:
         """Waypoints (portal midpoints, then the goal's centre) by breadth-first search."""
