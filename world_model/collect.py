@@ -27,7 +27,7 @@ from typing import Iterator, NamedTuple
 import numpy as np
 
 from .actions import DIM, NOOP, Action
-from .game import Game, GameConfig, map_sectors
+from .game import WORKDIR, Game, GameConfig, map_sectors
 from .policy import ExplorerPolicy, PolicyConfig, RoutePlanner
 
 
@@ -116,7 +116,7 @@ def _worker(idx: int, cfg: CollectConfig, seed: int, names: list[str], free: mp.
             os.sched_setaffinity(0, {cpus[idx % len(cpus)]})   # inherited by the engine process
         shms = [shared_memory.SharedMemory(name=n) for n in names]
         views = [_views(s.buf, cfg) for s in shms]
-        game = Game(cfg.game, workdir=os.path.join(Game(cfg.game).workdir, f"w{idx}"))
+        game = Game(cfg.game, workdir=os.path.join(WORKDIR, f"w{idx}"))   # one per worker: no shared ini
         planner = RoutePlanner(map_sectors(cfg.game, game.workdir))
         policy = ExplorerPolicy(worker_policy(cfg.policy, seed, cfg.mix), seed, planner)
         stream = play(game, policy, seed, ticks=2**62, spawn_prob=cfg.spawn_prob)

@@ -20,6 +20,7 @@ import numpy as np
 from .actions import Action
 
 _CHDIR_LOCK = threading.Lock()
+WORKDIR = os.path.join(tempfile.gettempdir(), "dreamloop-vizdoom")   # where ViZDoom writes its files
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ class Game:
     def __init__(self, cfg: GameConfig = GameConfig(), workdir: str | None = None):
         self.cfg = cfg
         # ViZDoom writes _vizdoom/ and _vizdoom.ini into the current directory: keep them out of the repo.
-        self.workdir = workdir or os.path.join(tempfile.gettempdir(), "dreamloop-vizdoom")
+        self.workdir = workdir or WORKDIR
         os.makedirs(self.workdir, exist_ok=True)
         self._game = None
         self.tick_info = TickInfo()
