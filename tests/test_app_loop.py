@@ -82,12 +82,7 @@ class CountingBackend:
         raise Unsupported("no savestate here")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def display():
-    pygame.display.init()
-    pygame.display.set_mode((64, 48))
-    yield
-    pygame.display.quit()
+pytestmark = pytest.mark.usefixtures("sdl_display")   # a dummy-driver window for the loop's events
 
 
 def keydown(k):

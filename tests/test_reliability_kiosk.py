@@ -45,12 +45,7 @@ class Booth(CountingBackend):
         return f"mode {mode}"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def display():
-    pygame.display.init()
-    pygame.display.set_mode((64, 48))
-    yield
-    pygame.display.quit()
+pytestmark = pytest.mark.usefixtures("sdl_display")   # a dummy-driver window for the loop's events
 
 
 def key(k, down=True):

@@ -33,12 +33,7 @@ class FakeClock(Clock):
             self.on_sleep(self)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def display():
-    pygame.display.init()
-    pygame.display.set_mode((64, 48))
-    yield
-    pygame.display.quit()
+pytestmark = pytest.mark.usefixtures("sdl_display")   # a dummy-driver window for the loop's events
 
 
 @pytest.fixture(scope="module")
