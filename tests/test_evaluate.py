@@ -1,6 +1,7 @@
 """The evaluation recipe end to end on the CPU with a tiny random-weight model and autoencoder, and the
 action-response score with the real game standing in for the model."""
 import json
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -51,6 +52,7 @@ def test_recipe_runs_end_to_end_and_writes_every_output(tmp_path):
                  "teacher_forced.csv", "probes.csv", "drift.csv"):
         assert (out / name).stat().st_size > 0, name
     res = json.loads((out / "metrics.json").read_text())
+    assert res["video"] == "side_by_side.mp4"
     ar = res["autoregressive"]
     assert ar["windows"] == 2 and set(ar["horizons"]) == {"1", "2", "4"}
     for v in ar["horizons"].values():
@@ -63,6 +65,25 @@ def test_recipe_runs_end_to_end_and_writes_every_output(tmp_path):
     import imageio.v2 as iio
     video = iio.mimread(out / "side_by_side.mp4")
     assert len(video) == 12 and video[0].shape == (120 + 14, 320, 3)
+
+
+def test_without_imageio_ffmpeg_the_video_is_skipped_and_everything_else_written(tmp_path, monkeypatch, capsys):
+    """The H100 machine has imageio but not imageio-ffmpeg: imageio's FFMPEG plugin then fails to import."""
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)            # `import imageio_ffmpeg` raises ImportError
+    monkeypatch.delitem(sys.modules, "imageio.plugins.ffmpeg", raising=False)   # so the plugin re-imports it
+    model, ae = tiny_checkpoints(tmp_path)
+    trace = short_trace(tmp_path / "heldout-a.jsonl", n=20)
+    out = tmp_path / "a"
+    E.main(["--model", str(model), "--autoencoder", str(ae), "--traces", str(trace), "--device", "cpu", "--quick",
+            "--context", "3", "--window", "4", "--drift-ticks", "6", "--out", str(out)])   # returns: exit status 0
+    text = capsys.readouterr().out
+    assert "side_by_side.mp4 skipped: imageio-ffmpeg is not installed" in text
+    assert "side_by_side.mp4" not in text.splitlines()[-1]             # the "wrote ..." line lists what exists
+    assert not list(out.glob("*.mp4"))
+    res = json.loads((out / "metrics.json").read_text())
+    assert res["video"] is None and res["drift"]["ticks"] == 6
+    for name in ("table.md", "horizon.png", "drift.png", "horizon.csv", "teacher_forced.csv", "probes.csv", "drift.csv"):
+        assert (out / name).stat().st_size > 0, name
 
 
 
