@@ -15,8 +15,9 @@ time of all of it, perf_counter). On CUDA the phases are GPU times from CUDA eve
 
 Honesty: weights are labelled with where they came from. Without a student checkpoint the student rows run
 the teacher's architecture and weights with the consistency schedule, and say so; without any checkpoint
-the models are random weights of the shipped configs (timing only). A variant that fails or cannot run
-here is reported with its reason, never left out or filled in.
+the models are random weights of the shipped configs (timing only). A checkpoint is found as NAME.safetensors
+or, saved sharded, as NAME.index.json; one named by --teacher or --model that is neither is an error. A
+variant that fails or cannot run here is reported with its reason, never left out or filled in.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import platform
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -119,27 +120,40 @@ def host_memory_bytes() -> int:
 # Models: checkpoints where they exist, random weights of the shipped configs where not (labelled)
 # ----------------------------------------------------------------------------------------------------
 
+def checkpoint_file(path: Path) -> Path | None:
+    """The file world_model.checkpoint.load reads for `path`: the path itself, or NAME.index.json of a
+    checkpoint saved sharded under NAME.safetensors (checkpoint.save then leaves no NAME.safetensors);
+    None if neither exists."""
+    index = path.with_name(path.name.removesuffix(".safetensors") + ".index.json")
+    return path if path.exists() else index if index.exists() else None
+
+
 def load_models(args: argparse.Namespace, cfg: PlayConfig, device: str) -> dict[str, Any]:
     """{'teacher': (model, note), 'student': (model | None, note), 'autoencoder': (ae, note)}."""
     model_cfg_path = resolve(args.model_config)
     teacher_path = Path(args.teacher) if args.teacher else resolve(cfg.models.teacher)
     student_path = Path(args.model) if args.model else resolve(cfg.models.student)
-    ae_path = resolve(cfg.models.autoencoder)
-    if not args.random and teacher_path.exists():
-        teacher, t_note = load_model(teacher_path), f"checkpoint {teacher_path}"
+    found = {k: None if args.random else checkpoint_file(p)
+             for k, p in (("teacher", teacher_path), ("student", student_path),
+                          ("autoencoder", resolve(cfg.models.autoencoder)))}
+    for flag, given, key in (("--teacher", args.teacher, "teacher"), ("--model", args.model, "student")):
+        if given and not args.random and found[key] is None:   # asked for by name: never time random weights instead
+            raise BackendError(f"{flag} {given}: no such checkpoint (neither that file nor its .index.json)")
+    if found["teacher"]:
+        teacher, t_note = load_model(found["teacher"]), f"checkpoint {found['teacher']}"
     else:
         torch.manual_seed(0)
         teacher = WorldModel(load(model_cfg_path, ModelConfig))
         t_note = f"random weights of {args.model_config} (timing only)"
-    if not args.random and student_path.exists():
-        student, s_note = load_model(student_path), f"checkpoint {student_path}"
+    if found["student"]:
+        student, s_note = load_model(found["student"]), f"checkpoint {found['student']}"
     else:
         student = None
         s_note = ("NO STUDENT CHECKPOINT: student rows run the teacher's architecture and weights "
                   "with the consistency schedule (timing only)")
     latent = teacher.config.latent_shape
-    if not args.random and ae_path.exists():
-        ae, a_note = Autoencoder.load(ae_path), f"checkpoint {ae_path}"
+    if found["autoencoder"]:
+        ae, a_note = Autoencoder.load(found["autoencoder"]), f"checkpoint {found['autoencoder']}"
     else:
         torch.manual_seed(1)
         ae = Autoencoder(AutoencoderConfig(latent_channels=latent[0], height=8 * latent[1], width=8 * latent[2]))

@@ -1,10 +1,19 @@
-"""`python main.py bench` end to end on the CPU with the tiny model: the table, and JSON with every field."""
+"""`python main.py bench` end to end on the CPU with the tiny model: the table, and JSON with every field;
+checkpoints found whole or sharded."""
 import json
+from dataclasses import replace
 
 import pytest
+import torch
 
 import main as cli
+from app import bench
 from app.bench import PHASES, PhaseTimer, stats
+from app.config import load_play, resolve
+from settings import load
+from world_model import checkpoint
+from world_model.autoencoder import Autoencoder
+from world_model.model import ModelConfig, WorldModel
 
 TINY = ["--device", "cpu", "--random", "--model-config", "settings/model/tiny.yaml", "--ticks", "3", "--warmup", "1"]
 
@@ -57,3 +66,57 @@ def test_phase_timer_and_stats_on_cpu():
             sum(range(1000))
     assert set(timer.collect()) == {"dit"} and timer.collect() == {}
     assert stats([1.0, 2.0, 3.0])["p50"] == 2.0 and stats([1.0, 5.0])["max"] == 5.0
+
+
+def sharded(path, model, kind):
+    """Save `model` as checkpoint.save shards it: NAME.index.json + NAME-0000i-of-0000N.safetensors, no NAME."""
+    tensors = model.state_for_save(None)
+    sizes = [t.numel() * t.element_size() for t in tensors.values()]
+    files = checkpoint.save(path, tensors, kind=kind, config=model.config_dict(),
+                            shard_bytes=2**18 + sum(sizes) // 2 + max(sizes))   # save keeps 256 KiB per shard for headers
+    assert len(files) >= 3 and not path.exists() and path.with_name(f"{kind}.index.json") in files
+    return model
+
+
+@pytest.fixture
+def sharded_pair(tmp_path):
+    """A tiny teacher and student, each sharded, at the shipped autoencoder's latent grid."""
+    C, h, w = Autoencoder.load(resolve(load_play(resolve("settings/play.yaml")).models.autoencoder)).latent_shape
+    cfg = replace(load("settings/model/tiny.yaml", ModelConfig), latent_channels=C, latent_h=h, latent_w=w)
+    torch.manual_seed(0)
+    teacher = sharded(tmp_path / "teacher.safetensors", WorldModel(cfg), "teacher")
+    student = sharded(tmp_path / "student.safetensors", WorldModel(cfg), "student")
+    return tmp_path, teacher, student
+
+
+def test_sharded_checkpoints_are_loaded_and_labelled_as_checkpoints(sharded_pair):
+    d, teacher, student = sharded_pair
+    for teacher_arg in (d / "teacher.safetensors", d / "teacher.index.json"):    # the name, or the index itself
+        args = bench.parse_args(["--device", "cpu", "--teacher", str(teacher_arg), "--model", str(d / "student.safetensors")])
+        models = bench.load_models(args, load_play(resolve(args.settings)), "cpu")
+        assert models["teacher"][1] == f"checkpoint {d / 'teacher.index.json'}"
+        assert models["student"][1] == f"checkpoint {d / 'student.index.json'}"
+        for key, want in (("teacher", teacher), ("student", student)):
+            got = models[key][0].state_dict()
+            assert all(torch.equal(got[k], v) for k, v in want.state_dict().items()), key
+
+
+def test_bench_times_a_sharded_teacher(sharded_pair, tmp_path, capsys):
+    d, _, _ = sharded_pair
+    out = tmp_path / "bench.json"
+    rc = cli.main(["bench", "--device", "cpu", "--teacher", str(d / "teacher.safetensors"), "--model",
+                   str(d / "student.safetensors"), "--variants", "teacher,student1", "--engines", "eager",
+                   "--ticks", "1", "--warmup", "0", "--json", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert f"teacher: checkpoint {d / 'teacher.index.json'}" in text and "random weights" not in text
+    r = json.loads(out.read_text())
+    assert {v["variant"]: v["weights"] for v in r["variants"]} == {
+        "teacher": f"checkpoint {d / 'teacher.index.json'}", "student1": f"checkpoint {d / 'student.index.json'}"}
+    assert all(v["ticks"] == 1 for v in r["variants"])
+
+
+def test_a_named_checkpoint_that_is_missing_is_an_error_not_random_weights(tmp_path, capsys):
+    rc = cli.main(["bench", "--device", "cpu", "--teacher", str(tmp_path / "teacher.safetensors"), "--ticks", "1"])
+    assert rc == 1
+    assert "--teacher" in capsys.readouterr().err
