@@ -275,6 +275,96 @@ def test_critic_generator_ratio_is_honoured(teacher_path, tmp_path, monkeypatch)
     assert (summary["step"], summary["critic_steps"], summary["iteration"]) == (4, 12, 16)
 
 
+def _flat(model: WorldModel) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()]).clone()
+
+
+def test_one_batched_critic_rollout_per_cycle_and_the_student_is_fixed_during_it(teacher_path, tmp_path,
+                                                                                  monkeypatch):
+    """Per cycle: ONE no-grad rollout of critic_per_generator * batch clips, cut into one `batch` slice per
+    critic update, then one rollout with grad at `batch` for the generator; the student's weights do not
+    change from the critic rollout to the generator's rollout; the step count alternates per cycle, so the
+    generator trains at 1 and at 2 steps even when the cycle length is even (3 + 1 here)."""
+    events = []
+    orig_rollout, orig_critic = distill.rollout, DMDLoss.critic
+
+    def rollout(session, seed, actions, steps, t_mid, *, grad, first_frame_steps=0):
+        out = orig_rollout(session, seed, actions, steps, t_mid, grad=grad, first_frame_steps=first_frame_steps)
+        events.append(("rollout", out.shape[0], grad, steps, _flat(session.model), out.detach().clone()))
+        return out
+
+    def critic(self, critic_model, clean, actions, K, generator=None):
+        events.append(("critic", clean.detach().clone(), _flat(student[0])))
+        return orig_critic(self, critic_model, clean, actions, K, generator)
+
+    student = []
+    orig_build = distill.build
+    monkeypatch.setattr(distill, "build", lambda *a, **k: (r := orig_build(*a, **k), student.append(r.student))[0])
+    monkeypatch.setattr(distill, "rollout", rollout)
+    monkeypatch.setattr(DMDLoss, "critic", critic)
+    cfg = tiny(teacher_path, stage="dmd", steps=4, critic_per_generator=3, batch=2, eval_every=100)
+    distill.main(cfg, tmp_path / "dmd", feeder=MemoryFeeder())
+    assert [e[:4] for e in events if e[0] == "rollout"] == [
+        ("rollout", 6, False, 1), ("rollout", 2, True, 1), ("rollout", 6, False, 2), ("rollout", 2, True, 2)] * 2
+    assert [e[0] for e in events] == (["rollout"] + ["critic"] * 3 + ["rollout"]) * 4
+    for c in range(4):
+        batched, crits, gen = events[5 * c], events[5 * c + 1: 5 * c + 4], events[5 * c + 4]
+        # Each critic update gets its own slice of `batch` clips of the one batched rollout.
+        assert all(e[1].shape == (2, 5, *CFG.latent_shape) for e in crits)
+        torch.testing.assert_close(torch.cat([e[1] for e in crits]), batched[5], rtol=0, atol=0)
+        # The student is the same from the critic rollout to the generator rollout ...
+        assert all(torch.equal(e[2], batched[4]) for e in crits) and torch.equal(gen[4], batched[4])
+        # ... and the generator update of the cycle changes it.
+        if c:
+            assert not torch.equal(batched[4], events[5 * (c - 1)][4])
+
+
+def test_cycle_plan_resumes_mid_cycle_states(teacher_path, tmp_path):
+    """A state saved mid-cycle (by an older version) continues with the critic updates left in its cycle."""
+    cfg = tiny(teacher_path, stage="dmd", critic_per_generator=3)
+    assert [distill.cycle_plan(i, cfg)[0] for i in range(9)] == [3, 2, 1, 0, 3, 2, 1, 0, 3]
+    assert [distill.cycle_plan(i, cfg)[1] for i in range(9)] == [1, 1, 1, 1, 2, 2, 2, 2, 1]
+    assert all((distill.cycle_plan(i, cfg)[0] == 0) == distill.is_generator_turn(i, 3) for i in range(12))
+    run = distill.build(cfg, torch.device("cpu"), tmp_path, False, None, lambda *a: None)
+    run.iteration, run.critic_steps = 2, 2
+    sessions = (distill._session(run, cfg, torch.device("cpu")), distill._session(run, cfg, torch.device("cpu")))
+    logged = distill.dmd_cycle(run, DMDLoss(), sessions, MemoryFeeder(), cfg, np.random.default_rng(0),
+                               torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert (run.iteration, run.critic_steps, run.step) == (4, 3, 1)
+    assert len(logged["loss_critic"]) == 1 and len(logged["loss_gen"]) == 1
+
+
+def test_resumed_dmd_run_equals_an_uninterrupted_one(teacher_path, tmp_path):
+    """Streams are seeded per cycle, so 2 + 2 generator updates give the very weights of 4 in one go."""
+    over = dict(stage="dmd", critic_per_generator=2, total_minutes=0, eval_every=100)
+    distill.main(tiny(teacher_path, steps=4, **over), tmp_path / "one", feeder=MemoryFeeder())
+    distill.main(tiny(teacher_path, steps=2, **over), tmp_path / "two", feeder=MemoryFeeder())
+    s = distill.main(tiny(teacher_path, steps=4, **over), tmp_path / "two", resume=True, feeder=MemoryFeeder())
+    assert (s["step"], s["critic_steps"], s["iteration"]) == (4, 8, 12)
+    one = checkpoint.load(tmp_path / "one" / "train_state.safetensors", kind="train_state")[0]
+    two = checkpoint.load(tmp_path / "two" / "train_state.safetensors", kind="train_state")[0]
+    assert one.keys() == two.keys() and any(k.startswith("critic.") for k in one)
+    for k in one:
+        torch.testing.assert_close(one[k], two[k], rtol=0, atol=0, msg=k)
+
+
+class CountingFeeder(MemoryFeeder):
+    def __init__(self):
+        super().__init__()
+        self.drains = []
+
+    def drain(self, limit=None):
+        self.drains.append(limit)
+
+
+@pytest.mark.parametrize("stage", ["cm", "dmd"])
+def test_new_data_every_drain_every_student_updates(teacher_path, tmp_path, stage):
+    feeder = CountingFeeder()
+    cfg = tiny(teacher_path, stage=stage, steps=6, drain_every=4, eval_every=100, **{"data.max_chunks_per_step": 1})
+    distill.main(cfg, tmp_path / stage, feeder=feeder)
+    assert feeder.drains == [1, 1]          # before updates 0 and 4 of 6, one chunk each
+
+
 # ---------------------------------------------------------------------------------------------------------
 #                                      Checkpoint and the recipe
 # ---------------------------------------------------------------------------------------------------------

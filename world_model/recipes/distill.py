@@ -9,19 +9,26 @@
 [clean | x_t0] under the TF mask, target from one teacher Euler step t0 -> t1 and the stop-grad student at t1
 (distill_losses.ConsistencyLoss).
 
-`stage: dmd` (Stage B). Each iteration the student rolls itself out with rollout.Session, the player's own
-code: seeded with `context` real latents and actions from the buffer, then `frames` generated frames on the
-clip's real actions, each with the consistency schedule [1, 0] or [1, t_mid, 0] (cycled per iteration, so one
-checkpoint serves both). Only the last denoising pass of each frame carries gradient (Session.step grad=True);
-the t=0 context re-encode is detached. Iterations alternate exactly `critic_per_generator` critic updates
-(flow matching of the fake score on the rollouts) and one generator update (the DMD gradient from the frozen
-teacher as real score and the critic as fake score). Adam beta1 = 0 for both; the critic has its own lr.
+`stage: dmd` (Stage B). The student rolls itself out with rollout.Session, the player's own code: seeded
+with `context` real latents and actions from the buffer, then `frames` generated frames on the clip's real
+actions, each with the consistency schedule [1, 0] or [1, t_mid, 0] (cycled per cycle, so one checkpoint
+serves both and the generator updates alternate between them). Only the last denoising pass of each frame
+carries gradient (Session.step grad=True); the t=0 context re-encode is detached. Iterations run in cycles of
+exactly `critic_per_generator` critic updates (flow matching of the fake score on the rollouts) and one
+generator update (the DMD gradient from the frozen teacher as real score and the critic as fake score).
+The student does not change during a cycle's critic updates, so their samples come from ONE no-grad rollout
+of critic_per_generator * batch clips, cut into one slice of `batch` clips per update: the same distribution
+as separate rollouts, at about the wall time of one (an eager frame-by-frame rollout is launch-bound). The
+generator's rollout, with grad, is a second Session at `batch`. Adam beta1 = 0 for both; the critic has its
+own lr.
 
-Both stages: data from recipes/feeder.py, bf16 autocast on CUDA only, EMA of the student, resumable
-(--resume: OUT/train_state.safetensors; --init: student weights to start from, default the teacher), time
-slices via max_minutes, SIGTERM saves and stops. Outputs under --out: metrics.csv, metrics.png, tb/,
-train_state*.safetensors, student.safetensors (EMA weights, kind "student"; bf16, or int8 with save_int8;
-its metadata names the schedules for 1 and 2 steps), summary.json.
+Both stages: data from recipes/feeder.py (a new chunk every `drain_every` student updates), bf16 autocast on
+CUDA only, EMA of the student, resumable (--resume: OUT/train_state.safetensors; --init: student weights to
+start from, default the teacher; the random streams are seeded per update or cycle, so on the same buffer a
+resumed run draws what an uninterrupted one would), time slices via max_minutes, SIGTERM saves and stops (at
+the end of a cycle). Outputs under --out: metrics.csv, metrics.png, tb/, train_state*.safetensors,
+student.safetensors (EMA weights, kind "student"; bf16, or int8 with save_int8; its metadata names the
+schedules for 1 and 2 steps), summary.json.
 """
 from __future__ import annotations
 
@@ -54,7 +61,7 @@ class RolloutConfig:
     context: int = field(default=4, metadata={"min": 1})          # real seed frames (the player seeds with 8)
     frames: int = field(default=12, metadata={"min": 1})          # generated frames; context + frames <= 16,
     sink: int = field(default=1, metadata={"min": 0})             # the teacher's training clip length
-    steps: tuple[int, ...] = (1, 2)                               # denoising steps, cycled per iteration
+    steps: tuple[int, ...] = (1, 2)                               # denoising steps, cycled per cycle
     first_frame_steps: int = field(default=0, metadata={"min": 0})  # 0: as the others (the player does so)
 
 
@@ -70,6 +77,9 @@ class DistillConfig:
     rollout: RolloutConfig = RolloutConfig()
     t_mid: float = field(default=5 / 6, metadata={"min": 0.0, "max": 1.0})   # 2-step schedule [1, t_mid, 0]
     clip_len: int = field(default=16, metadata={"min": 2})          # stage cm
+    # Encoding a 256-frame chunk takes about 80 ms on the H100; draining data.max_chunks_per_step chunks at
+    # every iteration cost more than the updates. New data every few student updates is plenty.
+    drain_every: int = field(default=4, metadata={"min": 1})        # student updates (dmd: cycles)
     batch: int = field(default=32, metadata={"min": 1})
     steps: int = field(default=10_000, metadata={"min": 1})         # student (generator) updates
     critic_per_generator: int = field(default=5, metadata={"min": 0})   # stage dmd
@@ -233,48 +243,88 @@ def build(cfg: DistillConfig, device: torch.device, out: Path, resume: bool, ini
 
 
 def cm_step(run: Run, loss_fn: ConsistencyLoss, x: Tensor, a: Tensor, cfg: DistillConfig,
-            gen: torch.Generator, device: torch.device) -> dict[str, float]:
+            gen: torch.Generator, device: torch.device) -> dict[str, Tensor]:
     with autocast(device):
         loss, parts = loss_fn(run.student, run.teacher, x.float(), a, gen)
     grad_norm = _update(run.opts["opt_g"], run.student, loss, cfg.grad_clip)
     run.step += 1
-    return {**{k: float(v) for k, v in parts.items()}, "grad_norm": grad_norm}
-
-
-def dmd_iteration(run: Run, loss_fn: DMDLoss, session: Session, x: Tensor, a: Tensor, cfg: DistillConfig,
-                  gen: torch.Generator, device: torch.device) -> tuple[str, dict[str, float]]:
-    """One critic or generator update, as `is_generator_turn` says. Returns (role, logged numbers)."""
-    ro = cfg.rollout
-    K = ro.frames
-    steps = ro.steps[run.iteration % len(ro.steps)]
-    session.generator.manual_seed(cfg.seed * 7919 + run.iteration)   # resumable noise stream
-    generator_turn = is_generator_turn(run.iteration, cfg.critic_per_generator)
     run.iteration += 1
-    clean = rollout(session, x[:, :ro.context], a, steps, cfg.t_mid, grad=generator_turn,
+    return {**parts, "grad_norm": grad_norm}
+
+
+def cycle_plan(iteration: int, cfg: DistillConfig) -> tuple[int, int]:
+    """(critic updates left in the cycle that `iteration` is in, denoising steps of its rollouts). The step
+    count cycles per cycle, so the generator updates alternate between 1 and 2 steps whatever the ratio."""
+    length = cfg.critic_per_generator + 1
+    steps = cfg.rollout.steps[(iteration // length) % len(cfg.rollout.steps)]
+    return cfg.critic_per_generator - iteration % length, steps
+
+
+def dmd_cycle(run: Run, loss_fn: DMDLoss, sessions: tuple[Session, Session], feeder: Any, cfg: DistillConfig,
+              rng: np.random.Generator, gen: torch.Generator, device: torch.device) -> dict[str, list[Tensor]]:
+    """The rest of the current cycle: its critic updates, then one generator update. sessions = (critic's
+    at critic_per_generator * batch, generator's at batch). Returns the logged numbers as device tensors
+    (no host sync here), one per update."""
+    ro, B = cfg.rollout, cfg.batch
+    critic_session, gen_session = sessions
+    clip = ro.context + ro.frames
+    left, steps = cycle_plan(run.iteration, cfg)
+    logged: dict[str, list[Tensor]] = {}
+    if left:   # one no-grad rollout serves every critic update (a resumed older state may be mid-cycle)
+        x, a = feeder.train.sample(cfg.critic_per_generator * B, clip, rng)          # (cpg * B, T, ...)
+        critic_session.generator.manual_seed(cfg.seed * 7919 + run.iteration)      # resumable noise stream
+        with torch.no_grad():
+            clean = rollout(critic_session, x[:, :ro.context], a, steps, cfg.t_mid, grad=False,
+                            first_frame_steps=ro.first_frame_steps)                   # (cpg * B, ctx + K, ...)
+        for i in range(left):
+            sl = slice(i * B, (i + 1) * B)
+            _log(logged, critic_update(run, loss_fn, clean[sl], a[sl], cfg, gen, device))
+    x, a = feeder.train.sample(B, clip, rng)
+    gen_session.generator.manual_seed(cfg.seed * 7919 + run.iteration)
+    clean = rollout(gen_session, x[:, :ro.context], a, steps, cfg.t_mid, grad=True,
                     first_frame_steps=ro.first_frame_steps)                           # (B, ctx + K, C, h, w)
-    if not generator_turn:
-        with autocast(device):
-            loss, parts = loss_fn.critic(run.critic, clean, a, K, gen)
-        grad_norm = _update(run.opts["opt_c"], run.critic, loss, cfg.grad_clip)
-        run.critic_steps += 1
-        return "critic", {**{k: float(v) for k, v in parts.items()}, "critic_grad_norm": grad_norm}
+    _log(logged, generator_update(run, loss_fn, clean, a, cfg, gen, device))
+    return logged
+
+
+def critic_update(run: Run, loss_fn: DMDLoss, clean: Tensor, a: Tensor, cfg: DistillConfig,
+                  gen: torch.Generator, device: torch.device) -> dict[str, Tensor]:
+    """Flow matching of the fake score on the student's samples clean (B, ctx + K, ...)."""
+    with autocast(device):
+        loss, parts = loss_fn.critic(run.critic, clean, a, cfg.rollout.frames, gen)
+    grad_norm = _update(run.opts["opt_c"], run.critic, loss, cfg.grad_clip)
+    run.critic_steps += 1
+    run.iteration += 1
+    return {**parts, "critic_grad_norm": grad_norm}
+
+
+def generator_update(run: Run, loss_fn: DMDLoss, clean: Tensor, a: Tensor, cfg: DistillConfig,
+                     gen: torch.Generator, device: torch.device) -> dict[str, Tensor]:
+    """The DMD step on a rollout that carries the student's gradient."""
     run.critic.requires_grad_(False)  # the critic only scores here; gradient goes to the student alone
     with autocast(device):
-        loss, parts = loss_fn.generator(run.teacher, run.critic, clean, a, K, gen)
+        loss, parts = loss_fn.generator(run.teacher, run.critic, clean, a, cfg.rollout.frames, gen)
     run.critic.requires_grad_(True)
     grad_norm = _update(run.opts["opt_g"], run.student, loss, cfg.grad_clip)
     run.step += 1
-    gen_std = float(clean[:, ro.context:].detach().float().std())
-    return "generator", {**{k: float(v) for k, v in parts.items()}, "grad_norm": grad_norm, "gen_std": gen_std}
+    run.iteration += 1
+    gen_std = clean[:, cfg.rollout.context:].detach().float().std()
+    return {**parts, "grad_norm": grad_norm, "gen_std": gen_std}
 
 
-def _update(opt: torch.optim.Optimizer, model: nn.Module, loss: Tensor, clip: float) -> float:
+def _log(logged: dict[str, list[Tensor]], parts: dict[str, Tensor]) -> None:
+    for k, v in parts.items():
+        logged.setdefault(k, []).append(v.detach())
+
+
+def _update(opt: torch.optim.Optimizer, model: nn.Module, loss: Tensor, clip: float) -> Tensor:
+    """Backward and step; returns the gradient norm as a device tensor (read only when logged: no sync)."""
     opt.zero_grad(set_to_none=True)
     loss.backward()
     params = [p for g in opt.param_groups for p in g["params"]]
     grad_norm = nn.utils.clip_grad_norm_(params, clip) if clip > 0 else torch.zeros(())
     opt.step()
-    return float(grad_norm)
+    return grad_norm.detach()
 
 
 def main(cfg: DistillConfig, out: Path, resume: bool = False, init: Path | None = None,
@@ -308,13 +358,10 @@ def main(cfg: DistillConfig, out: Path, resume: bool = False, init: Path | None 
 def _loop(cfg: DistillConfig, run: Run, feeder: Any, metrics: Metrics, out: Path, device: torch.device,
           stop: dict, log) -> dict:
     cm_loss, dmd_loss = ConsistencyLoss(cfg.cm), DMDLoss(cfg.dmd)
-    ro = cfg.rollout
-    session = Session(run.student, window=ro.context + ro.frames, sink=min(ro.sink, ro.context), device=device,
-                      dtype=torch.bfloat16 if device.type == "cuda" else torch.float32, seed=cfg.seed,
-                      sampler=SamplerConfig(kind="consistency", t_mid=cfg.t_mid), check_finite=False)
-    rng = np.random.default_rng([cfg.seed, run.iteration])
-    gen = torch.Generator(device=device).manual_seed(cfg.seed * 104729 + run.iteration)
-    clip = cfg.clip_len if cfg.stage == "cm" else ro.context + ro.frames
+    # A Session keeps its KV cache while the batch size stays (a new size reallocates it): one Session for
+    # the critic's batched rollout, one for the generator's, each allocating its cache once.
+    sessions = (_session(run, cfg, device), _session(run, cfg, device)) if cfg.stage == "dmd" else None
+    gen = torch.Generator(device=device)
     t_start, minutes0, step0 = time.perf_counter(), run.minutes, run.step
     t_log, step_log, pending = t_start, run.step, {}
     bar = _progress(cfg.steps, run.step)
@@ -325,16 +372,18 @@ def _loop(cfg: DistillConfig, run: Run, feeder: Any, metrics: Metrics, out: Path
         lr = lr_at(run.step, run.minutes, lr=cfg.lr, min_lr=cfg.min_lr, warmup=cfg.warmup, steps=cfg.steps,
                    max_minutes=cfg.total_minutes)
         _set_lr(run, lr, cfg)
-        feeder.drain()
-        x, a = feeder.train.sample(cfg.batch, clip, rng)                  # (B, T, C, h, w), (B, T, A)
+        if run.step % cfg.drain_every == 0:
+            feeder.drain(cfg.data.max_chunks_per_step)
+        # Streams seeded by the iteration, so a resumed run draws what an uninterrupted one would.
+        rng = np.random.default_rng([cfg.seed, run.iteration])
+        gen.manual_seed(cfg.seed * 104729 + run.iteration)
         if cfg.stage == "cm":
-            role, parts = "generator", cm_step(run, cm_loss, x, a, cfg, gen, device)
+            x, a = feeder.train.sample(cfg.batch, cfg.clip_len, rng)      # (B, T, C, h, w), (B, T, A)
+            parts = {k: [v] for k, v in cm_step(run, cm_loss, x, a, cfg, gen, device).items()}
         else:
-            role, parts = dmd_iteration(run, dmd_loss, session, x, a, cfg, gen, device)
+            parts = dmd_cycle(run, dmd_loss, sessions, feeder, cfg, rng, gen, device)
         for k, v in parts.items():
-            pending.setdefault(k, []).append(v)
-        if role != "generator":
-            continue
+            pending.setdefault(k, []).extend(v)
         ema_update(run.ema, run.student, cfg.ema if run.step > cfg.ema_start else 0.0)
         bar.update(1)
         if run.step % cfg.log_every == 0 or run.step == cfg.steps:
@@ -342,7 +391,7 @@ def _loop(cfg: DistillConfig, run: Run, feeder: Any, metrics: Metrics, out: Path
             row = {"step": run.step, "critic_steps": run.critic_steps, "lr": lr, "critic_lr": lr * _critic_ratio(cfg),
                    "minutes": run.minutes, "frames": feeder.frames, "buffer": len(feeder.train),
                    "steps_per_s": (run.step - step_log) / max(1e-9, now - t_log),
-                   **{k: float(np.mean(v)) for k, v in pending.items()}}
+                   **{k: float(torch.stack(v).float().mean()) for k, v in pending.items()}}   # host reads here only
             t_log, step_log, pending = now, run.step, {}
             if run.step % cfg.eval_every == 0:
                 row.update(validate(run.ema, feeder, cfg, device))
@@ -364,6 +413,13 @@ def _loop(cfg: DistillConfig, run: Run, feeder: Any, metrics: Metrics, out: Path
         f"{summary['val_mse_1step']:.4f} (teacher {summary['teacher_val_mse_1step']:.4f}), 2-step "
         f"{summary['val_mse_2step']:.4f} -> {out / 'student.safetensors'}")
     return summary
+
+
+def _session(run: Run, cfg: DistillConfig, device: torch.device) -> Session:
+    ro = cfg.rollout
+    return Session(run.student, window=ro.context + ro.frames, sink=min(ro.sink, ro.context), device=device,
+                   dtype=torch.bfloat16 if device.type == "cuda" else torch.float32, seed=cfg.seed,
+                   sampler=SamplerConfig(kind="consistency", t_mid=cfg.t_mid), check_finite=False)
 
 
 def _critic_ratio(cfg: DistillConfig) -> float:
