@@ -13,6 +13,7 @@ non-zero exit status, never a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -46,7 +47,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     play = sub.add_parser("play", help="play in a window (the default)")
     common(play, ("model", "game", "side"))
     play.add_argument("--headless", action="store_true", help="no window: run the loop on no-op input, print timing")
-    play.add_argument("--ticks", type=int, default=350, help="ticks to run with --headless (default 350)")
+    play.add_argument("--ticks", type=int, help="stop after N ticks and print a whole-run report "
+                      "(with --headless: default 350; in a window: default until quit)")
+    play.add_argument("--json", help="with --ticks: also write the whole-run report (timing, memory) as JSON")
     play.add_argument("--unpaced", action="store_true", help="with --headless: tick as fast as possible")
     play.add_argument("--record", action="store_true", help="start recording (mp4 + trace) at the first tick")
     rep = sub.add_parser("replay", help="replay a trace headless into frames.npz, timing.csv, video.mp4")
@@ -74,7 +77,7 @@ def load_settings(args: argparse.Namespace) -> PlayConfig:
 
 def cmd_play(args: argparse.Namespace, cfg: PlayConfig) -> int:
     from app.loop import new_state, reset, run, stop_recording, toggle_recording
-    from app.timing import memory_line
+    from app.timing import format_report
     from app.window import Window, display_available, NoDisplay
     from input.bindings import load_bindings
 
@@ -93,20 +96,22 @@ def cmd_play(args: argparse.Namespace, cfg: PlayConfig) -> int:
         status = backend.status()
         if "no GPU" in status.device:
             print("dreamloop: no GPU found; the model runs on the CPU (slower)", file=sys.stderr)
-        if args.headless:
-            print(f"dreamloop: headless {status.name} on {status.device}, {args.ticks} ticks"
-                  f"{' unpaced' if args.unpaced else f' at {cfg.tick_hz:g} Hz'}")
-        if args.headless:   # memory after a warm-up and at the end: a soak shows whether it stays flat
-            warm = min(args.ticks, 1000)
-            run(state, None, max_ticks=warm, paced=not args.unpaced)
-            mem0 = memory_line()
-        stats = run(state, window, max_ticks=args.ticks if args.headless else None, paced=not args.unpaced)
-        if args.headless:
-            print(f"ticks {stats.ticks}  late {stats.late}  rate {stats.rate(stats.interval):.1f} Hz  "
-                  f"tick p50 {stats.tick.pct(50) * 1000:.2f} ms p99 {stats.tick.pct(99) * 1000:.2f} ms  "
-                  f"model p50 {stats.model.pct(50) * 1000:.2f} ms p99 {stats.model.pct(99) * 1000:.2f} ms  "
-                  f"faults {backend.status().faults}")
-            print(f"memory after {warm} ticks: {mem0}; after {stats.ticks}: {memory_line()}")
+        ticks = args.ticks if args.ticks is not None else (350 if args.headless else None)
+        if ticks is not None:
+            print(f"dreamloop: {'headless' if args.headless else 'window'} {status.name} on {status.device}, "
+                  f"{ticks} ticks{' unpaced' if args.unpaced else f' at {cfg.tick_hz:g} Hz'}")
+        if ticks is None:
+            run(state, window, paced=not args.unpaced)
+        else:
+            report = measured_run(state, window, ticks, paced=not args.unpaced)
+            report["faults"] = backend.status().faults
+            report.update(backend=status.name, device=status.device, window=window is not None,
+                          paced=not args.unpaced)
+            print(format_report(report) + f"  faults {report['faults']}")
+            print("memory: " + "; ".join(f"tick {t}: {m}" for t, m in report["memory"]))
+            if args.json:
+                Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+                Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
     finally:
         if state is not None:
             stop_recording(state)
@@ -114,6 +119,21 @@ def cmd_play(args: argparse.Namespace, cfg: PlayConfig) -> int:
         if window is not None:
             window.close()
     return 0
+
+
+def measured_run(state, window, ticks: int, paced: bool, samples: int = 10) -> dict:
+    """Run `ticks` ticks in `samples` segments, reading host/GPU memory after each (a soak shows whether
+    it stays flat), and return the whole-run timing report."""
+    from app.loop import run
+    from app.timing import memory_line, run_report
+
+    memory = []
+    for k in range(1, samples + 1):
+        stats = run(state, window, max_ticks=ticks * k // samples, paced=paced)
+        memory.append((stats.ticks, memory_line()))
+        if not state.running:      # quit from the window
+            break
+    return {**run_report(stats), "memory": memory}
 
 
 def cmd_replay(args: argparse.Namespace, cfg: PlayConfig) -> int:

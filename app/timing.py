@@ -1,4 +1,4 @@
-"""Timing: perf_counter phase timers, rolling percentiles, and CUDA-event timers for GPU work."""
+"""Timing: perf_counter phase timers, rolling percentiles, whole-run histograms, and CUDA-event timers."""
 from __future__ import annotations
 
 import time
@@ -56,6 +56,48 @@ class Rolling:
         return len(self.values)
 
 
+class Histogram:
+    """Every sample of a whole run in fixed log-spaced bins (1 us to 100 s, 1% wide): percentiles over
+    a 10-minute or 100k-tick run in constant memory, so a soak's own bookkeeping cannot grow."""
+
+    LO, RATIO = 1e-6, 1.01
+    BINS = int(np.ceil(np.log(1e8) / np.log(1.01))) + 1
+
+    def __init__(self) -> None:
+        self.counts = np.zeros(self.BINS, dtype=np.int64)
+        self.n, self.total, self.max = 0, 0.0, 0.0
+
+    def add(self, v: float) -> None:
+        i = int(np.log(max(v, self.LO) / self.LO) / np.log(self.RATIO))
+        self.counts[min(i, self.BINS - 1)] += 1
+        self.n += 1
+        self.total += v
+        self.max = max(self.max, v)
+
+    def pct(self, q: float) -> float:
+        """Upper edge of the bin holding the q-th percentile (at most 1% above the true value)."""
+        if not self.n:
+            return float("nan")
+        i = int(np.searchsorted(np.cumsum(self.counts), q / 100 * self.n))
+        return min(self.LO * self.RATIO ** (i + 1), self.max)
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.n if self.n else float("nan")
+
+
+class Series(Rolling):
+    """A Rolling window for the HUD plus a Histogram of the whole run for the final report."""
+
+    def __init__(self, n: int = 350):
+        super().__init__(n)
+        self.run = Histogram()
+
+    def add(self, v: float) -> None:
+        super().add(v)
+        self.run.add(v)
+
+
 class Phases:
     """Per-tick phase durations in seconds: `with phases("step"): ...`, read with `.last`."""
 
@@ -111,11 +153,11 @@ class Stats:
     """Everything the HUD and the headless report show, measured by the loop. Times in seconds."""
 
     def __init__(self, history: int = 350):
-        self.tick = Rolling(history)         # whole tick: input + backend step + upload
-        self.model = Rolling(history)        # backend work (GPU time via CUDA events on CUDA)
-        self.interval = Rolling(history)     # between tick starts -> tick rate
-        self.frame = Rolling(history)        # between presented display frames -> display FPS
-        self.latency = Rolling(history)      # input poll -> frame presented
+        self.tick = Series(history)          # whole tick: input + backend step + upload
+        self.model = Series(history)         # backend work (GPU time via CUDA events on CUDA)
+        self.interval = Series(history)      # between tick starts -> tick rate
+        self.frame = Series(history)         # between presented display frames -> display FPS
+        self.latency = Series(history)       # input poll -> frame presented
         self.ticks = 0
         self.late = 0                        # ticks that ended after their slot (no catch-up is queued)
         self.frames = 0
@@ -124,3 +166,25 @@ class Stats:
     def rate(r: Rolling) -> float:
         m = float(np.mean(np.fromiter(r.values, float))) if r.values else 0.0
         return 1.0 / m if m > 0 else 0.0
+
+
+def run_report(stats: Stats) -> dict[str, float]:
+    """Whole-run numbers (not the HUD's rolling window), in ms where a time: the headless/--ticks report."""
+    rep: dict[str, float] = {"ticks": stats.ticks, "late": stats.late, "frames": stats.frames}
+    iv = stats.interval.run
+    rep["tick_hz"] = 1.0 / iv.mean if iv.n else 0.0
+    for name in ("tick", "model", "interval", "latency", "frame"):
+        h = getattr(stats, name).run
+        if h.n:
+            rep.update({f"{name}_p50_ms": h.pct(50) * 1e3, f"{name}_p99_ms": h.pct(99) * 1e3,
+                        f"{name}_max_ms": h.max * 1e3})
+    return rep
+
+
+def format_report(rep: dict[str, float]) -> str:
+    parts = [f"ticks {rep['ticks']}  late {rep['late']}  rate {rep['tick_hz']:.2f} Hz"]
+    for name, label in (("tick", "tick"), ("model", "model"), ("latency", "input->present"), ("frame", "display frame")):
+        if f"{name}_p50_ms" in rep:
+            parts.append(f"{label} p50 {rep[f'{name}_p50_ms']:.2f} p99 {rep[f'{name}_p99_ms']:.2f} "
+                         f"max {rep[f'{name}_max_ms']:.2f} ms")
+    return "  ".join(parts)

@@ -200,3 +200,16 @@ def test_record_writes_trace_and_video_that_replay_the_live_frames(tmp_path):
     frames = np.load(tmp_path / "replay" / "frames.npz")["frames"]
     assert out["ticks"] == 24 and np.array_equal(frames, np.stack(backend.frames[:24]))
     assert np.abs(video.astype(int) - frames[4:].astype(int)).mean() < 8   # the mp4 shows the same frames (lossy)
+
+
+def test_whole_run_histogram_percentiles_are_within_a_bin():
+    from app.timing import Histogram
+    rng = np.random.default_rng(0)
+    xs = rng.lognormal(mean=np.log(0.005), sigma=0.5, size=20_000)      # tick-like times around 5 ms
+    h = Histogram()
+    for x in xs:
+        h.add(float(x))
+    for q in (50, 90, 99):
+        true = np.percentile(xs, q)
+        assert true <= h.pct(q) * 1.0001 and h.pct(q) <= true * 1.02   # upper bin edge, bins 1% wide
+    assert h.n == len(xs) and abs(h.mean - xs.mean()) < 1e-9 and h.pct(100) == xs.max()

@@ -194,3 +194,18 @@ def test_student_takes_consistency_steps_and_the_teacher_euler_steps(models):
         assert b.session.sampler.kind == "euler"
     finally:
         b.close()
+
+
+def test_warm_up_tick_leaves_play_unchanged(models):
+    """The throw-away tick at reset (CUDA: graph capture before the first played tick) must not change
+    what is played: the cache, RNG and counters come back from the snapshot."""
+    cold, warm = backend(models), backend(models)
+    cold.reset(3)
+    warm.reset(3)
+    warm._warm_up()
+    a = [cold.step(Action(forward=1, turn=0.5)) for _ in range(6)]
+    b = [warm.step(Action(forward=1, turn=0.5)) for _ in range(6)]
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert warm.status().cache.position == cold.status().cache.position
+    cold.close()
+    warm.close()
