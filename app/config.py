@@ -71,7 +71,7 @@ class PlayConfig:
     game: GameConfig = field(default_factory=GameConfig)
     models: ModelPaths = field(default_factory=ModelPaths)
     session: SessionConfig = field(default_factory=SessionConfig)
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)   # engine: auto | eager | graphs | onnxruntime
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)   # engine (auto | eager | graphs | onnxruntime), fuse_reencode
     window: WindowConfig = field(default_factory=WindowConfig)
     hud: HudConfig = field(default_factory=HudConfig)
     record: RecordConfig = field(default_factory=RecordConfig)

@@ -12,6 +12,11 @@ What lets one graph serve every tick:
 - outputs are the graph's static tensors, cloned before they are handed out;
 - one graph per (pass, schedule, sampler): the schedule's times are constants inside it.
 
+With fuse_reencode (rollout.py) a tick replays one graph, "dit-fused": the FUSED first pass (which appends
+the previous frame and advances the cache's device tables), then the schedule's remaining READONLY passes.
+The plain "dit" graph serves only a step with nothing pending (e.g. after a NonFiniteError); "reencode" only
+a grad step or a session without fusion.
+
 On the CPU (or capture=False) the very same functions run eagerly on the static buffers; the tests compare
 that path against Session.step at every fill level and across evictions. Graphs that point at a cache are
 dropped when the session's cache object changes (a new batch size, or a restore of another shape).
@@ -96,15 +101,24 @@ class GraphedSession(Session):
 
     # ---- the three passes (Session.step and Session.decode call these) ----
 
-    def _denoise(self, noise: list[Tensor], a: Tensor, times: list[float], grad: bool) -> Tensor:
+    def _denoise(self, noise: list[Tensor], a: Tensor, times: list[float], grad: bool,
+                 pending: tuple[Tensor, Tensor] | None = None) -> Tensor:
         if grad:
-            return super()._denoise(noise, a, times, grad)
+            return super()._denoise(noise, a, times, grad, pending)
+        if pending is None:
+            def denoise(*xs: Tensor) -> Tensor:      # xs = (*noise, a)
+                return Session._denoise(self, list(xs[:-1]), xs[-1], times, False)
 
-        def denoise(*xs: Tensor) -> Tensor:          # xs = (*noise, a)
-            return Session._denoise(self, list(xs[:-1]), xs[-1], times, False)
+            fn = self._static(("dit", tuple(times), self.sampler, len(noise)), denoise, [*noise, a])
+            return fn(*noise, a).clone()
 
-        fn = self._static(("dit", tuple(times), self.sampler, len(noise)), denoise, [*noise, a])
-        return fn(*noise, a).clone()
+        def fused(*xs: Tensor) -> Tensor:            # xs = (*noise, a, pending x0, pending a)
+            return Session._denoise(self, list(xs[:-3]), xs[-3], times, False, (xs[-2], xs[-1]))
+
+        # The FUSED first pass appends the pending frame (and runs the device half of advance) in the graph.
+        fn = self._static(("dit-fused", tuple(times), self.sampler, len(noise)), fused, [*noise, a, *pending],
+                          writes_cache=True)
+        return fn(*noise, a, *pending).clone()
 
     def _reencode(self, x0: Tensor, a: Tensor) -> None:
         def reencode(x: Tensor, act: Tensor) -> None:

@@ -9,10 +9,24 @@ Layout and rules (recipe.md section 2):
   therefore stay below S + W + chunk however long play lasts (LongLive "infinity", Reward-Forcing port).
 - Frame n (absolute) lives in slot n if n < S, else in ring slot S + (n - S) % W. Writing frame n when the
   window is full overwrites (evicts) frame n - W.
-- Two modes. APPEND: the t=0 re-encode pass reads the cache and writes its own keys after attention.
-  READONLY: denoising passes read the cache and write nothing.
+- Three modes. APPEND: the t=0 re-encode pass reads the cache and writes its own keys after attention.
+  READONLY: denoising passes read the cache and write nothing. FUSED: one pass over [clean frame n | noisy
+  frame n+1] that appends frame n and denoises frame n+1 as if n were already stored (see below).
 
-All slot and eviction arithmetic lives in this file; the model only calls `read`, `write` and `advance`.
+FUSED (the re-encode of frame n folded into frame n+1's first denoising pass, Session(fuse_reencode=True)).
+Queries: the clean frame at the next position q = min(n, slots), the noisy frame at q + 1. The clean frame
+must see exactly what an APPEND pass would (the valid slots at their current positions); the noisy frame
+exactly what a READONLY pass after that append would. Attention depends on positions only through
+q_pos - k_pos (RoPE), so the noisy frame may be shifted along with its keys, and:
+- without an eviction (n < slots) nothing renumbers: the noisy frame sees the valid slots and the clean frame;
+- with one (n >= slots), frame n overwrites the oldest window frame, and every window frame moves one position
+  closer to the query while the sink frames keep theirs. Seen from q + 1 instead of q, the window slots are
+  already right; the sink slots are not, so the keys get the sink slots a second time at positions + 1, and
+  the noisy frame reads that copy (and not the evicted slot) while the clean frame reads the originals.
+So context keys are [slots | sink slots again] (`read_fused`), with positions and a mask from `fused_tables`.
+
+All slot and eviction arithmetic lives in this file; the model only calls `read`, `write` and `advance` (and for
+FUSED `read_fused` and `fused_tables`).
 
 CUDA graphs (world_model/graphs.py): the frame counter exists twice, as a Python int (`position`, for the HUD,
 `slot_of` and error checks) and as a device scalar (`_pos`) from which `_sync` computes every read-time
@@ -31,6 +45,7 @@ from torch import Tensor
 class CacheMode(enum.Enum):
     READONLY = "readonly"  # denoising passes: attend cache + current frames, write nothing
     APPEND = "append"      # t=0 re-encode pass: same attention, then store the frames' keys/values
+    FUSED = "fused"        # [clean frame | noisy next frame]: store the clean one, the noisy one sees it stored
 
 
 @dataclass(frozen=True)
@@ -43,7 +58,8 @@ class CacheState:
     newest_slot: int       # slot holding the newest frame, -1 when empty
     evictions: int         # frames dropped from the window so far
     bytes: int             # k + v storage
-    position: int          # absolute frame counter: frames appended since reset
+    position: int          # absolute frame counter: frames appended since reset (pending ones included)
+    pending: int = 0       # of those, frames not yet written: re-encoded inside the next step's first pass
 
 
 class KVCache:
@@ -69,6 +85,7 @@ class KVCache:
         self._slot_idx = torch.arange(self.slots, device=device)                      # constants for _sync
         self._tok_idx = torch.arange(self.slots * tokens_per_frame, device=device)
         self._pos = torch.zeros((), device=device, dtype=torch.long)  # `position` on the device
+        self._next_slot = torch.zeros((), device=device, dtype=torch.long)  # slot the next frame goes to
         self.position = 0
         self._sync()
 
@@ -113,6 +130,7 @@ class KVCache:
         self._query_pos.copy_(n.clamp_max(self.slots) + self._slot_idx)
         next_slot = torch.where(n < S, n, S + (n - S).remainder(W))
         self._write_tok.copy_(next_slot * self.tokens_per_frame + self._tok_idx)
+        self._next_slot.copy_(next_slot)
 
     # ---- what the model calls ----
 
@@ -120,9 +138,30 @@ class KVCache:
         """Temporal positions (frames,) for `frames` query frames that follow the stored ones."""
         return self._query_pos[:frames]
 
+    def fused_tables(self) -> tuple[Tensor, Tensor, Tensor]:
+        """For a FUSED pass (module docstring): query positions (2,) of the clean and the noisy frame,
+        context key positions (slots + S,) and context mask (2, slots + S) over [slots | sink slots again].
+        Tensor ops on the tables only (capturable), computed per pass so unfused steps never pay for them."""
+        S = self.sink
+        evicting = self._pos >= self.slots                        # frame n overwrites the oldest window frame
+        moved_sink = (self._slot_idx < S) & evicting              # sink slots the noisy frame reads from the copy
+        noisy = self.valid & (self._slot_idx != self._next_slot) & ~moved_sink                     # (slots,)
+        mask = torch.stack([torch.cat([self.valid, torch.zeros_like(self.valid[:S])]),              # clean
+                            torch.cat([noisy, self.valid[:S] & evicting])])                         # noisy
+        key_pos = torch.cat([self.slot_pos, self.slot_pos[:S] + 1])
+        q = self._query_pos[:1]
+        return torch.cat([q, q + 1]), key_pos, mask
+
     def read(self, layer: int) -> tuple[Tensor, Tensor]:
         """All slots of one layer, pre-RoPE: k, v each (B, heads, slots * P, head_dim). Mask with `valid`."""
         return self.k[layer], self.v[layer]
+
+    def read_fused(self, layer: int) -> tuple[Tensor, Tensor]:
+        """FUSED context keys [slots | sink slots], pre-RoPE: k, v each (B, heads, (slots + S) * P, head_dim).
+        Positions and mask from `fused_tables`."""
+        sink = self.sink * self.tokens_per_frame
+        k, v = self.k[layer], self.v[layer]
+        return torch.cat([k, k[:, :, :sink]], dim=2), torch.cat([v, v[:, :, :sink]], dim=2)
 
     def check_append(self, frames: int) -> None:
         """A chunk of several frames may be appended only while nothing gets evicted, because its frames
@@ -164,7 +203,7 @@ class KVCache:
         """Deep copy (for savestates)."""
         other = KVCache.__new__(KVCache)
         other.__dict__.update(self.__dict__)
-        for name in ("k", "v", "valid", "slot_pos", "_query_pos", "_write_tok", "_pos"):
+        for name in ("k", "v", "valid", "slot_pos", "_query_pos", "_write_tok", "_pos", "_next_slot"):
             setattr(other, name, getattr(self, name).clone())
         return other
 
@@ -178,15 +217,19 @@ class KVCache:
         self._pos.copy_(other._pos)
         self._sync()
 
-    def state(self) -> CacheState:
-        filled_sink = min(self.position, self.sink)
+    def state(self, pending: int = 0) -> CacheState:
+        """What the HUD shows: the cache as it will be once `pending` produced-but-not-yet-written frames
+        are in (a fused session writes each frame during the next step), so the HUD reads the same with or
+        without fusion; `pending` says how many of those frames are still to be written."""
+        n = self.position + pending
         return CacheState(
-            sink_frames=filled_sink,
+            sink_frames=min(n, self.sink),
             sink_capacity=self.sink,
-            window_frames=min(max(self.position - self.sink, 0), self.window),
+            window_frames=min(max(n - self.sink, 0), self.window),
             window_capacity=self.window,
-            newest_slot=self.slot_of(self.position - 1) if self.position > 0 else -1,
-            evictions=self.evictions,
+            newest_slot=self.slot_of(n - 1) if n > 0 else -1,
+            evictions=max(0, n - self.slots),
             bytes=self.k.numel() * self.k.element_size() + self.v.numel() * self.v.element_size(),
-            position=self.position,
+            position=n,
+            pending=pending,
         )

@@ -12,7 +12,8 @@ Attention is between tokens of all frames under a frame-level boolean mask (True
     each other;
   - packed teacher forcing [clean | noisy] (Causal-rCM blockmask.py): `teacher_forcing_mask`;
   - streaming: keys are [KV-cache slots | current frames]; the cache supplies a per-slot `valid` mask and
-    window-relative positions (see kv_cache.py).
+    window-relative positions (see kv_cache.py). A FUSED pass [clean frame | noisy next frame] stores the
+    clean one and denoises the noisy one in the same forward, with tables from the cache.
 Positions: 2D spatial RoPE (row, column) plus temporal RoPE (frame position) on separate slices of each
 head. Keys are cached before RoPE, so the cache can renumber frames when its window rolls.
 """
@@ -188,20 +189,23 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, rope_q: tuple[Tensor, Tensor], rope_k: tuple[Tensor, Tensor], mask: Tensor,
                 cache: KVCache | None, layer: int, cache_mode: CacheMode) -> Tensor:
-        """x (B, F, P, D); mask (F*P, K) bool over keys [cache slots | current tokens]."""
+        """x (B, F, P, D); mask (F*P, K) bool over keys [cache slots (FUSED: and sink slots again) | current tokens]."""
         B, n_frames, P, D = x.shape
         qkv = self.qkv(x).view(B, n_frames * P, 3, self.heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)                                              # each (B, H, N, Dh)
         q, k = self.q_norm(q), self.k_norm(k)                                            # pre-RoPE
         k_all, v_all = k, v
         if cache is not None:
-            k_ctx, v_ctx = cache.read(layer)                                              # (B, H, S*P, Dh)
+            fused = cache_mode is CacheMode.FUSED
+            k_ctx, v_ctx = cache.read_fused(layer) if fused else cache.read(layer)       # (B, H, Kc, Dh)
             k_all = torch.cat([k_ctx.to(k.dtype), k], dim=2)                              # (B, H, K, Dh)
             v_all = torch.cat([v_ctx.to(v.dtype), v], dim=2)
         out = F.scaled_dot_product_attention(apply_rope(q, *rope_q), apply_rope(k_all, *rope_k), v_all,
                                              attn_mask=mask)                              # (B, H, N, Dh)
-        if cache is not None and cache_mode is CacheMode.APPEND:
-            cache.write(layer, k, v)  # after attention: this may overwrite the slot of a frame just attended
+        if cache is not None and cache_mode is not CacheMode.READONLY:
+            n = P if fused else n_frames * P   # FUSED stores only its first (clean) frame
+            # after attention: this may overwrite the slot of a frame just attended
+            cache.write(layer, k[:, :, :n], v[:, :, :n])
         return self.proj(out.transpose(1, 2).reshape(B, n_frames, P, D))
 
 
@@ -317,8 +321,9 @@ class WorldModel(nn.Module):
         (default block-causal). With a cache: the frames follow the cached ones, positions come from the
         cache, and `mask` (F, F) only covers the current frames (default block-causal); in APPEND mode their
         keys/values are stored and, with commit=True, the cache advances past them (commit=False leaves that
-        to the caller: a CUDA graph must not run the host half of `advance`). Returns v (B, F, C, h, w) in
-        x's dtype.
+        to the caller: a CUDA graph must not run the host half of `advance`). FUSED mode takes F = 2,
+        [clean frame at t=0 | noisy next frame]: the first is stored as APPEND would, the second is denoised
+        as a READONLY pass after that append would (kv_cache.py). Returns v (B, F, C, h, w) in x's dtype.
         """
         n_frames, P = x.shape[1], self.config.tokens_per_frame
         if mask is None:
@@ -329,11 +334,17 @@ class WorldModel(nn.Module):
         else:
             if frame_pos is not None:
                 raise ValueError("frame_pos is set by the cache when streaming; pass one or the other")
-            if cache_mode is CacheMode.APPEND:
-                cache.check_append(n_frames)
-            q_pos = cache.query_positions(n_frames)                                       # (F,)
-            k_pos = torch.cat([cache.slot_pos, q_pos])                                    # (slots + F,)
-            full_mask = torch.cat([cache.valid.expand(n_frames, -1), mask], dim=1)        # (F, slots + F)
+            if cache_mode is CacheMode.FUSED:
+                if n_frames != 2:
+                    raise ValueError(f"a FUSED pass takes 2 frames [clean | noisy], got {n_frames}")
+                q_pos, ctx_pos, ctx_mask = cache.fused_tables()                           # (2,), (Kc,), (2, Kc)
+            else:
+                if cache_mode is CacheMode.APPEND:
+                    cache.check_append(n_frames)
+                q_pos = cache.query_positions(n_frames)                                   # (F,)
+                ctx_pos, ctx_mask = cache.slot_pos, cache.valid.expand(n_frames, -1)      # (slots,), (F, slots)
+            k_pos = torch.cat([ctx_pos, q_pos])                                           # (Kc + F,)
+            full_mask = torch.cat([ctx_mask, mask], dim=1)                                # (F, Kc + F)
         rope_q, rope_k = self.rope(q_pos), self.rope(k_pos)
         attn_mask = token_mask(full_mask, P)                                              # (F*P, K)
 
@@ -341,8 +352,8 @@ class WorldModel(nn.Module):
         h = self.patchify(x)                                                              # (B, F, P, D)
         for i, block in enumerate(self.blocks):
             h = block(h, c, rope_q, rope_k, attn_mask, cache, i, cache_mode)
-        if cache is not None and cache_mode is CacheMode.APPEND and commit:
-            cache.advance(n_frames)
+        if cache is not None and cache_mode is not CacheMode.READONLY and commit:
+            cache.advance(n_frames if cache_mode is CacheMode.APPEND else 1)
         return self.unpatchify(self.final(h, c)).to(x.dtype)
 
     # ---- helpers for sessions and checkpoints ----

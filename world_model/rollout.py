@@ -14,6 +14,14 @@ A frame whose prediction is not finite is never appended: the cache stays as it 
 Steps 2 and 3 and `decode` are methods with fixed-shape inputs, which graphs.GraphedSession replays as
 CUDA graphs. `timer`, when set, wraps them as phases "dit", "reencode" and "decode" (the benchmark's
 CUDA-event timer).
+
+fuse_reencode=True skips step 3: the clean frame is kept as `pending` and the next step's first denoising
+pass runs over [pending clean frame at t=0 | noisy new frame] (CacheMode.FUSED, kv_cache.py), appending the
+one and denoising the other in one forward. The same computation, one launch-bound pass fewer per frame.
+Differences a caller can see: none in the frames (float rounding aside); reset leaves its last seed frame
+pending; snapshots carry the pending frame; `cache_state()` counts it (with `pending=1`), so the HUD reads
+as without fusion; `cache.position` itself is one behind. With grad=True the pending frame is appended by a
+separate no-grad pass first (the fused pass would put the cache under the gradient's pass).
 """
 from __future__ import annotations
 
@@ -42,12 +50,13 @@ class SessionState:
     rng: Tensor
     frame: int
     last_latent: Tensor
+    pending: tuple[Tensor, Tensor] | None = None   # fused: clean latent (B, C, h, w) and action (B, A) to append
 
 
 class Session:
     def __init__(self, model: WorldModel, *, window: int, sink: int, device: torch.device | str,
                  dtype: torch.dtype = torch.float32, seed: int = 0, autoencoder: Any = None,
-                 sampler: SamplerConfig = SamplerConfig(), check_finite: bool = True):
+                 sampler: SamplerConfig = SamplerConfig(), check_finite: bool = True, fuse_reencode: bool = False):
         self.model = model
         self.window, self.sink = window, sink
         self.device = torch.device(device)
@@ -57,10 +66,12 @@ class Session:
         self.autoencoder = autoencoder
         self.sampler = sampler
         self.check_finite = check_finite
+        self.fuse_reencode = fuse_reencode
         self.generator = torch.Generator(self.device).manual_seed(seed)  # noise drawn where it is used
         self.cache: KVCache | None = None
         self.frame = 0                  # frames produced by step() since reset
         self.last_latent: Tensor | None = None
+        self.pending: tuple[Tensor, Tensor] | None = None  # clean (x0, action) the next step's first pass appends
         self.timer: Callable[[str], ContextManager[Any]] | None = None   # phase timer (benchmark)
 
     # ---- setup ----
@@ -98,10 +109,14 @@ class Session:
         else:
             self.cache.reset()
         # Frames go in together while nothing is evicted, then one by one so each sees what streaming gives it.
-        first = min(T, self.cache.slots)
-        self._append(latents[:, :first], actions[:, :first])
-        for i in range(first, T):
+        # Fused: the last one waits for the first step's pass.
+        n = T - 1 if self.fuse_reencode else T
+        first = min(n, self.cache.slots)
+        if first:
+            self._append(latents[:, :first], actions[:, :first])
+        for i in range(first, n):
             self._append(latents[:, i:i + 1], actions[:, i:i + 1])
+        self.pending = (latents[:, -1], actions[:, -1]) if self.fuse_reencode else None
         self.frame = 0
         self.last_latent = latents[:, -1]
 
@@ -132,24 +147,50 @@ class Session:
         C, h, w = self.model.config.latent_shape
         noise = [torch.randn((B, C, h, w), generator=self.generator, device=self.device)  # 1. noise
                  for _ in range(1 + renoise_count(self.sampler, times))]
+        pending, self.pending = self.pending, None
+        if pending is not None and grad:      # no fused pass under grad: append it on its own, no grad
+            with self._phase("reencode"):
+                self._reencode(*pending)
+            pending = None
         with self._phase("dit"):                                                          # 2. denoise
-            x0 = self._denoise(noise, a, times, grad)
+            x0 = self._denoise(noise, a, times, grad, pending)   # (fused: its first pass appends `pending`)
+        if pending is not None:
+            self.cache.advance_host(1)
         if self.check_finite and not bool(torch.isfinite(x0).all()):
             raise NonFiniteError(f"non-finite latent at frame {self.frame}; cache left unchanged")
-        with self._phase("reencode"):                                                     # 3. re-encode at t=0
-            self._reencode(x0.detach(), a)
+        if self.fuse_reencode:                                                            # 3. re-encode at t=0
+            self.pending = (x0.detach(), a)                       # ... inside the next step's first pass
+        else:
+            with self._phase("reencode"):
+                self._reencode(x0.detach(), a)
         self.frame += 1
         self.last_latent = x0.detach()
         return x0
 
-    def _denoise(self, noise: list[Tensor], a: Tensor, times: list[float], grad: bool) -> Tensor:
-        """noise: start noise then re-noising, each (B, C, h, w); a (B, A) -> x0 (B, C, h, w)."""
-        B = a.shape[0]
+    def _denoise(self, noise: list[Tensor], a: Tensor, times: list[float], grad: bool,
+                 pending: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """noise: start noise then re-noising, each (B, C, h, w); a (B, A) -> x0 (B, C, h, w).
 
-        def velocity(x: Tensor, t: float, use_action: bool) -> Tensor:                   # READONLY pass
+        With `pending` (clean x0 (B, C, h, w), action (B, A)) the first pass is FUSED: it appends that frame
+        and runs the device half of `advance` (the caller runs the host half); the others are READONLY.
+        `step` passes `pending` only with grad=False (under grad it appends it separately), so the cache never
+        takes gradient."""
+        B = a.shape[0]
+        fuse = [pending] if pending is not None else []
+
+        def velocity(x: Tensor, t: float, use_action: bool) -> Tensor:
             tt = torch.full((B, 1), t, device=self.device)
             keep = None if use_action else torch.zeros((B, 1), dtype=torch.bool, device=self.device)
-            return self.model(x[:, None], tt, a[:, None], keep, cache=self.cache)[:, 0]
+            if fuse:                                                                      # FUSED pass
+                clean, clean_a = fuse.pop()
+                xs = torch.stack([clean.to(x.dtype), x], dim=1)                           # (B, 2, C, h, w)
+                ts = torch.cat([torch.zeros_like(tt), tt], dim=1)                         # (B, 2)
+                keep2 = None if keep is None else torch.cat([torch.ones_like(keep), keep], dim=1)
+                v = self.model(xs, ts, torch.stack([clean_a, a], dim=1), keep2, cache=self.cache,
+                               cache_mode=CacheMode.FUSED, commit=False)[:, 1]
+                self.cache.advance_device(1)
+                return v
+            return self.model(x[:, None], tt, a[:, None], keep, cache=self.cache)[:, 0]   # READONLY pass
 
         with self._autocast():
             return sample(velocity, noise[0], self.sampler, schedule=times, grad_last=grad, renoise=noise[1:])
@@ -172,8 +213,9 @@ class Session:
     def snapshot(self) -> SessionState:
         if self.cache is None:
             raise RuntimeError("Session.snapshot before reset")
+        pending = None if self.pending is None else tuple(x.clone() for x in self.pending)
         return SessionState(cache=self.cache.clone(), rng=self.generator.get_state(), frame=self.frame,
-                            last_latent=self.last_latent.clone())
+                            last_latent=self.last_latent.clone(), pending=pending)
 
     def restore(self, state: SessionState) -> None:
         if self.cache is not None and self.cache.k.shape == state.cache.k.shape:
@@ -183,9 +225,12 @@ class Session:
         self.generator.set_state(state.rng)
         self.frame = state.frame
         self.last_latent = state.last_latent.clone()
+        # A pending frame is appended by the next step's first pass, fused or not (see step).
+        self.pending = None if state.pending is None else tuple(x.clone() for x in state.pending)
 
     def cache_state(self) -> CacheState | None:
-        return None if self.cache is None else self.cache.state()
+        """The cache as the HUD shows it: a pending frame counts as stored (`pending` = 1 while it waits)."""
+        return None if self.cache is None else self.cache.state(pending=int(self.pending is not None))
 
     # ---- helpers ----
 

@@ -20,6 +20,9 @@ ENGINES = ("eager", "graphs", "onnxruntime")
 class RuntimeConfig:
     engine: Literal["auto", "eager", "graphs", "onnxruntime"] = "auto"  # auto: graphs on CUDA, eager on CPU
     onnx_dir: str = "out/onnx"        # exported ONNX graphs, cached by a hash of weights and shapes
+    # Re-encode each frame inside the next frame's first denoising pass (one pass fewer per tick; same
+    # frames up to float rounding). eager and graphs only. Off until measured on the H100.
+    fuse_reencode: bool = False
 
 
 def resolve_engine(engine: str, device: Any) -> str:
@@ -39,12 +42,15 @@ def make_session(model: Any, *, runtime: RuntimeConfig, window: int, sink: int, 
     """A Session (or GraphedSession / OrtSession) for `runtime.engine`; `session_kw` as for Session.
     `onnx_dir` overrides runtime.onnx_dir (e.g. resolved against the repo root by the player)."""
     engine = resolve_engine(runtime.engine, device)
-    if engine == "graphs":
-        from world_model.graphs import GraphedSession
-        return GraphedSession(model, window=window, sink=sink, device=device, capture=True, **session_kw)
     if engine == "onnxruntime":
+        if runtime.fuse_reencode:
+            raise ValueError("runtime.fuse_reencode needs engine eager or graphs (the ONNX step takes one frame)")
         from world_model.onnx_session import OrtSession
         return OrtSession(model, window=window, sink=sink, device=device,
                           onnx_dir=onnx_dir or runtime.onnx_dir, **session_kw)
+    session_kw["fuse_reencode"] = runtime.fuse_reencode
+    if engine == "graphs":
+        from world_model.graphs import GraphedSession
+        return GraphedSession(model, window=window, sink=sink, device=device, capture=True, **session_kw)
     from world_model.rollout import Session
     return Session(model, window=window, sink=sink, device=device, **session_kw)
