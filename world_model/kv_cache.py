@@ -156,12 +156,13 @@ class KVCache:
         """All slots of one layer, pre-RoPE: k, v each (B, heads, slots * P, head_dim). Mask with `valid`."""
         return self.k[layer], self.v[layer]
 
-    def read_fused(self, layer: int) -> tuple[Tensor, Tensor]:
-        """FUSED context keys [slots | sink slots], pre-RoPE: k, v each (B, heads, (slots + S) * P, head_dim).
-        Positions and mask from `fused_tables`."""
+    def read_fused(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """FUSED keys [slots | sink slots again | the pass's own k, v (B, heads, N, head_dim)], pre-RoPE, in k's
+        dtype, one concatenation each: (B, heads, (slots + S) * P + N, head_dim). Positions and mask of the
+        cache part from `fused_tables`."""
         sink = self.sink * self.tokens_per_frame
-        k, v = self.k[layer], self.v[layer]
-        return torch.cat([k, k[:, :, :sink]], dim=2), torch.cat([v, v[:, :, :sink]], dim=2)
+        ck, cv = self.k[layer].to(k.dtype), self.v[layer].to(v.dtype)
+        return torch.cat([ck, ck[:, :, :sink], k], dim=2), torch.cat([cv, cv[:, :, :sink], v], dim=2)
 
     def check_append(self, frames: int) -> None:
         """A chunk of several frames may be appended only while nothing gets evicted, because its frames

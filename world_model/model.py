@@ -189,15 +189,18 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, rope_q: tuple[Tensor, Tensor], rope_k: tuple[Tensor, Tensor], mask: Tensor,
                 cache: KVCache | None, layer: int, cache_mode: CacheMode) -> Tensor:
-        """x (B, F, P, D); mask (F*P, K) bool over keys [cache slots (FUSED: and sink slots again) | current tokens]."""
+        """x (B, F, P, D); mask (F*P, K) bool over keys [cache slots | current tokens] (FUSED: [cache slots |
+        sink slots again | current tokens])."""
         B, n_frames, P, D = x.shape
         qkv = self.qkv(x).view(B, n_frames * P, 3, self.heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)                                              # each (B, H, N, Dh)
         q, k = self.q_norm(q), self.k_norm(k)                                            # pre-RoPE
         k_all, v_all = k, v
-        if cache is not None:
-            fused = cache_mode is CacheMode.FUSED
-            k_ctx, v_ctx = cache.read_fused(layer) if fused else cache.read(layer)       # (B, H, Kc, Dh)
+        fused = cache is not None and cache_mode is CacheMode.FUSED
+        if fused:
+            k_all, v_all = cache.read_fused(layer, k, v)                                  # (B, H, K, Dh)
+        elif cache is not None:
+            k_ctx, v_ctx = cache.read(layer)                                              # (B, H, S*P, Dh)
             k_all = torch.cat([k_ctx.to(k.dtype), k], dim=2)                              # (B, H, K, Dh)
             v_all = torch.cat([v_ctx.to(v.dtype), v], dim=2)
         out = F.scaled_dot_product_attention(apply_rope(q, *rope_q), apply_rope(k_all, *rope_k), v_all,
