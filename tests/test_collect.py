@@ -1,13 +1,18 @@
-"""Exploration policy, parallel collector, clip buffer and trace recording."""
+"""Exploration policy, parallel collector, clip buffer, coverage statistics and trace recording."""
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import torch
 
 from world_model.actions import NOOP
-from world_model.collect import CollectConfig, Collector, play
+from world_model.actions import Action
+from world_model.collect import CollectConfig, Collector, play, worker_policy
 from world_model.data import ClipBuffer
 from world_model.game import Game, GameConfig, map_sectors
 from world_model.policy import ExplorerPolicy, PolicyConfig, RoutePlanner
-from world_model.recipes.record_trace import record
+from world_model.recipes.coverage import idle_stats, noop_runs
+from world_model.recipes.record_trace import STYLES, record
 from world_model.trace import load, save
 
 
@@ -114,3 +119,72 @@ def test_random_spawns_start_episodes_across_the_map():
     with Game(cfg) as g:                                          # spawn_prob 0: the level start, as traces need
         next(play(g, ExplorerPolicy(PolicyConfig(), 0, planner), 0, 5))
         assert (g.tick_info.x, g.tick_info.y) == (-416.0, 256.0)
+
+
+def runs_of(actions: list[Action], keep) -> list[tuple[int, int, Action]]:
+    """(start, length, action) of the runs of identical consecutive actions for which keep(action) holds."""
+    out, i = [], 0
+    while i < len(actions):
+        j = i
+        while j < len(actions) and actions[j] == actions[i]:
+            j += 1
+        if keep(actions[i]):
+            out.append((i, j - i, actions[i]))
+        i = j
+    return out
+
+
+def idle_play(cfg: PolicyConfig, ticks: int = 400, seed: int = 5) -> list[Action]:
+    gcfg = GameConfig(buffers=True)
+    with Game(gcfg) as g:
+        return [a for _, a, _ in play(g, ExplorerPolicy(cfg, seed, RoutePlanner(map_sectors(gcfg))), seed, ticks)][1:]
+
+
+def test_idle_holds_are_exact_noop_stretches_and_the_policy_moves_on_after_them():
+    cfg = replace(PolicyConfig(), idle_prob=0.03, idle_ticks=(40, 50), idle_turn_prob=0.0, probe_prob=0.0)
+    acts = idle_play(cfg)
+    holds = runs_of(acts, lambda a: a == NOOP)
+    long = [(i, n) for i, n, _ in holds if n >= 40]
+    assert len(long) >= 2 and all(n <= 50 * 2 for _, n, _ in holds)     # two holds may meet, never more
+    for i, n in long:
+        after = acts[i + n: i + n + 10]
+        assert after and all(a.forward >= 0 for a in after)           # cruises on: resting was not "stuck"
+    assert not runs_of(idle_play(replace(cfg, idle_prob=0.0)), lambda a: a == NOOP)   # no holds without it
+
+
+def test_some_idle_holds_only_turn_slowly():
+    cfg = replace(PolicyConfig(), idle_prob=0.03, idle_ticks=(30, 30), idle_turn_prob=1.0, probe_prob=0.0)
+    turns = runs_of(idle_play(cfg), lambda a: a.forward == a.strafe == 0 and 0.1 <= abs(a.turn) <= 0.3)
+    assert [n for _, n, _ in turns if n >= 30]
+
+
+def test_workers_idle_at_different_rates_and_zero_stays_zero():
+    rates = [worker_policy(PolicyConfig(), w, mix=True).idle_prob for w in range(16)]
+    base = PolicyConfig().idle_prob
+    assert min(rates) < 0.7 * base and max(rates) > 1.3 * base and len(set(rates)) == 16
+    assert all(worker_policy(replace(PolicyConfig(), idle_prob=0.0), w, True).idle_prob == 0 for w in range(4))
+    assert worker_policy(PolicyConfig(), 3, mix=False).idle_prob == base
+
+
+def test_noop_runs_per_worker_stream_and_start_ticks_break_them():
+    a = np.zeros((12, 5), np.float32)
+    a[[2, 3, 7], 0] = 1.0
+    starts = np.zeros(12, bool)
+    starts[9] = True                                    # an episode start: its no-op is a placeholder
+    assert noop_runs(a, starts).tolist() == [2, 3, 1, 2]
+    moving = np.ones((12, 5), np.float32)
+    stats = idle_stats({0: [(a[:6], starts[:6]), (a[6:], starts[6:])], 1: [(moving, np.zeros(12, bool))]})
+    assert stats["noop_longest_run"] == 3 and stats["noop_runs_35_plus"] == 0
+    assert stats["noop_fraction"] == 8 / 23 and stats["noop_fraction_in_runs_10_plus"] == 0
+
+
+def test_the_idle_heldout_trace_holds_long_rests_and_stays_in_one_episode():
+    path = Path(__file__).resolve().parents[1] / "assets/traces/heldout-idle-10200.jsonl"
+    t = load(path)
+    assert t.seed == 10200 and t.extra["policy"] == "heldout-idle" and len(t.actions) == 600
+    assert len([n for _, n, _ in runs_of(t.actions, lambda a: a == NOOP) if n >= 35]) >= 3
+    assert STYLES["heldout"].idle_prob > 0                              # every held-out style rests sometimes
+    with Game() as g:
+        g.reset(t.seed)
+        cuts = [g.step(a) is None or g.tick_info.new_episode for a in t.actions]
+    assert not any(cuts)

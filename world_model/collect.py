@@ -60,7 +60,10 @@ def worker_policy(base: PolicyConfig, seed: int, mix: bool) -> PolicyConfig:
     return replace(base, speed_min=lo, speed_max=float(rng.uniform(lo + 0.2, 1.0)),
                    turn_gain=float(rng.uniform(0.7, 1.4)), smoothing=float(rng.uniform(0.2, 0.6)),
                    probe_prob=float(rng.uniform(0.005, 0.03)), strafe_prob=float(rng.uniform(0.1, 0.5)),
-                   fight=bool(rng.random() < 0.85))
+                   fight=bool(rng.random() < 0.85),
+                   # drawn last, so the other fields stay what they were for a seed; some workers idle
+                   # 4x more than others (0.4x to 1.6x the base rate), and idle_prob 0 stays 0
+                   idle_prob=float(base.idle_prob * rng.uniform(0.4, 1.6)))
 
 
 def play(game: Game, policy: ExplorerPolicy, seed: int, ticks: int,

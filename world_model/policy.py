@@ -3,7 +3,8 @@
 It holds intentions for a while instead of drawing a new random action every tick, steers with analog
 values, slows down and turns away from walls it sees in the depth buffer, presses USE on close walls
 (doors), turns towards and shoots monsters from the labels buffer, notices when it is stuck and backs
-out, and prefers headings towards parts of the map it has visited least.
+out, prefers headings towards parts of the map it has visited least, and now and then rests with no
+input at all for up to a few seconds (a person at a desk or a demo booth idles often).
 
 Everything random comes from one numpy Generator seeded by the caller, so a (seed, policy config)
 pair always produces the same actions against the same game.
@@ -37,6 +38,12 @@ class PolicyConfig:
     fight: bool = True
     novelty: float = field(default=1.0, metadata={"min": 0.0, "max": 10.0})    # pull towards unvisited cells
     cell: float = field(default=128.0, metadata={"min": 16.0})                  # visitation grid cell, map units
+    # Idle holds: exact no-op stretches, so the model learns that a still player sees a still image.
+    # 0.0025 per tick with 10-100 tick holds: about 9% of ticks are exact no-ops (3% without holds,
+    # from probe stops) and 2% slow turns (docs/DATA.md).
+    idle_prob: float = field(default=0.0025, metadata={"min": 0.0, "max": 1.0})  # chance per tick to start one
+    idle_ticks: tuple[int, int] = (10, 100)                                        # hold length range, inclusive
+    idle_turn_prob: float = field(default=0.2, metadata={"min": 0.0, "max": 1.0})  # share that only turn slowly
 
 
 class RoutePlanner:
@@ -143,6 +150,7 @@ class ExplorerPolicy:
         self.heading_bias = 0.0
         self.hist: list[tuple[float, float]] = []
         self.probe = (0.0, 0.0, 0.0)
+        self.idle = (0.0, 0.0, 0.0)
         self.use_cooldown = 0
         self.waypoints: list[np.ndarray] = []
         self.route_age = 0
@@ -232,6 +240,9 @@ class ExplorerPolicy:
 
         if self.mode == "probe" and self.mode_ticks > 0:
             return self._emit(np.array(self.probe), 0, 0, snap=True)
+        if self.mode == "idle" and self.mode_ticks > 0:
+            self.hist.clear()                        # resting is not being stuck
+            return self._emit(np.array(self.idle), 0, 0, snap=True)
         stuck = len(self.hist) == 40 and math.dist(self.hist[0], self.hist[-1]) < 24 and self.mode == "cruise"
         if stuck:
             self.mode, self.mode_ticks = "unstick", int(rng.integers(10, 30))
@@ -244,6 +255,15 @@ class ExplorerPolicy:
                 use, self.use_cooldown = 1, 20       # maybe it was a door
         elif self.mode == "unstick" and self.mode_ticks > 0:
             pass
+        elif cfg.idle_prob > 0 and rng.random() < cfg.idle_prob:
+            # Rest: every input released at once (a key let go), held for idle_ticks; some holds only
+            # turn slowly, as when looking around. No draw at all with idle_prob 0.
+            lo, hi = cfg.idle_ticks
+            self.mode, self.mode_ticks = "idle", int(rng.integers(lo, hi + 1))
+            turn = float(rng.choice([-1.0, 1.0]) * rng.uniform(0.1, 0.3)) if rng.random() < cfg.idle_turn_prob else 0.0
+            self.idle = (0.0, 0.0, turn)
+            self.hist.clear()
+            return self._emit(np.array(self.idle), 0, 0, snap=True)
         elif rng.random() < cfg.probe_prob:
             # A held "test" action: pure turns, backpedals and strafes teach action response.
             self.mode, self.mode_ticks = "probe", int(rng.integers(6, 30))

@@ -5,7 +5,8 @@
 Runs the parallel collector (the same code that feeds training) for `--ticks` ticks and writes:
   OUT/coverage.png         map-visitation heat map over the map's lines
   OUT/actions.png          histograms of every action field
-  OUT/coverage.json        numbers: throughput, episodes, cells and sectors reached, action stats
+  OUT/coverage.json        numbers: throughput, episodes, cells and sectors reached, action stats, idle
+                           (share of exact no-op ticks, the longest no-op run, runs of 35+ ticks)
   OUT/throughput.csv       frames delivered over time
 """
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +22,7 @@ import numpy as np
 from ..actions import FIELDS
 from ..collect import CollectConfig, Collector
 from ..game import GameConfig, map_sectors
-from ..policy import RoutePlanner
+from ..policy import PolicyConfig, RoutePlanner
 
 
 def main() -> None:
@@ -31,14 +33,18 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--width", type=int, default=160)
     ap.add_argument("--height", type=int, default=120)
+    ap.add_argument("--idle-prob", type=float, default=PolicyConfig.idle_prob,
+                    help="the policy's chance per tick of an idle hold (0: none, as before the holds existed)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
     cfg = CollectConfig(workers=args.workers, chunk_ticks=args.chunk,
-                        game=GameConfig(width=args.width, height=args.height, buffers=True))
+                        game=GameConfig(width=args.width, height=args.height, buffers=True),
+                        policy=replace(PolicyConfig(), idle_prob=args.idle_prob))
     pos, acts, starts, log = [], [], 0, []
+    streams: dict[int, list] = {}   # per worker, in order: a no-op run must not join two workers' ticks
     t0 = time.perf_counter()
     with Collector(cfg, args.seed) as col:
         first = col.next()
@@ -48,6 +54,7 @@ def main() -> None:
         while True:
             pos.append(chunk.pos)
             acts.append(chunk.actions[~chunk.starts])
+            streams.setdefault(chunk.worker, []).append((chunk.actions, chunk.starts))   # frames not kept
             starts += int(chunk.starts.sum())
             have += len(chunk.starts)
             log.append((time.perf_counter() - t0, col.ticks, col.rate))
@@ -75,10 +82,33 @@ def main() -> None:
         "sectors_reached": len(reached), "sectors_total": len(sectors),
         "actions": {name: {"mean": float(acts[:, i].mean()), "abs_mean": float(np.abs(acts[:, i]).mean()),
                            "nonzero": float((acts[:, i] != 0).mean())} for i, name in enumerate(FIELDS)},
+        "idle": idle_stats(streams),
     }
     (out / "coverage.json").write_text(json.dumps(stats, indent=2))
     plot(pos, acts, sectors, out)
     print(json.dumps(stats))
+
+
+def noop_runs(actions: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """Lengths of the runs of consecutive exact no-op ticks in one worker's stream (T, 5). A start tick
+    (its no-op is a placeholder: no action led to that frame) ends a run and is not counted."""
+    noop = (actions == 0).all(1) & ~starts
+    edges = np.diff(np.r_[0, noop.astype(np.int8), 0])              # +1 where a run opens, -1 after it ends
+    return np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1)
+
+
+def idle_stats(streams: dict[int, list[tuple[np.ndarray, np.ndarray]]]) -> dict[str, float | int]:
+    """Exact no-op ticks (share of the non-start ticks) and their runs, over every worker's stream of
+    (actions, starts) chunks."""
+    runs, ticks = [], 0
+    for chunks in streams.values():
+        starts = np.concatenate([st for _, st in chunks])
+        runs.append(noop_runs(np.concatenate([a for a, _ in chunks]), starts))
+        ticks += int((~starts).sum())
+    runs = np.concatenate(runs) if runs else np.zeros(0, int)
+    return {"noop_fraction": float(runs.sum() / max(1, ticks)), "noop_longest_run": int(runs.max(initial=0)),
+            "noop_runs_35_plus": int((runs >= 35).sum()),
+            "noop_fraction_in_runs_10_plus": float(runs[runs >= 10].sum() / max(1, ticks))}
 
 
 def plot(pos: np.ndarray, acts: np.ndarray, sectors, out: Path) -> None:

@@ -4,7 +4,8 @@
 
 The trace replays bit-exactly on the game (`python main.py replay TRACE --backend game --out DIR`).
 `--style heldout` uses a policy mix that differs from the training collector's (no monster fighting,
-more probes, slower turns), for held-out evaluation.
+more probes, slower turns, more idle holds), for held-out evaluation; `--style heldout-idle` is that mix
+resting much more often, for at least 35 ticks each time (assets/traces/heldout-idle-10200.jsonl).
 """
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ from ..collect import play
 
 STYLES = {
     "train": PolicyConfig(),
-    "heldout": replace(PolicyConfig(), fight=False, probe_prob=0.04, turn_gain=0.8, speed_min=0.5, smoothing=0.25),
+    "heldout": replace(PolicyConfig(), fight=False, probe_prob=0.04, turn_gain=0.8, speed_min=0.5, smoothing=0.25,
+                       idle_prob=0.004, idle_turn_prob=0.3),
 }
+STYLES["heldout-idle"] = replace(STYLES["heldout"], idle_prob=0.02, idle_ticks=(35, 100))
 
 
 def record(ticks: int, seed: int, context: int = 8, style: str = "train", game_cfg: GameConfig = GameConfig()) -> Trace:
