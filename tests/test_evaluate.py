@@ -49,7 +49,7 @@ def test_recipe_runs_end_to_end_and_writes_every_output(tmp_path):
     E.main(args + ["--out", str(tmp_path / "a")])
     out = tmp_path / "a"
     for name in ("metrics.json", "table.md", "side_by_side.mp4", "horizon.png", "drift.png", "horizon.csv",
-                 "teacher_forced.csv", "probes.csv", "drift.csv"):
+                 "teacher_forced.csv", "probes.csv", "idle.csv", "drift.csv"):
         assert (out / name).stat().st_size > 0, name
     res = json.loads((out / "metrics.json").read_text())
     assert res["video"] == "side_by_side.mp4"
@@ -60,6 +60,13 @@ def test_recipe_runs_end_to_end_and_writes_every_output(tmp_path):
     tf = res["teacher_forced"]
     assert tf["ticks"] == 4 and tf["psnr"] > 0 and tf["copy_last_psnr"] > tf["psnr"]   # random weights lose
     assert res["action_response"]["combined"]["scored"] >= 1
+    idle = res["idle"]
+    assert idle["states"] >= 1 and set(idle["horizons"]) == {"1", "3"}
+    for v in idle["horizons"].values():
+        assert 0 < v["psnr"] <= 60 and 0 < v["frozen_psnr"] <= 60
+    assert "| idle PSNR @ 3 no-op ticks" in (out / "table.md").read_text()
+    header = (out / "idle.csv").read_text().splitlines()[0]
+    assert header == "trace,tick,valid,psnr_1,frozen_psnr_1,psnr_3,frozen_psnr_3"
     assert res["drift"]["ticks"] == 12 and len((out / "drift.csv").read_text().splitlines()) == 13
     assert "| autoregressive PSNR @ 1 ticks |" in (out / "table.md").read_text()
     import imageio.v2 as iio
@@ -156,3 +163,29 @@ def test_drift_check_passes_the_game_and_fails_frozen_and_gray_rollouts(game_pro
     assert gray["collapsed"] and not gray["checks"]["in_range"]
     short = E.drift_stats(game[:50], game, actions, len(game))    # a NaN cut the rollout short
     assert short["collapsed"] and not short["checks"]["finite"]
+
+
+def test_idle_stability_scores_the_game_perfectly_and_a_last_frame_model_as_the_frozen_baseline(game_probe_frames):
+    _, _, last, p = game_probe_frames
+    cfg = E.EvalConfig(probe_stride=30, max_probes=6)                  # horizons 1, 8, 35, 70
+    states = E.probe_states([p], cfg)
+    game, valid = E.game_idle(states, cfg)
+    K = len(cfg.idle_horizons)
+    assert game.shape == (len(states), K, 120, 160, 3) and valid.all()
+    finite = np.full(len(states), max(cfg.idle_horizons))
+    psnr = lambda frames, ok=finite: E.idle_stats(frames, game, last, valid, ok, cfg.idle_horizons)[0]["horizons"]
+    # the player stops after moving: the image still slides for a while, then settles
+    settle = [float(E.M.psnr(game[:, k], game[:, -1]).mean()) for k in range(K)]
+    assert settle[0] < settle[2] < settle[3] == 60.0
+    perfect, still = psnr(game), psnr(np.repeat(last[:, None], K, 1))
+    assert set(perfect) == {"1", "8", "35", "70"}
+    for h in perfect:
+        assert perfect[h]["psnr"] == 60.0 and perfect[h]["frozen_psnr"] < 30
+        assert still[h]["psnr"] == pytest.approx(still[h]["frozen_psnr"])   # returns the last frame: the baseline
+    broken = psnr(game, np.full(len(states), 8))                       # NaN from tick 9 on: those frames score 0
+    assert broken["8"]["psnr"] == 60.0 and broken["35"]["psnr"] == broken["70"]["psnr"] == 0.0
+    invalid = valid.copy()
+    invalid[0] = False                                                 # a state whose game episode ended
+    stats, per = E.idle_stats(np.repeat(last[:, None], K, 1), game, last, invalid, finite, cfg.idle_horizons)
+    assert stats["states"] == len(states) - 1 and per["psnr_70"].shape == (len(states),)
+    assert stats["horizons"]["70"]["psnr"] == pytest.approx(float(per["psnr_70"][1:].mean()))

@@ -18,8 +18,8 @@ VIDEO = "side_by_side.mp4"
 
 
 def write_report(out: Path, res: dict[str, Any], *, tf_rows: Sequence[dict[str, Any]],
-                 probe_rows: Sequence[dict[str, Any]], model_frames: np.ndarray, game_frames: np.ndarray,
-                 start: int, horizons: Sequence[int], video_scale: int) -> None:
+                 probe_rows: Sequence[dict[str, Any]], idle_rows: Sequence[dict[str, Any]], model_frames: np.ndarray,
+                 game_frames: np.ndarray, start: int, horizons: Sequence[int], video_scale: int) -> None:
     """Write every output into `out`. Sets res["video"] to the video's file name, or None when it was skipped.
 
     metrics.json goes first (with "video": null), so a long evaluation keeps its numbers whatever happens to
@@ -31,6 +31,7 @@ def write_report(out: Path, res: dict[str, Any], *, tf_rows: Sequence[dict[str, 
     write_csv(out / "horizon.csv", [{"horizon": i + 1, **{k: float(c[k][i]) for k in c}} for i in range(len(c["psnr"]))])
     write_csv(out / "teacher_forced.csv", tf_rows)
     write_csv(out / "probes.csv", probe_rows)
+    write_csv(out / "idle.csv", idle_rows)
     rows = drift_rows(model_frames, game_frames, start)
     write_csv(out / "drift.csv", rows)
     plot_horizon(res["autoregressive"], horizons, out / "horizon.png")
@@ -62,7 +63,7 @@ def fmt(x: float, unit: str = "", digits: int = 2) -> str:
 
 def table(res: dict[str, Any]) -> str:
     """The markdown table for docs/ (targets from issues 3 and 4)."""
-    ar, tf, resp, dr = res["autoregressive"], res["teacher_forced"], res["action_response"], res["drift"]
+    ar, tf, resp, idle, dr = (res[k] for k in ("autoregressive", "teacher_forced", "action_response", "idle", "drift"))
     target = {"1": "", "8": ">= 20 dB", "32": ">= 17 dB", "128": ""}
     lines = [f"Model `{res['model']}` ({res['kind']}, {res['sampling']}), {res['device']}; "
              f"{len(res['traces'])} held-out traces, {ar['windows']} windows.", "",
@@ -79,6 +80,9 @@ def table(res: dict[str, Any]) -> str:
         v = resp[k]
         lines.append(f"| action response, {k} | {fmt(100 * v['score'], '%', 1)} ({v['correct']}/{v['scored']}) "
                      f"| 0% (frozen) | {'>= 90%' if k == 'combined' else ''} |")
+    for h, v in idle["horizons"].items():
+        lines.append(f"| idle PSNR @ {h} no-op ticks ({idle['states']} states) | {fmt(v['psnr'], ' dB')} | "
+                     f"{fmt(v['frozen_psnr'], ' dB')} (frozen frame) | |")
     lines.append(f"| drift over {dr['ticks']} ticks | {'collapsed' if dr['collapsed'] else 'no collapse'}: in range "
                  f"{fmt(100 * dr.get('in_range', float('nan')), '%', 1)}, histogram TV {fmt(dr.get('hist_tv_last_quarter', float('nan')), '', 3)}, "
                  f"motion ratio {fmt(dr.get('motion_ratio_last_quarter', float('nan')))}, frozen "

@@ -13,12 +13,14 @@ is always seeded the way the player seeds it (Session.reset_frames with the real
    of the episode plus the last `window` frames, what streaming would hold), and the model predicts t.
 3. Action response: from many states, roll out turn-left vs turn-right and forward vs backward, on the
    model and on the game from the same state; the model scores when its image moves the same way.
-4. Drift: one long rollout (the longest trace, up to `drift_ticks`) on the policy's actions: frame
+4. Idle stability: from the same states, the player stands still (no-op every tick) for 70 ticks (2 s);
+   PSNR against the game's own frames of those ticks, where the image settles and then hardly changes.
+5. Drift: one long rollout (the longest trace, up to `drift_ticks`) on the policy's actions: frame
    statistics must stay in the game's range and the image must keep moving while the game does.
 
 Writes OUT/metrics.json, OUT/table.md, OUT/side_by_side.mp4 (drift run, model | game; skipped, with "video":
 null in metrics.json, where imageio-ffmpeg is not installed), OUT/horizon.png, OUT/drift.png and per-tick CSVs
-(horizon.csv, teacher_forced.csv, probes.csv, drift.csv); world_model/recipes/eval_report.py writes them.
+(horizon.csv, teacher_forced.csv, probes.csv, idle.csv, drift.csv); world_model/recipes/eval_report.py writes them.
 docs/EVALUATION.md explains every number.
 """
 from __future__ import annotations
@@ -38,7 +40,7 @@ import torch
 from tqdm import tqdm
 
 from .. import metrics as M
-from ..actions import Action
+from ..actions import DIM, NOOP, Action
 from ..autoencoder import Autoencoder
 from ..checkpoint import CheckpointError, load as load_checkpoint
 from ..game import Game, GameConfig
@@ -71,6 +73,7 @@ class EvalConfig:
     max_probes: int = 12                 # states per trace
     turn_ticks: int = 3                  # ~15 px of pan per probe; ~30 px between left and right (search: 48)
     move_ticks: int = 8
+    idle_horizons: tuple[int, ...] = (1, 8, 35, 70)   # no-op ticks from each probe state, ascending (70 = 2 s)
     drift_ticks: int = 2000
     batch: int = 32                      # windows / ticks / states rolled out together
     seed: int = 0
@@ -79,8 +82,8 @@ class EvalConfig:
     def quick(self) -> "EvalConfig":
         """Everything small, for CPU tests and smoke runs."""
         return replace(self, horizons=(1, 2, 4), window_stride=4, max_windows=2, tf_ticks=4, probe_stride=8,
-                       max_probes=1, turn_ticks=2, move_ticks=3, drift_ticks=12, batch=4, video_scale=1,
-                       steps=self.steps or 2)
+                       max_probes=1, turn_ticks=2, move_ticks=3, idle_horizons=(1, 3), drift_ticks=12, batch=4,
+                       video_scale=1, steps=self.steps or 2)
 
 
 @dataclass
@@ -144,18 +147,20 @@ def play_trace(trace: Trace, name: str, game: Game) -> Played:
                   np.array(starts))
 
 
-def game_probe(game: Game, played: Played, s: int, action: Action, ticks: int) -> np.ndarray | None:
-    """The game's frame after replaying the trace up to tick s, then `ticks` ticks of `action`; None if
-    an episode ended on the way. A fresh DoomGame every time: replays are bit-exact, savestates are not."""
+def game_probe(game: Game, played: Played, s: int, action: Action, keep: Sequence[int]) -> np.ndarray | None:
+    """The game's frames (K, H, W, 3) after keep[k] ticks (ascending) of `action`, from the trace replayed to tick s;
+    None if an episode ended on the way. A fresh DoomGame every time: replays are bit-exact, savestates are not."""
     game.reset(played.trace.seed)
     for a in played.trace.actions[:s]:
         game.step(a)
-    frame = None
-    for _ in range(ticks):
+    frames = []
+    for i in range(1, max(keep) + 1):
         frame = game.step(action)
         if game.tick_info.new_episode:
             return None
-    return frame
+        if i in keep:
+            frames.append(frame)
+    return np.stack(frames)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -309,12 +314,12 @@ def game_probes(states: Sequence[tuple[Played, int]], cfg: EvalConfig,
     def run(kind: str) -> list[np.ndarray | None]:
         workdir = os.path.join(Game(game_cfg).workdir, f"eval-{kind}")
         with Game(game_cfg, workdir) as game:
-            return [game_probe(game, p, s, PROBES[kind], probe_ticks(kind, cfg)) for p, s in states]
+            return [game_probe(game, p, s, PROBES[kind], [probe_ticks(kind, cfg)]) for p, s in states]
 
     with ThreadPoolExecutor(len(PROBES)) as pool:
         got = dict(zip(PROBES, pool.map(run, PROBES)))
     valid = np.array([all(got[k][i] is not None for k in PROBES) for i in range(len(states))], bool)
-    finals = {k: np.stack([p.frames[s - 1] if f is None else f for f, (p, s) in zip(v, states)])
+    finals = {k: np.stack([p.frames[s - 1] if f is None else f[-1] for f, (p, s) in zip(v, states)])
               for k, v in got.items()}
     return finals, valid
 
@@ -377,7 +382,54 @@ def action_response(model_finals: dict[str, np.ndarray], game_finals: dict[str, 
 
 
 # ---------------------------------------------------------------------------------------------------------
-#                                          4. Drift
+#                                          4. Idle stability
+# ---------------------------------------------------------------------------------------------------------
+
+def game_idle(states: Sequence[tuple[Played, int]], cfg: EvalConfig,
+              game_cfg: GameConfig = GameConfig()) -> tuple[np.ndarray, np.ndarray]:
+    """The game's frames after each of idle_horizons no-op ticks from each state (N, K, H, W, 3), and which
+    states stayed in one episode. The image settles (momentum, view bob) in ~35 ticks, then hardly changes."""
+    with Game(game_cfg, os.path.join(Game(game_cfg).workdir, "eval-idle")) as game:
+        got = [game_probe(game, p, s, NOOP, cfg.idle_horizons) for p, s in states]
+    blank = np.zeros((len(cfg.idle_horizons), *states[0][0].frames.shape[1:]), np.uint8)
+    return np.stack([blank if f is None else f for f in got]), np.array([f is not None for f in got], bool)
+
+
+def model_idle(m: Models, states: Sequence[tuple[Played, int]], cfg: EvalConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The same on the model, seeded as for the action probes: frames (N, K, H, W, 3), and per state the
+    number of finite ticks (frames from the first non-finite one on are black)."""
+    H, keep = max(cfg.idle_horizons), [h - 1 for h in cfg.idle_horizons]
+    frames, finite = [], []
+    for b0 in tqdm(range(0, len(states), cfg.batch), desc="idle (model)", leave=False):
+        ps, ss = zip(*states[b0:b0 + cfg.batch])
+        session = seed_batch(m, cfg, ps, ss, cfg.seed + b0)
+        out, ok = rollout(m, session, np.zeros((len(ps), H, DIM), np.float32))
+        frames.append(np.zeros((len(ps), len(keep), *ps[0].frames.shape[1:]), np.uint8) if out is None
+                      else out[:, keep].cpu().numpy())
+        finite.append(np.full(len(ps), ok))
+    return np.concatenate(frames), np.concatenate(finite)
+
+
+def idle_stats(model: np.ndarray, game: np.ndarray, last: np.ndarray, valid: np.ndarray, finite: np.ndarray,
+               horizons: Sequence[int]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """PSNR of the model's frames (N, K, H, W, 3) and of the frozen frame (the last seed frame, (N, H, W, 3))
+    against the game's (N, K, H, W, 3) at each idle horizon; means over the `valid` states. A frame at or
+    after a non-finite tick scores 0."""
+    keep = torch.from_numpy(valid)
+    out: dict[str, Any] = {"states": int(valid.sum()), "nonfinite_states": int((finite < max(horizons))[valid].sum()),
+                           "horizons": {}}
+    per: dict[str, np.ndarray] = {}
+    for k, h in enumerate(horizons):
+        mod = torch.where(torch.from_numpy(finite >= h), M.psnr(model[:, k], game[:, k]), 0.0)   # (N,)
+        frozen = M.psnr(last, game[:, k])                                                        # (N,)
+        per[f"psnr_{h}"], per[f"frozen_psnr_{h}"] = mod.numpy(), frozen.numpy()
+        out["horizons"][str(h)] = {"psnr": float(mod[keep].mean()) if keep.any() else float("nan"),
+                                   "frozen_psnr": float(frozen[keep].mean()) if keep.any() else float("nan")}
+    return out, per
+
+
+# ---------------------------------------------------------------------------------------------------------
+#                                          5. Drift
 # ---------------------------------------------------------------------------------------------------------
 
 # A rollout has collapsed unless all of these hold (docs/EVALUATION.md):
@@ -440,7 +492,7 @@ def drift_stats(model: np.ndarray, game: np.ndarray, actions: np.ndarray, ticks:
 
 def evaluate(m: Models, traces: Sequence[str | Path], out: Path, cfg: EvalConfig, *, model_name: str = "",
              game_cfg: GameConfig = GameConfig()) -> dict[str, Any]:
-    """Run all four evaluations and write every output file into `out`. Returns the metrics dict."""
+    """Run all five evaluations and write every output file into `out`. Returns the metrics dict."""
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     seconds: dict[str, float] = {}
@@ -464,6 +516,11 @@ def evaluate(m: Models, traces: Sequence[str | Path], out: Path, cfg: EvalConfig
     resp, per = action_response(model_finals, game_finals, game_ok, m.device)
     resp["nonfinite_states"] = int((~model_ok).sum())
     lap("action_response")
+    idle_game, idle_ok = game_idle(states, cfg, game_cfg)
+    idle_model, finite = model_idle(m, states, cfg)
+    last = np.stack([p.frames[s - 1] for p, s in states])
+    idle, idle_per = idle_stats(idle_model, idle_game, last, idle_ok, finite, cfg.idle_horizons)
+    lap("idle")
     longest = max(played, key=lambda p: len(p.frames))
     dr, model_frames, game_frames = drift(m, longest, cfg)
     dr["trace"] = longest.name
@@ -473,10 +530,13 @@ def evaluate(m: Models, traces: Sequence[str | Path], out: Path, cfg: EvalConfig
     res = {"model": model_name, "kind": m.kind, "sampling": sampling, "device": str(m.device),
            "dtype": str(m.dtype).removeprefix("torch."), "traces": [p.name for p in played],
            "config": asdict(cfg), "autoregressive": ar, "teacher_forced": tf, "action_response": resp,
-           "drift": dr, "seconds": seconds}
+           "idle": idle, "drift": dr, "seconds": seconds}
     probe_rows = [{"trace": p.name, "tick": s, **{k: v[i].item() for k, v in per.items()}}
                   for i, (p, s) in enumerate(states)]
-    write_report(out, res, tf_rows=tf_rows, probe_rows=probe_rows, model_frames=model_frames, game_frames=game_frames,
+    idle_rows = [{"trace": p.name, "tick": s, "valid": bool(idle_ok[i]),
+                  **{k: v[i].item() for k, v in idle_per.items()}} for i, (p, s) in enumerate(states)]
+    write_report(out, res, tf_rows=tf_rows, probe_rows=probe_rows, idle_rows=idle_rows, model_frames=model_frames,
+                 game_frames=game_frames,
                  start=cfg.context, horizons=cfg.horizons, video_scale=cfg.video_scale)
     return res
 
