@@ -6,12 +6,12 @@
 #
 #   setsid nohup bash world_model/recipes/h100_pipeline.sh > runs/logs/pipeline.log 2>&1 &
 #
-# Knobs (environment): TEACHER_MIN (9), CM_MIN (4), DMD_MIN (8), TEACHER_TOTAL (cosine horizon, 31),
+# Knobs (environment): TEACHER_MIN (9), CM_MIN (4), DMD_MIN (8), TEACHER_TOTAL (cosine horizon over all slices, 40: the shipped teacher is at 30.6 min, so a 9-minute slice anneals to the end),
 # EVAL_TEACHER (1: evaluate the teacher too; its 16-step evaluation took 11 minutes beside Stage A in session 2).
 set -u
 cd "$(dirname "$0")/../.."
 mkdir -p runs/logs runs/done runs/eval runs/bench
-TEACHER_MIN=${TEACHER_MIN:-9}; CM_MIN=${CM_MIN:-4}; DMD_MIN=${DMD_MIN:-8}; EVAL_TEACHER=${EVAL_TEACHER:-1}; TEACHER_TOTAL=${TEACHER_TOTAL:-31}
+TEACHER_MIN=${TEACHER_MIN:-9}; CM_MIN=${CM_MIN:-4}; DMD_MIN=${DMD_MIN:-8}; EVAL_TEACHER=${EVAL_TEACHER:-1}; TEACHER_TOTAL=${TEACHER_TOTAL:-40}
 T=runs/teacher/teacher.safetensors
 TRACES='assets/traces/heldout-*.jsonl'
 
