@@ -459,3 +459,25 @@ def test_quantize_recipe_keeps_kind_and_measures_a_small_difference(tmp_path):
     r = quantize.compare(load_model(src), load_model(dst), ae, frames, z, torch.zeros(11, 5), steps=2)
     assert 0 < r["velocity_rel_mse"] < 1e-2 and r["rollout_frames"] == 3
     assert r["rollout_psnr_int8_vs_ref_db"] > 30
+
+
+def test_compiled_stage_a_trains_like_eager(teacher_path, tmp_path, monkeypatch):
+    """`compile: true` wraps the forwards only: same data, same noise, so the same losses and weights as eager
+    (up to the compiler's float reordering)."""
+    compiled_modules = []
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: compiled_modules.append(m) or real_compile(m, **kw))
+    runs = {}
+    for compiled in (False, True):
+        out = tmp_path / str(compiled)
+        distill.main(tiny(teacher_path, steps=3, compile=compiled), out, feeder=MemoryFeeder())
+        runs[compiled] = (load_model(out / "student.safetensors", kind="student"),
+                          [float(r.split(",")[1]) for r in (out / "metrics.csv").read_text().splitlines()[1:]])
+    assert len(compiled_modules) == 2          # the student's and the teacher's forwards, in the compiled run only
+    (eager, loss_e), (comp, loss_c) = runs[False], runs[True]
+    assert loss_e == pytest.approx(loss_c, rel=1e-3, abs=1e-5)
+    # Adam divides by sqrt(v): where a gradient is near zero, rounding alone can move a weight by up to lr
+    # per step, so weights are compared against the 3 steps' reach (lr 1e-3) and must have moved the same way.
+    diff = max(float((p - q).abs().max()) for p, q in zip(eager.parameters(), comp.parameters()))
+    moved = max(float((p - t).abs().max()) for p, t in zip(eager.parameters(), load_model(teacher_path).parameters()))
+    assert diff < 3e-3 and diff < 0.5 * moved

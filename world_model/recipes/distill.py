@@ -102,6 +102,9 @@ class DistillConfig:
     save_int8: bool = False                     # student.safetensors with int8 weights (about half of bf16)
     seed: int = 0
     device: str = "auto"
+    # Stage A only: torch.compile the student and teacher forwards (the teacher recipe ran 2.3x faster
+    # compiled on the H100). Stage B's cache passes change shape every frame, so it stays eager.
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.stage == "dmd" and self.rollout.context + self.rollout.frames < 2:
@@ -243,9 +246,13 @@ def build(cfg: DistillConfig, device: torch.device, out: Path, resume: bool, ini
 
 
 def cm_step(run: Run, loss_fn: ConsistencyLoss, x: Tensor, a: Tensor, cfg: DistillConfig,
-            gen: torch.Generator, device: torch.device) -> dict[str, Tensor]:
+            gen: torch.Generator, device: torch.device, nets: tuple[nn.Module, nn.Module] | None = None
+            ) -> dict[str, Tensor]:
+    """One Stage A update. `nets` = (student, teacher) forwards to call instead, e.g. compiled wrappers that
+    share the modules' parameters (the optimizer, EMA and checkpoints keep using the plain modules)."""
+    student, teacher = nets or (run.student, run.teacher)
     with autocast(device):
-        loss, parts = loss_fn(run.student, run.teacher, x.float(), a, gen)
+        loss, parts = loss_fn(student, teacher, x.float(), a, gen)
     grad_norm = _update(run.opts["opt_g"], run.student, loss, cfg.grad_clip)
     run.step += 1
     run.iteration += 1
@@ -358,6 +365,7 @@ def main(cfg: DistillConfig, out: Path, resume: bool = False, init: Path | None 
 def _loop(cfg: DistillConfig, run: Run, feeder: Any, metrics: Metrics, out: Path, device: torch.device,
           stop: dict, log) -> dict:
     cm_loss, dmd_loss = ConsistencyLoss(cfg.cm), DMDLoss(cfg.dmd)
+    nets = (torch.compile(run.student), torch.compile(run.teacher)) if cfg.compile and cfg.stage == "cm" else None
     # A Session keeps its KV cache while the batch size stays (a new size reallocates it): one Session for
     # the critic's batched rollout, one for the generator's, each allocating its cache once.
     sessions = (_session(run, cfg, device), _session(run, cfg, device)) if cfg.stage == "dmd" else None
@@ -379,7 +387,7 @@ def _loop(cfg: DistillConfig, run: Run, feeder: Any, metrics: Metrics, out: Path
         gen.manual_seed(cfg.seed * 104729 + run.iteration)
         if cfg.stage == "cm":
             x, a = feeder.train.sample(cfg.batch, cfg.clip_len, rng)      # (B, T, C, h, w), (B, T, A)
-            parts = {k: [v] for k, v in cm_step(run, cm_loss, x, a, cfg, gen, device).items()}
+            parts = {k: [v] for k, v in cm_step(run, cm_loss, x, a, cfg, gen, device, nets).items()}
         else:
             parts = dmd_cycle(run, dmd_loss, sessions, feeder, cfg, rng, gen, device)
         for k, v in parts.items():

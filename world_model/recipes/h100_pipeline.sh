@@ -48,7 +48,9 @@ if [ "$EVAL_TEACHER" = 1 ]; then
     evaluate teacher-cm2 "$T" --sampler consistency --steps 2 ) &
 fi
 stage cm python3 -m world_model.recipes.distill settings/train/distill_cm.yaml --out runs/distill_cm \
-  --set teacher="$T" --set max_minutes="$CM_MIN" --set total_minutes="$CM_MIN"
+  --set teacher="$T" --set max_minutes="$CM_MIN" --set total_minutes="$CM_MIN" \
+|| stage cm-eager python3 -m world_model.recipes.distill settings/train/distill_cm.yaml --out runs/distill_cm \
+  --set teacher="$T" --set max_minutes="$CM_MIN" --set total_minutes="$CM_MIN" --set compile=false
 
 # 3. Stage B, beside Stage A's evaluations.
 ( evaluate A-1 runs/distill_cm/student.safetensors --steps 1
