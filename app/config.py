@@ -31,6 +31,15 @@ class HudConfig:
 
 
 @dataclass(frozen=True)
+class LoopConfig:
+    # Where backend.step runs: on a worker thread the window keeps drawing the last frame and the HUD,
+    # and polling input, at display rate while a slow step is in flight. auto: on for the model (and side
+    # by side), off for the game (fast). Headless runs are always synchronous (nothing to draw).
+    # YAML reads on/off (and true/false) as booleans, so the choices are auto, on (True), off (False).
+    step_thread: bool | Literal["auto"] = field(default="auto", metadata={"choices": ("auto", True, False)})
+
+
+@dataclass(frozen=True)
 class ModelPaths:
     """Checkpoints, relative to the repo root unless absolute. `--model PATH` replaces `student`."""
 
@@ -73,6 +82,7 @@ class PlayConfig:
     session: SessionConfig = field(default_factory=SessionConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)   # engine (auto | eager | graphs | onnxruntime), fuse_reencode
     window: WindowConfig = field(default_factory=WindowConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
     hud: HudConfig = field(default_factory=HudConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
 

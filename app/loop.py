@@ -11,12 +11,22 @@ polled 20 times a second) and it resumes on restore without catch-up. All run st
 In kiosk mode (`state.kiosk`, app/kiosk.py) the kiosk sees every event first, chooses each tick's action
 (attract trace or live input), refuses locked commands, and its watchdog turns a failing tick into a
 backend reset instead of a crash.
+
+With `loop.step_thread` on (settings/play.yaml; `auto` = on for the model, off for the game) a windowed
+run calls `backend.step` on one worker thread, so the window keeps polling input and drawing the last frame
+and the HUD at display rate while a slow step is in flight. Everything else (the GL context, pygame events,
+the texture upload, the HUD, recording) stays on the main thread. At most one step is in flight; the next
+tick's action is polled when its slot comes and the worker is free, so ticks are never queued, and a tick
+that ends after its slot counts late exactly as in the synchronous loop. Controls that touch the backend
+(reset, mode switch, savestate/restore, recording) first wait for the in-flight step (`settle`). The worker
+makes the same calls in the same order, so frames are the same. Headless runs stay synchronous.
 """
 from __future__ import annotations
 
 import logging
 import time
 from array import array
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -37,6 +47,18 @@ from .timing import Clock, Stats
 log = logging.getLogger(__name__)
 MESSAGE_S = 4.0
 HIDDEN_POLL_S = 0.05     # event polling period while minimized
+BACKEND_COMMANDS = ("reset", "steps_1", "steps_2", "teacher", "savestate", "restore", "record")
+
+
+@dataclass
+class InFlight:
+    """The tick whose `backend.step` runs on the worker thread."""
+
+    action: Action
+    future: Future                    # -> (frame, perf_counter at the step's end, clock at the step's end)
+    t0: float                         # perf_counter when the tick's input was polled
+    deadline: float                   # end of the tick's slot (clock time)
+    count_late: bool                  # paced and not a single step
 
 
 @dataclass
@@ -69,6 +91,8 @@ class PlayState:
     fonts: Fonts | None = None
     clock: Clock = field(default_factory=Clock)
     kiosk: Any = None                 # app.kiosk.Kiosk in kiosk mode
+    inflight: InFlight | None = None  # threaded loop: the step running on the worker
+    status: Any = None                # the backend's last status, shown while a step is in flight
 
     def say(self, text: str) -> None:
         log.info("%s", text)
@@ -88,6 +112,7 @@ def new_state(cfg: PlayConfig, backend: Any, bindings: Bindings) -> PlayState:
 
 def reset(state: PlayState, view: Any = None, context: list[Action] | None = None) -> None:
     """Back to the seed: the context ticks (no-ops unless given) are played again so traces replay from here."""
+    settle(state, view)
     stop_recording(state)
     context = [NOOP] * state.cfg.session.context if context is None else list(context)
     state.frame = state.backend.reset(state.seed, context)
@@ -105,14 +130,31 @@ def run(state: PlayState, window: Any = None, *, max_ticks: int | None = None, p
         script: Iterator[Action] | None = None) -> Stats:
     """Play until quit (or `max_ticks`). `window=None` is headless; `script` replaces live input.
     A recording still running at the end stays open (the caller stops it with `stop_recording`)."""
-    period = 1.0 / state.cfg.tick_hz
-    frame_period = 1.0 / state.cfg.window.max_fps
-    clock = state.clock
     view = window.view if window is not None else None
     if state.frame is None:
         reset(state, view)
     if view is not None and state.show_hud:
         update_hud(state, view)           # font loading and the first render happen before the first tick
+    worker = ThreadPoolExecutor(1, thread_name_prefix="dreamloop-step") if threaded(state, window) else None
+    try:
+        play(state, window, worker, max_ticks, paced, script)
+        settle(state, view)                       # quit mid-step: the step ends and its tick counts
+    finally:
+        if state.inflight is not None:            # an error elsewhere: let the step end before anyone else
+            wait([state.inflight.future])         # touches the backend (its result is dropped)
+            state.inflight = None
+        if worker is not None:
+            worker.shutdown(wait=True)
+    return state.stats
+
+
+def play(state: PlayState, window: Any, worker: ThreadPoolExecutor | None, max_ticks: int | None, paced: bool,
+         script: Iterator[Action] | None) -> None:
+    """The loop itself: ticks on the clock (on `worker` when threaded), display frames, input, sleeping."""
+    period = 1.0 / state.cfg.tick_hz
+    frame_period = 1.0 / state.cfg.window.max_fps
+    clock = state.clock
+    view = window.view if window is not None else None
     now = clock.now()
     state.next_tick = next_frame = now
     while state.running and (max_ticks is None or state.stats.ticks < max_ticks):
@@ -120,18 +162,22 @@ def run(state: PlayState, window: Any = None, *, max_ticks: int | None = None, p
             poll(state, window)
         if state.kiosk is not None:
             state.kiosk.update(state, view)
+        if state.inflight is not None and state.inflight.future.done():
+            settle(state, view)
         hidden = window is not None and window.minimized
         now = clock.now()
         ready = not hidden and (state.kiosk is None or state.kiosk.ready(now))
-        if ready and (state.step_once or (not state.paused and (now >= state.next_tick or not paced))):
+        due = state.step_once or (not state.paused and (now >= state.next_tick or not paced))
+        more = max_ticks is None or state.stats.ticks < max_ticks   # a settled step may have been the last
+        if ready and due and more and state.inflight is None:
             scheduled = state.next_tick if paced else now
-            guarded_tick(state, view, script)
-            end = clock.now()
-            deadline = scheduled + period
-            if paced and not state.step_once and end > deadline:
-                state.stats.late += 1
-            state.next_tick = deadline if end <= deadline else end    # never queue catch-up ticks
+            count_late = paced and not state.step_once
             state.step_once = False
+            if worker is not None:
+                guarded(state, view, start_tick, state, view, script, worker, scheduled + period, count_late)
+            else:
+                guarded(state, view, tick, state, view, script)
+                schedule(state, clock.now(), scheduled + period, count_late)
         waiting = state.paused or not ready   # no tick is due until something changes
         if hidden:
             clock.sleep(HIDDEN_POLL_S)        # minimized: nothing to draw and the world waits
@@ -141,7 +187,11 @@ def run(state: PlayState, window: Any = None, *, max_ticks: int | None = None, p
         if window is not None and clock.now() >= next_frame:
             present(state, window)
             next_frame = max(next_frame + frame_period, clock.now() - frame_period)
-        if paced or waiting:
+        if state.inflight is not None:        # wake at the next display frame, or when the step ends
+            delay = next_frame - clock.now()
+            if delay > 0.0005:
+                wait([state.inflight.future], timeout=delay - 0.0003)
+        elif paced or waiting:
             if waiting:                       # sleep to the next display frame (or a poll), never spin
                 wake = next_frame if window is not None else clock.now() + HIDDEN_POLL_S
             else:
@@ -149,31 +199,81 @@ def run(state: PlayState, window: Any = None, *, max_ticks: int | None = None, p
             delay = wake - clock.now()
             if delay > 0.0005:
                 clock.sleep(delay - 0.0003)
-        if waiting:
+        if waiting and state.inflight is None:
             state.next_tick = clock.now()     # resume from now: no catch-up ticks after a pause
-    return state.stats
 
 
-def guarded_tick(state: PlayState, view: Any, script: Iterator[Action] | None) -> None:
-    """One tick; in kiosk mode a failing backend is the watchdog's to reset, never a crash."""
+def threaded(state: PlayState, window: Any) -> bool:
+    """loop.step_thread: auto is on for the model (a step can outlast a display frame), off for the game."""
+    mode = state.cfg.loop.step_thread     # True (on), False (off) or "auto"
+    return window is not None and (mode is True or (mode == "auto" and state.cfg.backend != "game"))
+
+
+def schedule(state: PlayState, end: float, deadline: float, count_late: bool) -> None:
+    """After a tick that ended at `end`: count it late if it missed its slot; never queue catch-up ticks."""
+    if count_late and end > deadline:
+        state.stats.late += 1
+    state.next_tick = deadline if end <= deadline else end
+
+
+def guarded(state: PlayState, view: Any, fn: Any, *args: Any) -> None:
+    """Run one tick's work; in kiosk mode a failing backend is the watchdog's to reset, never a crash."""
     try:
-        tick(state, view, script)
+        fn(*args)
     except Exception as e:  # noqa: BLE001 - any backend fault, by design (issue 7: the watchdog)
         if state.kiosk is None:
             raise
         state.kiosk.fault(state, view, e)
 
 
+def next_action(state: PlayState, view: Any, script: Iterator[Action] | None) -> Action:
+    if script is not None:
+        return next(script, NOOP)
+    if state.kiosk is not None:
+        return state.kiosk.action(state, view)
+    return state.input.action()
+
+
 def tick(state: PlayState, view: Any, script: Iterator[Action] | None) -> None:
     t0 = time.perf_counter()
-    if script is not None:
-        action = next(script, NOOP)
-    elif state.kiosk is not None:
-        action = state.kiosk.action(state, view)
-    else:
-        action = state.input.action()
+    action = next_action(state, view, script)
     frame = state.backend.step(action)
-    t1 = time.perf_counter()
+    finish_tick(state, view, action, frame, t0, time.perf_counter())
+
+
+def start_tick(state: PlayState, view: Any, script: Iterator[Action] | None, worker: ThreadPoolExecutor,
+               deadline: float, count_late: bool) -> None:
+    """Poll this tick's action and hand its step to the worker; `settle` finishes the tick."""
+    t0 = time.perf_counter()
+    action = next_action(state, view, script)
+    state.status = state.backend.status()         # what the HUD shows until the step ends
+
+    def step() -> tuple[np.ndarray, float, float]:
+        frame = state.backend.step(action)
+        return frame, time.perf_counter(), state.clock.now()
+
+    state.inflight = InFlight(action, worker.submit(step), t0, deadline, count_late)
+
+
+def settle(state: PlayState, view: Any) -> None:
+    """Wait for the in-flight step (if any) and finish its tick on this thread: upload, record, count.
+    An exception raised by the step is raised here (the kiosk's watchdog catches it)."""
+    job, state.inflight = state.inflight, None
+    if job is None:
+        return
+    try:
+        frame, t1, end = job.future.result()
+    except Exception:  # noqa: BLE001 - the slot is over either way; then the fault goes to the watchdog
+        schedule(state, state.clock.now(), job.deadline, job.count_late)
+        guarded(state, view, job.future.result)
+        return
+    schedule(state, end, job.deadline, job.count_late)
+    finish_tick(state, view, job.action, frame, job.t0, t1)
+
+
+def finish_tick(state: PlayState, view: Any, action: Action, frame: np.ndarray, t0: float, t1: float) -> None:
+    """The main thread's part of a tick whose input was polled at t0 and whose step ended at t1."""
+    t_up = time.perf_counter()
     if view is not None:
         view.upload(frame)
     if state.recorder is not None:
@@ -184,7 +284,7 @@ def tick(state: PlayState, view: Any, script: Iterator[Action] | None) -> None:
     s = state.stats
     phases = state.backend.phases.last
     s.model.add(phases.get("model_gpu", phases.get("model", phases.get("game", t1 - t0))))
-    s.tick.add(t2 - t0)
+    s.tick.add((t1 - t0) + (t2 - t_up))    # polling, step and upload; not the wait to notice the step ended
     if state.last_tick is not None:
         s.interval.add(t0 - state.last_tick)
     state.last_tick = t0
@@ -229,7 +329,9 @@ def update_hud(state: PlayState, view: Any) -> None:
     flags = HudFlags(paused=state.paused, message=state.message, devices=state.input.describe(),
                      recording=state.recorder.seconds if state.recorder else None, budget=1.0 / state.cfg.tick_hz,
                      watchdog=state.kiosk.faults if state.kiosk is not None else 0)
-    surf = render_hud(state.fonts, state.stats, state.backend.status(), state.action, flags)
+    # While a step runs on the worker the backend is busy: show its status from before the step.
+    status = state.status if state.inflight is not None and state.status is not None else state.backend.status()
+    surf = render_hud(state.fonts, state.stats, status, state.action, flags)
     view.set_overlay("hud", *surface_rgba(surf))
 
 
@@ -254,6 +356,8 @@ def apply_command(state: PlayState, window: Any, command: str) -> None:
     b = state.backend
     if state.kiosk is not None and not state.kiosk.allows(command):
         return
+    if command in BACKEND_COMMANDS:
+        settle(state, view)               # these touch the backend: the in-flight step ends first
     if command == "quit":
         state.running = False
     elif command == "help":
