@@ -36,7 +36,7 @@ class LoopConfig:
     # and polling input, at display rate while a slow step is in flight. auto: on for the model (and side
     # by side), off for the game (fast). Headless runs are always synchronous (nothing to draw).
     # YAML reads on/off (and true/false) as booleans, so the choices are auto, on (True), off (False).
-    step_thread: bool | Literal["auto"] = field(default="auto", metadata={"choices": ("auto", True, False)})
+    step_thread: bool | Literal["auto"] = field(default=False, metadata={"choices": ("auto", True, False)})
 
 
 @dataclass(frozen=True)

@@ -164,7 +164,8 @@ def test_step_thread_setting(tmp_path):
         path.write_text(f"loop:\n  step_thread: {text}\n")
         assert load_play(path).loop.step_thread == want
     w = object()
-    auto = LoopConfig()
+    assert LoopConfig().step_thread is False           # off by default (it costs tick rate on a 2-core CPU)
+    auto = LoopConfig(step_thread="auto")
     assert threaded(new_state(PlayConfig(backend="model", loop=auto), None, Bindings()), w)
     assert threaded(new_state(PlayConfig(backend="side", loop=auto), None, Bindings()), w)
     assert not threaded(new_state(PlayConfig(backend="game", loop=auto), None, Bindings()), w)
