@@ -14,11 +14,13 @@ import main as cli
 from app import bench
 import settings
 from world_model.graphs import GraphedSession
-from world_model.kv_cache import CacheMode, KVCache
+from world_model.kv_cache import CacheMode
 from world_model.model import ModelConfig, WorldModel
 from world_model.rollout import NonFiniteError, Session
 from world_model.runtime import RuntimeConfig, make_session
 from world_model.sampler import SamplerConfig
+
+from conftest import on_meta
 
 TOL = dict(rtol=1e-4, atol=1e-4)    # float32 on the CPU: fused and unfused differ only in reduction order
 
@@ -212,13 +214,8 @@ def test_fused_step_function_has_no_host_sync_or_data_dependent_shape():
     model = tiny_model()
     s = GraphedSession(model, window=3, sink=1, device="cpu", capture=False, fuse_reencode=True,
                        sampler=SamplerConfig(kind="consistency", cfg_scale=2.0))
-    s.model = copy.deepcopy(model).to("meta")
-    s.device = torch.device("meta")
-    s.cache = s.model.new_cache(batch=1, sink=1, window=3, device="meta", dtype=torch.float32)
-    assert isinstance(s.cache, KVCache)
+    s, noise, a = on_meta(s, model)
     C, h, w = model.config.latent_shape
-    noise = [torch.empty(1, C, h, w, device="meta") for _ in range(2)]
-    a = torch.empty(1, 5, device="meta")
     x0 = Session._denoise(s, noise, a, [1.0, 0.5, 0.0], False, (torch.empty(1, C, h, w, device="meta"), a))
     assert x0.shape == (1, C, h, w) and x0.device.type == "meta"
 

@@ -1,17 +1,16 @@
 """CUDA-graph session: its static-shape step functions (the code that gets captured) equal Session.step at
 every fill level and across evictions, and they contain no host sync or data-dependent shape."""
-import copy
-
 import pytest
 import torch
 
 import settings
 from world_model.autoencoder import Autoencoder, AutoencoderConfig
 from world_model.graphs import GraphedSession, StaticFn
-from world_model.kv_cache import KVCache
 from world_model.model import ModelConfig, WorldModel
 from world_model.rollout import Session
 from world_model.sampler import SamplerConfig
+
+from conftest import on_meta
 
 
 def tiny_model() -> WorldModel:
@@ -112,15 +111,8 @@ def test_captured_functions_have_no_host_sync_or_data_dependent_shape():
     ae = tiny_autoencoder(model.config.latent_channels)
     s = GraphedSession(model, window=3, sink=1, device="cpu", capture=False, autoencoder=ae,
                        sampler=SamplerConfig(kind="consistency", cfg_scale=2.0))
-    s.model = copy.deepcopy(model).to("meta")
-    s.autoencoder = copy.deepcopy(ae).to("meta")
-    s.device = torch.device("meta")
-    s.cache = s.model.new_cache(batch=1, sink=1, window=3, device="meta", dtype=torch.float32)
-    assert isinstance(s.cache, KVCache)
-    C, h, w = model.config.latent_shape
-    noise = [torch.empty(1, C, h, w, device="meta") for _ in range(2)]
-    a = torch.empty(1, 5, device="meta")
+    s, noise, a = on_meta(s, model, ae)
     x0 = Session._denoise(s, noise, a, [1.0, 0.5, 0.0], False)
-    assert x0.shape == (1, C, h, w) and x0.device.type == "meta"
+    assert x0.shape == (1, *model.config.latent_shape) and x0.device.type == "meta"
     s._append_device(x0[:, None], a[:, None])
     assert Session._decode(s, x0).shape == (1, 40, 48, 3)
