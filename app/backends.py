@@ -247,7 +247,8 @@ class ModelBackend:
 
         # The teacher integrates the flow ODE (Euler); a distilled student takes consistency steps
         # ([1, 0] or [1, t_mid, 0], re-noising in between), the schedules it was trained for.
-        sampler = SamplerConfig(kind="euler" if self.mode == "teacher" else "consistency")
+        sampler = (SamplerConfig(kind="euler", cfg_scale=s.teacher_cfg) if self.mode == "teacher"
+                   else SamplerConfig(kind="consistency"))
         try:    # engine from settings runtime.engine: eager torch, CUDA graphs or onnxruntime
             self.session = make_session(model, runtime=rt, onnx_dir=resolve(rt.onnx_dir), window=s.window, sink=s.sink,
                                         device=self.device, dtype=self.dtype, seed=self.seed, autoencoder=ae,

@@ -172,7 +172,7 @@ def load_models(args: argparse.Namespace, cfg: PlayConfig, device: str) -> dict[
 def variants(args: argparse.Namespace, cfg: PlayConfig, cuda: bool) -> list[Variant]:
     """The player's default first (student 1-step on its default engine), so its first frame is the
     process's first frame."""
-    teacher = SamplerConfig(kind="euler", steps=cfg.session.teacher_steps)
+    teacher = SamplerConfig(kind="euler", steps=cfg.session.teacher_steps, cfg_scale=cfg.session.teacher_cfg)
     student = SamplerConfig(kind="consistency")
     table = {"student1": ("student", 1, student), "student2": ("student", 2, student),
              "teacher": ("teacher", cfg.session.teacher_steps, teacher)}

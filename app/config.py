@@ -55,6 +55,9 @@ class SessionConfig:
     sink: int = field(default=1, metadata={"min": 0, "max": 64})        # KV-cache sink frames
     steps: int = field(default=1, metadata={"choices": (1, 2)})        # student denoising steps per frame
     teacher_steps: int = field(default=16, metadata={"min": 1, "max": 100})
+    # Action classifier-free guidance of the teacher's Euler steps: v_null + s (v_action - v_null). 1 = none
+    # (one pass per step); any other value costs a second pass per step. The student has guidance distilled in.
+    teacher_cfg: float = field(default=1.0, metadata={"min": 0.0, "max": 20.0})
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"              # auto: bf16 on CUDA, fp32 on CPU
     snapshot_every: int = field(default=35, metadata={"min": 1})        # ticks between last-good snapshots
 

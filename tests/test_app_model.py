@@ -196,6 +196,20 @@ def test_student_takes_consistency_steps_and_the_teacher_euler_steps(models):
         b.close()
 
 
+def test_teacher_guidance_comes_from_settings_and_the_student_never_takes_it(models):
+    cfg = PlayConfig(session=SessionConfig(context=3, window=4, sink=1, teacher_cfg=2.5))
+    b = ModelBackend(cfg, device="cpu", device_note="cpu", models={"student": models, "teacher": models})
+    try:
+        b.reset(0)
+        assert b.session.sampler.cfg_scale == 1.0           # guidance is distilled into the student
+        b.set_mode("teacher")
+        b.reset(0)
+        assert b.session.sampler.cfg_scale == 2.5
+        assert b.step(Action(turn=1.0)).shape == (120, 160, 3)
+    finally:
+        b.close()
+
+
 def test_warm_up_tick_leaves_play_unchanged(models):
     """The throw-away tick at reset (CUDA: graph capture before the first played tick) must not change
     what is played: the cache, RNG and counters come back from the snapshot."""

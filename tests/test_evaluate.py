@@ -106,6 +106,20 @@ def test_seeded_rollouts_are_deterministic(tmp_path):
     assert other["curve"]["psnr"] != runs[0][0]["curve"]["psnr"]      # the seed reaches the noise
 
 
+def test_action_guidance_reaches_the_sampler_and_changes_the_rollout(tmp_path):
+    model, ae = tiny_checkpoints(tmp_path)
+    base = replace(E.EvalConfig(context=3, window=4).quick(), max_windows=1)
+    with Game() as game:
+        played = [E.play_trace(E.load_trace(short_trace(tmp_path / "t.jsonl", n=12)), "t", game)]
+    plain = E.autoregressive(E.load_models(model, ae, base, "cpu"), played, base)
+    guided_cfg = replace(base, cfg_scale=3.0)
+    m = E.load_models(model, ae, guided_cfg, "cpu")
+    assert m.sampler.cfg_scale == 3.0
+    guided = E.autoregressive(m, played, guided_cfg)
+    assert guided["curve"]["psnr"] != plain["curve"]["psnr"]
+    assert E.autoregressive(m, played, guided_cfg) == guided                 # still deterministic
+
+
 def test_bad_checkpoint_is_one_line(tmp_path):
     model, ae = tiny_checkpoints(tmp_path)
     trace = short_trace(tmp_path / "t.jsonl")
@@ -189,3 +203,22 @@ def test_idle_stability_scores_the_game_perfectly_and_a_last_frame_model_as_the_
     stats, per = E.idle_stats(np.repeat(last[:, None], K, 1), game, last, invalid, finite, cfg.idle_horizons)
     assert stats["states"] == len(states) - 1 and per["psnr_70"].shape == (len(states),)
     assert stats["horizons"]["70"]["psnr"] == pytest.approx(float(per["psnr_70"][1:].mean()))
+
+
+def test_choose_cfg_takes_the_best_response_that_keeps_image_quality(tmp_path, capsys):
+    from world_model.recipes import choose_cfg
+
+    def run(scale, ar8, ar32, score):
+        return {"config": {"cfg_scale": scale}, "action_response": {"combined": {"score": score}},
+                "autoregressive": {"horizons": {"8": {"psnr": ar8}, "32": {"psnr": ar32}}}}
+    runs = [run(1.0, 21.0, 19.0, 0.40), run(2.0, 20.5, 18.4, 0.70), run(3.0, 19.0, 17.5, 0.90)]
+    assert choose_cfg.choose(runs) == 2.0                 # 3 is better at responding, but loses 2 dB @8
+    assert choose_cfg.choose(runs, tolerance=3.0) == 3.0
+    assert choose_cfg.choose([run(1.0, 21, 19, 0.5), run(2.0, 21, 19, 0.5)]) == 1.0   # tie: the smaller
+    assert choose_cfg.choose([]) == 1.0
+    for r in runs:
+        d = tmp_path / f"cfg{r['config']['cfg_scale']}"
+        d.mkdir()
+        (d / "metrics.json").write_text(json.dumps(r))
+    choose_cfg.main([str(tmp_path / "cfg1.0"), str(tmp_path / "cfg2.0"), str(tmp_path / "cfg3.0"), str(tmp_path / "none")])
+    assert capsys.readouterr().out.strip() == "2"

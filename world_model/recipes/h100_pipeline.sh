@@ -1,18 +1,28 @@
 #!/usr/bin/env bash
-# The whole GPU part of the recipe on one H100 machine, as one background job (docs/GPU.md):
-#   teacher slice -> Stage A (TF-dCM) -> Stage B (Self-Forcing DMD) -> evaluations -> benchmark.
-# Evaluations run beside the distillation stages (they only read finished checkpoints), so the GPU is
-# never idle waiting for one of them. Every stage logs to runs/logs/NAME.log and marks runs/done/NAME.
+# The whole GPU part of the recipe on H100 machines, as background jobs (docs/GPU.md).
 #
-#   setsid nohup bash world_model/recipes/h100_pipeline.sh > runs/logs/pipeline.log 2>&1 &
+#   PART=train (default), one machine of ~30 minutes:
+#     teacher slice, beside an action-guidance sweep of the shipped teacher -> choose the guidance scale ->
+#     Stage A (TF-dCM, guided teacher) beside the new teacher's evaluation -> Stage B (Self-Forcing DMD, guided
+#     real score) beside Stage A's evaluations -> the student's 1-step evaluation.
+#   PART=player, a second machine (the .whl/ and .gl/ carries for the window; docs/GPU.md):
+#     the benchmark alone on the GPU -> 10 minutes of paced play in a real window, with the student's 2-step
+#     evaluation beside it.
+# Evaluations run beside training stages (they only read finished checkpoints), so the GPU never waits for
+# one. Every stage logs to runs/logs/NAME.log and marks runs/done/NAME; a rerun skips finished stages.
 #
-# Knobs (environment): TEACHER_MIN (9), CM_MIN (4), DMD_MIN (8), TEACHER_TOTAL (cosine horizon over all slices, 40: the shipped teacher is at 30.6 min, so a 9-minute slice anneals to the end),
-# EVAL_TEACHER (1: evaluate the teacher too; its 16-step evaluation took 11 minutes beside Stage A in session 2).
+#   setsid nohup bash world_model/recipes/h100_pipeline.sh > runs/logs/pipeline.log 2>&1 < /dev/null &
+#
+# Knobs (environment): TEACHER_MIN (9), CM_MIN (4), DMD_MIN (6), TEACHER_TOTAL (cosine horizon over all
+# slices, 40: the shipped teacher is at 30.6 min, so a 9-minute slice anneals to the end), SWEEP ("1 2 3":
+# guidance scales tried on the shipped teacher), CFG (force a scale instead of the sweep's choice; also read
+# from runs/cfg), S and T (the student and teacher for PART=player).
 set -u
 cd "$(dirname "$0")/../.."
-mkdir -p runs/logs runs/done runs/eval runs/bench
-TEACHER_MIN=${TEACHER_MIN:-9}; CM_MIN=${CM_MIN:-4}; DMD_MIN=${DMD_MIN:-8}; EVAL_TEACHER=${EVAL_TEACHER:-1}; TEACHER_TOTAL=${TEACHER_TOTAL:-40}
-T=runs/teacher/teacher.safetensors
+mkdir -p runs/logs runs/done runs/eval runs/bench runs/play
+PART=${PART:-train}
+TEACHER_MIN=${TEACHER_MIN:-9}; CM_MIN=${CM_MIN:-4}; DMD_MIN=${DMD_MIN:-6}; TEACHER_TOTAL=${TEACHER_TOTAL:-40}
+SWEEP=${SWEEP:-"1 2 3"}
 TRACES='assets/traces/heldout-*.jsonl'
 
 stage() {  # stage NAME CMD...: run once, log, mark done (a rerun of the script skips finished stages)
@@ -33,37 +43,55 @@ evaluate() {  # evaluate NAME MODEL ARGS...
     --out "runs/eval/$name" --device cuda "$@"
 }
 
-# 1. Teacher: continue from the shipped weights and anneal (cosine over TEACHER_TOTAL minutes in all).
+if [ "$PART" = player ]; then
+  S=${S:-assets/checkpoints/student.safetensors}; T=${T:-assets/checkpoints/teacher.safetensors}
+  stage bench python3 main.py bench --device cuda --ticks 1000 --warmup 50 --model "$S" --teacher "$T" \
+    --engines eager,graphs,graphs-fused,graphs-compile,graphs-fused-compile --json runs/bench/bench-h100.json
+  bash world_model/recipes/h100_window.sh &          # 10 minutes of paced play in a window (or headless)
+  sleep 30
+  evaluate AB-2 "$S" --steps 2
+  wait
+  echo "$(date +%T) player part done"
+  exit 0
+fi
+
+# 1. Teacher: continue from the shipped weights and anneal (cosine over TEACHER_TOTAL minutes in all),
+#    beside the guidance sweep of the shipped teacher (short drift: the sweep compares action response and
+#    autoregressive PSNR; the chosen scale gets the full evaluation on the new teacher below).
+for s in $SWEEP; do evaluate "sweep-cfg$s" assets/checkpoints/teacher.safetensors --steps 16 --cfg "$s" --drift-ticks 300; done &
+SWEEP_PID=$!
 stage teacher python3 -m world_model.recipes.train_teacher settings/train/teacher.yaml --out runs/teacher \
   --init assets/checkpoints/teacher.safetensors --set max_minutes="$TEACHER_MIN" \
   --set total_minutes="$TEACHER_TOTAL" --set compile=true \
 || stage teacher-eager python3 -m world_model.recipes.train_teacher settings/train/teacher.yaml --out runs/teacher \
   --init assets/checkpoints/teacher.safetensors --set max_minutes="$TEACHER_MIN" --set total_minutes="$TEACHER_TOTAL"
+T=runs/teacher/teacher.safetensors
 [ -e "$T" ] || T=assets/checkpoints/teacher.safetensors
+for _ in $(seq 60); do kill -0 "$SWEEP_PID" 2>/dev/null || break; sleep 5; done   # at most 5 more minutes
+kill "$SWEEP_PID" 2>/dev/null; pkill -f "runs/eval/sweep-cfg"; sleep 2           # choose among the finished
 
-# 2. Stage A, beside the teacher's evaluations (its default 16 Euler steps, and few-step consistency).
-if [ "$EVAL_TEACHER" = 1 ]; then
-  ( evaluate teacher16 "$T" --steps 16
-    evaluate teacher-cm1 "$T" --sampler consistency --steps 1
-    evaluate teacher-cm2 "$T" --sampler consistency --steps 2 ) &
-fi
+# 2. The guidance scale: CFG, else runs/cfg, else the sweep's best action response among the scales whose
+#    autoregressive PSNR @8 stays within 0.5 dB of the unguided teacher's.
+CFG=${CFG:-$(cat runs/cfg 2>/dev/null || python3 -m world_model.recipes.choose_cfg runs/eval/sweep-cfg*)}
+echo "$(date +%T) guidance scale $CFG"
+echo "$CFG" > runs/cfg
+
+# 3. Stage A (guided teacher steps), beside the new teacher's evaluation at the chosen scale.
+evaluate teacher16 "$T" --steps 16 --cfg "$CFG" &
 stage cm python3 -m world_model.recipes.distill settings/train/distill_cm.yaml --out runs/distill_cm \
-  --set teacher="$T" --set max_minutes="$CM_MIN" --set total_minutes="$CM_MIN" \
+  --set teacher="$T" --set max_minutes="$CM_MIN" --set total_minutes="$CM_MIN" --set cm.teacher_cfg="$CFG" \
 || stage cm-eager python3 -m world_model.recipes.distill settings/train/distill_cm.yaml --out runs/distill_cm \
-  --set teacher="$T" --set max_minutes="$CM_MIN" --set total_minutes="$CM_MIN" --set compile=false
+  --set teacher="$T" --set max_minutes="$CM_MIN" --set total_minutes="$CM_MIN" --set cm.teacher_cfg="$CFG" \
+  --set compile=false
 
-# 3. Stage B, beside Stage A's evaluations.
+# 4. Stage B (guided real score), beside Stage A's evaluations.
 ( evaluate A-1 runs/distill_cm/student.safetensors --steps 1
   evaluate A-2 runs/distill_cm/student.safetensors --steps 2 ) &
 stage dmd python3 -m world_model.recipes.distill settings/train/distill_dmd.yaml --out runs/distill_dmd \
-  --init runs/distill_cm/student.safetensors --set teacher="$T" \
+  --init runs/distill_cm/student.safetensors --set teacher="$T" --set dmd.real_cfg="$CFG" \
   --set max_minutes="$DMD_MIN" --set total_minutes="$DMD_MIN"
 wait
 
-# 4. The shipped student's evaluations, then the benchmark alone on the GPU.
-S=runs/distill_dmd/student.safetensors
-evaluate AB-1 "$S" --steps 1
-evaluate AB-2 "$S" --steps 2
-stage bench python3 main.py bench --device cuda --ticks 1000 --warmup 50 --model "$S" --teacher "$T" \
-  --engines eager,graphs,graphs-fused,graphs-compile,graphs-fused-compile --json runs/bench/bench-h100.json
-echo "$(date +%T) pipeline done"
+# 5. The new student at 1 step (its 2-step evaluation runs beside the window in PART=player).
+evaluate AB-1 runs/distill_dmd/student.safetensors --steps 1
+echo "$(date +%T) train part done"
