@@ -78,10 +78,12 @@ def load_settings(args: argparse.Namespace) -> PlayConfig:
 def cmd_play(args: argparse.Namespace, cfg: PlayConfig) -> int:
     from app.loop import new_state, reset, run, stop_recording, toggle_recording
     from app.timing import format_report
-    from app.window import Window, display_available, NoDisplay
+    from app.config import NoDisplay
     from input.bindings import load_bindings
 
     bindings = load_bindings(resolve(cfg.bindings))
+    if not args.headless:
+        from app.window import Window, display_available      # moderngl: only for a window
     if not args.headless and not display_available():
         raise NoDisplay("no display found (DISPLAY and WAYLAND_DISPLAY are unset); "
                         "run headless: python main.py play --headless --ticks 350")
@@ -159,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         from app.bench import main as bench_main
         return bench_main(argv[1:])
     args = parse_args(argv)
-    from app.window import NoDisplay
+    from app.config import NoDisplay      # not app.window: a headless run never needs moderngl
 
     try:
         if args.command == "kiosk":

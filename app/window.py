@@ -13,14 +13,12 @@ import moderngl
 import numpy as np
 import pygame
 
-from .config import WindowConfig
+from .config import NoDisplay, WindowConfig
 from .view import View
 
 HEADLESS_HINT = "python main.py play --headless --ticks 350"
 
 
-class NoDisplay(RuntimeError):
-    """No screen to open a window on. The message says so and gives the headless command."""
 
 
 def display_available() -> bool:

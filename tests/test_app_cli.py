@@ -85,3 +85,11 @@ def test_bad_cli_values_and_traces_are_one_line(tmp_path):
     other = tmp_path / "other.jsonl"
     other.write_text('{"format": "dreamloop-trace", "version": 1, "actions": "v1", "world": "freedoom2:MAP01", "seed": 1}\n')
     assert "freedoom2:MAP01" in one_line_error(run_main("replay", other, "--out", tmp_path / "o", "--backend", "game"))
+
+
+def test_headless_play_never_imports_moderngl():
+    """A booth or GPU box without GL libraries can still run headless (the H100 machine lacked moderngl)."""
+    code = ("import sys, main; rc = main.main(['play', '--headless', '--ticks', '2', '--backend', 'game']); "
+            "assert rc == 0, rc; assert 'moderngl' not in sys.modules and 'app.window' not in sys.modules")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]

@@ -222,14 +222,31 @@ def test_fused_step_function_has_no_host_sync_or_data_dependent_shape():
 
 # ---- runtime and bench ----
 
-def test_make_session_passes_fuse_reencode_and_refuses_it_for_onnxruntime(tmp_path):
+def test_make_session_passes_fuse_reencode_and_onnxruntime_runs_unfused(tmp_path):
     model = tiny_model()
-    s = make_session(model, runtime=RuntimeConfig(engine="eager", fuse_reencode=True), window=2, sink=1, device="cpu")
-    assert type(s) is Session and s.fuse_reencode
-    assert not make_session(model, runtime=RuntimeConfig(engine="eager"), window=2, sink=1, device="cpu").fuse_reencode
-    with pytest.raises(ValueError, match="fuse_reencode"):
-        make_session(model, runtime=RuntimeConfig(engine="onnxruntime", fuse_reencode=True), window=2, sink=1,
+    s = make_session(model, runtime=RuntimeConfig(engine="eager"), window=2, sink=1, device="cpu")
+    assert type(s) is Session and s.fuse_reencode                                  # the default
+    off = RuntimeConfig(engine="eager", fuse_reencode=False)
+    assert not make_session(model, runtime=off, window=2, sink=1, device="cpu").fuse_reencode
+    ort = make_session(model, runtime=RuntimeConfig(engine="onnxruntime"), window=2, sink=1, device="cpu",
+                       onnx_dir=tmp_path)
+    assert not ort.fuse_reencode
+    with pytest.raises(ValueError, match="compile"):
+        make_session(model, runtime=RuntimeConfig(engine="onnxruntime", compile=True), window=2, sink=1,
                      device="cpu", onnx_dir=tmp_path)
+
+
+def test_runtime_compile_plays_the_same_frames_as_eager():
+    import torch
+    model = tiny_model()
+    frames = []
+    for compiled in (False, True):
+        s = make_session(model, runtime=RuntimeConfig(engine="eager", compile=compiled), window=2, sink=1,
+                         device="cpu", seed=3)
+        C, h, w = model.config.latent_shape
+        s.reset(torch.randn(1, 2, C, h, w, generator=torch.Generator().manual_seed(0)), torch.zeros(1, 2, 5))
+        frames.append(torch.stack([s.step(torch.zeros(1, 5), steps=1) for _ in range(4)]))
+    assert torch.allclose(frames[0], frames[1], atol=1e-4)
 
 
 def test_bench_times_the_fused_engines(tmp_path, capsys):

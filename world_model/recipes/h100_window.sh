@@ -5,10 +5,13 @@
 # Writes runs/play/paced.json (the whole-run report of `play --ticks --json`) and runs/logs/paced.log.
 cd "$(dirname "$0")/../.."
 mkdir -p runs/logs runs/play
-if ls .gl/*.deb .whl/*.whl > /dev/null 2>&1; then
-  for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig
+# Each on its own: in session 3 .gl/ did not arrive while .whl/ did, and skipping both left even headless
+# play without its wheels.
+if ls .gl/*.deb > /dev/null 2>&1; then for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig; fi
+if ls .whl/*.whl > /dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
 fi
+python3 -c "import pygame, moderngl" || echo "$(date +%T) pygame/moderngl missing: the window run will fail"
 export PYTHONPATH=/tmp/vz:/tmp/site:$PWD PYTHONUNBUFFERED=1
 egl=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
 [ -e $egl ] && export __EGL_VENDOR_LIBRARY_FILENAMES=$egl
