@@ -65,8 +65,12 @@ stage teacher python3 -m world_model.recipes.train_teacher settings/train/teache
   --set total_minutes="$TEACHER_TOTAL" --set compile=true \
 || stage teacher-eager python3 -m world_model.recipes.train_teacher settings/train/teacher.yaml --out runs/teacher \
   --init assets/checkpoints/teacher.safetensors --set max_minutes="$TEACHER_MIN" --set total_minutes="$TEACHER_TOTAL"
+# A bf16 teacher is sharded (teacher.index.json + shards; checkpoint.load takes the .safetensors name for
+# either). Sessions 2 and 3 tested only `-e teacher.safetensors` here, so session 2 distilled and evaluated
+# at 16 steps the OLD shipped teacher while a new one sat in runs/teacher.
 T=runs/teacher/teacher.safetensors
-[ -e "$T" ] || T=assets/checkpoints/teacher.safetensors
+[ -e "$T" ] || [ -e runs/teacher/teacher.index.json ] || T=assets/checkpoints/teacher.safetensors
+echo "$(date +%T) teacher for what follows: $T"
 for _ in $(seq 60); do kill -0 "$SWEEP_PID" 2>/dev/null || break; sleep 5; done   # at most 5 more minutes
 kill "$SWEEP_PID" 2>/dev/null; pkill -f "runs/eval/sweep-cfg"; sleep 2           # choose among the finished
 
