@@ -14,7 +14,8 @@
 #   setsid nohup bash world_model/recipes/h100_pipeline.sh > runs/logs/pipeline.log 2>&1 < /dev/null &
 #
 # Knobs (environment): TEACHER_MIN (9), CM_MIN (4), DMD_MIN (6), TEACHER_TOTAL (cosine horizon over all
-# slices, 40: the shipped teacher is at 30.6 min, so a 9-minute slice anneals to the end), SWEEP ("1 2 3":
+# slices, 40; the shipped teacher is at 21.6 min. Session 2 annealed a 9-minute slice to the end and the result
+# brightened in long rollouts: check a long drift before shipping a new teacher, docs/EVALUATION.md), SWEEP ("1 2 3":
 # guidance scales tried on the shipped teacher), CFG (force a scale instead of the sweep's choice; also read
 # from runs/cfg), S and T (the student and teacher for PART=player).
 set -u
