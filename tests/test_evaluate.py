@@ -120,6 +120,25 @@ def test_action_guidance_reaches_the_sampler_and_changes_the_rollout(tmp_path):
     assert E.autoregressive(m, played, guided_cfg) == guided                 # still deterministic
 
 
+@pytest.mark.parametrize("sampler,steps", [("euler", 2), ("consistency", 2)])
+def test_rollouts_through_the_graphed_session_equal_plain_ones(tmp_path, sampler, steps):
+    """The evaluation's rollouts go through graphs.GraphedSession (captured on CUDA); on the CPU its static
+    step functions run uncaptured and must give the plain Session's numbers, probes (snapshot/restore) included."""
+    model, ae = tiny_checkpoints(tmp_path)
+    base = replace(E.EvalConfig(context=3, window=4).quick(), max_windows=1, sampler=sampler, steps=steps)
+    with Game() as game:
+        played = [E.play_trace(E.load_trace(short_trace(tmp_path / "t.jsonl", n=14)), "t", game)]
+    states = E.probe_states(played, base)
+    out = {}
+    for graphs in (False, True):
+        cfg = replace(base, graphs=graphs)
+        m = E.load_models(model, ae, cfg, "cpu")
+        assert type(m.session(cfg, 0, rollout=True)).__name__ == ("GraphedSession" if graphs else "Session")
+        finals, _ = E.model_probes(m, states, cfg)
+        out[graphs] = (E.autoregressive(m, played, cfg)["curve"]["psnr"], {k: v.tolist() for k, v in finals.items()})
+    assert out[True] == out[False]
+
+
 def test_bad_checkpoint_is_one_line(tmp_path):
     model, ae = tiny_checkpoints(tmp_path)
     trace = short_trace(tmp_path / "t.jsonl")
@@ -222,3 +241,12 @@ def test_choose_cfg_takes_the_best_response_that_keeps_image_quality(tmp_path, c
         (d / "metrics.json").write_text(json.dumps(r))
     choose_cfg.main([str(tmp_path / "cfg1.0"), str(tmp_path / "cfg2.0"), str(tmp_path / "cfg3.0"), str(tmp_path / "none")])
     assert capsys.readouterr().out.strip() == "2"
+
+
+def test_probe_sweep_scores_each_scale(capsys):
+    from world_model.recipes import probe_sweep
+    probe_sweep.main(["--model", "teacher", "--traces", "assets/traces/heldout-10001.jsonl", "--scales", "1,2",
+                      "--probes", "1", "--steps", "1"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("1 states") and len(lines) == 3
+    assert lines[1].startswith("scale 1: action response") and lines[2].startswith("scale 2: action response")

@@ -66,7 +66,7 @@ class EvalConfig:
     schedule: tuple[float, ...] | None = None   # explicit times from 1 to 0; overrides steps
     sampler: str | None = None           # euler | consistency (None: euler for teachers, else consistency)
     cfg_scale: float = 1.0               # action guidance of every denoising pass (1 = none)
-    graphs: bool = True                  # on CUDA, replay the rollouts' passes as CUDA graphs (graphs.py)
+    graphs: bool = True                  # rollouts through graphs.GraphedSession: CUDA graphs on CUDA, eager on the CPU
     horizons: tuple[int, ...] = (1, 8, 32, 128)
     window_stride: int = 32              # ticks between autoregressive window starts
     max_windows: int = 24                # per trace, evenly spread
@@ -118,9 +118,9 @@ class Models:
         same generator), 3-5x faster at batch 1, where a pass is launch-bound."""
         kw = dict(window=cfg.window, sink=cfg.sink, device=self.device, dtype=self.dtype, seed=seed,
                   autoencoder=self.autoencoder, sampler=self.sampler)
-        if rollout and cfg.graphs and self.device.type == "cuda":
+        if rollout and cfg.graphs:   # on the CPU the same static step functions run uncaptured (tested there)
             from ..graphs import GraphedSession
-            return GraphedSession(self.model, capture=True, **kw)
+            return GraphedSession(self.model, capture=self.device.type == "cuda", **kw)
         return Session(self.model, **kw)
 
 
