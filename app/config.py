@@ -12,10 +12,10 @@ from world_model.runtime import RuntimeConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 
-
 class NoDisplay(RuntimeError):
     """No screen to open a window on. The message says so and gives the headless command. Defined here, not
     in app/window.py, so that headless runs never import moderngl."""
+
 
 @dataclass(frozen=True)
 class WindowConfig:

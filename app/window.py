@@ -19,8 +19,6 @@ from .view import View
 HEADLESS_HINT = "python main.py play --headless --ticks 350"
 
 
-
-
 def display_available() -> bool:
     """False on Linux with neither X11 nor Wayland (and no SDL driver chosen by the user)."""
     if os.environ.get("SDL_VIDEODRIVER") or not sys.platform.startswith("linux"):
