@@ -6,8 +6,8 @@
 #     Stage A (TF-dCM, guided teacher) beside the new teacher's evaluation -> Stage B (Self-Forcing DMD, guided
 #     real score) beside Stage A's evaluations -> the student's 1-step evaluation.
 #   PART=player, a second machine (the .whl/ and .gl/ carries for the window; docs/GPU.md):
-#     the benchmark alone on the GPU -> 10 minutes of paced play in a real window, with the student's 2-step
-#     evaluation beside it.
+#     the benchmark alone on the GPU (BENCH=0 skips it) -> 10 minutes of paced play in a real window, alone
+#     on the GPU -> the student's 2-step evaluation (EVAL=0 skips it).
 # Evaluations run beside training stages (they only read finished checkpoints), so the GPU never waits for
 # one. Every stage logs to runs/logs/NAME.log and marks runs/done/NAME; a rerun skips finished stages.
 #
@@ -46,12 +46,12 @@ evaluate() {  # evaluate NAME MODEL ARGS...
 
 if [ "$PART" = player ]; then
   S=${S:-assets/checkpoints/student.safetensors}; T=${T:-assets/checkpoints/teacher.safetensors}
-  stage bench python3 main.py bench --device cuda --ticks 1000 --warmup 50 --model "$S" --teacher "$T" \
-    --engines eager,graphs,graphs-fused,graphs-compile,graphs-fused-compile --json runs/bench/bench-h100.json
-  bash world_model/recipes/h100_window.sh &          # 10 minutes of paced play in a window (or headless)
-  sleep 30
-  evaluate AB-2 "$S" --steps 2
-  wait
+  [ "${BENCH:-1}" = 1 ] && stage bench python3 main.py bench --device cuda --ticks 1000 --warmup 50 --model "$S" \
+    --teacher "$T" --engines eager,graphs,graphs-fused,graphs-compile,graphs-fused-compile --json runs/bench/bench-h100.json
+  # The window run has the GPU to itself, as on a player's machine: an evaluation beside it would compete
+  # for the GPU and could make ticks late.
+  bash world_model/recipes/h100_window.sh            # 10 minutes of paced play in a window (or headless)
+  [ "${EVAL:-1}" = 1 ] && evaluate AB-2 "$S" --steps 2
   echo "$(date +%T) player part done"
   exit 0
 fi

@@ -7,7 +7,9 @@ cd "$(dirname "$0")/../.."
 mkdir -p runs/logs runs/play
 # Each on its own: in session 3 .gl/ did not arrive while .whl/ did, and skipping both left even headless
 # play without its wheels.
-if ls .gl/*.deb > /dev/null 2>&1; then for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig; fi
+# The GL debs may sit in .whl/gl/ (one carried path fewer) or in .gl/.
+for f in .whl/gl/*.deb .gl/*.deb; do [ -e "$f" ] && dpkg -x "$f" /; done; ldconfig
+ls /usr/lib/x86_64-linux-gnu/libEGL.so.1 > /dev/null 2>&1 || echo "$(date +%T) libEGL missing: the window smoke will fail"
 if ls .whl/*.whl > /dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
 fi
