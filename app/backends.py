@@ -215,7 +215,11 @@ class ModelBackend:
 
     def _get(self, name: str) -> tuple[Any, Any]:
         if name not in self.models:
-            self.models[name] = load_models(self.cfg, name, self.device)
+            from world_model.runtime import cast_for_inference
+
+            model, ae = load_models(self.cfg, name, self.device)
+            self.models[name] = cast_for_inference(model, ae, runtime=self.cfg.runtime, device=self.device,
+                                                   dtype=self.dtype)
         return self.models[name]
 
     @property

@@ -41,7 +41,7 @@ import torch
 from settings import SettingsError, load
 from world_model.autoencoder import Autoencoder, AutoencoderConfig
 from world_model.model import ModelConfig, WorldModel, load_model
-from world_model.runtime import RuntimeConfig, make_session
+from world_model.runtime import RuntimeConfig, cast_for_inference, make_session
 from world_model.sampler import SamplerConfig
 
 from .backends import BackendError, pick_device
@@ -203,11 +203,17 @@ class GlUpload:
         return (time.perf_counter() - t0) * 1000.0
 
 
+def session_dtype(cfg: PlayConfig, device: str) -> torch.dtype:
+    return torch.bfloat16 if (device == "cuda" and cfg.session.dtype in ("auto", "bfloat16")) else torch.float32
+
+
 def build_session(v: Variant, models: dict[str, Any], cfg: PlayConfig, device: str, args: argparse.Namespace) -> Any:
     model = models[v.model][0] if models[v.model][0] is not None else models["teacher"][0]
     ae = models["autoencoder"][0]
     s = cfg.session
-    dtype = torch.bfloat16 if (device == "cuda" and s.dtype in ("auto", "bfloat16")) else torch.float32
+    dtype = session_dtype(cfg, device)
+    if v.engine != "onnxruntime":   # as the player holds them (runtime.cast_weights): bf16 weights on CUDA
+        model, ae = cast_for_inference(model, ae, runtime=cfg.runtime, device=device, dtype=dtype)
     kw = dict(window=s.window, sink=s.sink, device=device, dtype=dtype, seed=0, autoencoder=ae, sampler=v.sampler)
     if v.engine == "compile":
         return make_session(torch.compile(model, dynamic=False), runtime=RuntimeConfig(engine="eager"), **kw)
@@ -238,7 +244,8 @@ def run_variant(v: Variant, models: dict[str, Any], cfg: PlayConfig, device: str
     t0 = time.perf_counter()
     session = build_session(v, models, cfg, device, args)
     session.reset(torch.randn(1, cfg.session.context, C, h, w, generator=g), torch.zeros(1, cfg.session.context, 5))
-    rec["dtype"] = str(session.dtype).removeprefix("torch.")
+    # "bfloat16" with bf16 weights; "bf16-ac": float32 weights under bf16 autocast (runtime.cast_weights off)
+    rec["dtype"] = "bf16-ac" if session.autocast else str(session.dtype).removeprefix("torch.")
     timer = PhaseTimer(cuda)
     session.timer = timer
     samples: dict[str, list[float]] = {k: [] for k in (*PHASES, "tick", "gl")}
@@ -280,6 +287,35 @@ def run_variant(v: Variant, models: dict[str, Any], cfg: PlayConfig, device: str
     if trace:
         rec["memory"]["trace"] = trace
     return rec
+
+
+def precision_parity(models: dict[str, Any], cfg: PlayConfig, device: str, ticks: int = 64) -> dict[str, Any]:
+    """What holding the weights in bf16 (runtime.cast_weights) changes in the frames: the student at 1 step
+    from the same seed, noise and actions, float32 weights under bf16 autocast against bf16 weights, eager.
+    PSNR (dB) of the decoded uint8 frames per tick."""
+    from world_model.autoencoder import frames_to_model, psnr
+    from world_model.rollout import Session
+
+    model = models["student"][0] if models["student"][0] is not None else models["teacher"][0]
+    ae = models["autoencoder"][0]
+    dtype = session_dtype(cfg, device)
+    cast = cast_for_inference(model, ae, runtime=RuntimeConfig(cast_weights=True), device=device, dtype=dtype)
+    if cast[0] is model:
+        return {"skipped": "weights are only cast on CUDA with a bf16/fp16 session"}
+    C, h, w = model.config.latent_shape
+    g = torch.Generator().manual_seed(0)
+    seed, seed_actions = torch.randn(1, cfg.session.context, C, h, w, generator=g), torch.zeros(1, cfg.session.context, 5)
+    actions = [torch.rand(1, 5, generator=g) * 2 - 1 for _ in range(ticks)]
+    frames = []
+    for m, a in ((model, ae), cast):
+        session = Session(m, window=cfg.session.window, sink=cfg.session.sink, device=device, dtype=dtype, seed=0,
+                          autoencoder=a, sampler=SamplerConfig(kind="consistency"), fuse_reencode=True)
+        session.reset(seed, seed_actions)
+        with torch.no_grad():
+            frames.append([session.decode(session.step(act, steps=1)) for act in actions])  # ticks x (1, H, W, 3)
+    db = [float(psnr(frames_to_model(x), frames_to_model(y))[0]) for x, y in zip(*frames)]
+    return {"ticks": ticks, "psnr_db_mean": float(np.mean(db)), "psnr_db_min": min(db), "psnr_db_first": db[0],
+            "psnr_db_last": db[-1], "what": "student 1-step, fp32 weights + bf16 autocast vs bf16 weights, eager"}
 
 
 def safe_run(v: Variant, *run_args: Any, **run_kw: Any) -> dict[str, Any]:
@@ -382,6 +418,10 @@ def table(report: dict[str, Any]) -> str:
             value = t["value"] if t["value"] is None else round(t["value"], 3)
             verdict = "met" if t["met"] else "NOT met" if t["met"] is not None else "n/a"
             lines.append(f"target {k} (fused): {value} {t['target']} -> {verdict}")
+    par = report.get("precision_parity") or {}
+    if "psnr_db_mean" in par:
+        lines.append(f"bf16 weights vs fp32 weights under autocast ({par['ticks']} ticks, student 1-step): frame PSNR "
+                     f"mean {par['psnr_db_mean']:.1f} dB, min {par['psnr_db_min']:.1f} dB")
     if "memory_growth_bytes_long_run" in s:
         lines.append(f"memory over {report['memory_run']['ticks']} ticks: growth {s['memory_growth_bytes_long_run'] / 2**20:.2f} MB")
     if isinstance(s["targets"], dict):
@@ -448,6 +488,10 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
         v = Variant("student1", "student", 1, SamplerConfig(kind="consistency"), "graphs" if cuda else "eager")
         memory_run = safe_run(v, models, cfg, device, args, None, ticks=args.memory_ticks,
                               memory_every=max(1, args.memory_ticks // 20))
+    try:
+        parity = precision_parity(models, cfg, device) if cuda else {"skipped": "CUDA only"}
+    except Exception as e:   # noqa: BLE001 - reported, like a failed variant
+        parity = {"error": f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"}
     import onnxruntime
     report = {"schema": 1, "command": " ".join(["python main.py bench", *sys.argv[2:]]) if sys.argv[1:2] == ["bench"] else None,
               "device": f"{device}: {torch.cuda.get_device_name()}" if cuda else f"cpu ({os.cpu_count()} cores, {platform.processor() or platform.machine()})",
@@ -456,6 +500,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
               "context": cfg.session.context, "teacher_steps": cfg.session.teacher_steps,
               "weights": {k: note for k, (_, note) in models.items()},
               "gl": "timed" if gl is not None else (gl_error if args.gl else "not asked (--gl)"),
+              "cast_weights": cfg.runtime.cast_weights, "precision_parity": parity,
               "variants": results, "memory_run": memory_run, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
     report["summary"] = summarize(results, cuda, memory_run)
     return report

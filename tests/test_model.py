@@ -87,6 +87,26 @@ def test_masks():
 
 # ---- shapes, init, conditioning ----
 
+def test_rope_rotates_each_pair_by_its_angle():
+    """apply_rope's three-kernel form equals the textbook pairwise rotation with the angles Rope builds:
+    frame position times the temporal frequencies, then row and column times the spatial ones."""
+    cfg = settings.load(TINY, ModelConfig)
+    model = WorldModel(cfg).double()
+    pos = torch.tensor([0, 3, 7])
+    cos, sin = model.rope(pos)                                                         # (F*P, Dh) each
+    dt, dh, dw = cfg.rope_dims
+    freqs = lambda d: cfg.rope_theta ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)
+    P = cfg.tokens_per_frame
+    f, p = torch.arange(3 * P) // P, torch.arange(3 * P) % P
+    angles = torch.cat([pos[f, None] * freqs(dt), (p // cfg.grid_w)[:, None] * freqs(dh),
+                        (p % cfg.grid_w)[:, None] * freqs(dw)], dim=-1)                  # (F*P, Dh/2)
+    x = torch.randn(2, cfg.heads, 3 * P, cfg.head_dim, dtype=torch.float64)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    c, s = angles.cos(), angles.sin()
+    want = torch.stack([x1 * c - x2 * s, x1 * s + x2 * c], dim=-1).flatten(-2)
+    torch.testing.assert_close(apply_rope(x, cos.double(), sin.double()), want, rtol=1e-5, atol=1e-5)
+
+
 def test_shapes_padding_and_zero_init():
     model = WorldModel(settings.load(TINY, ModelConfig))
     cfg = model.config

@@ -135,12 +135,20 @@ class Autoencoder(nn.Module):
         return self.encoder(x)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, 3, H, W) in [-1, 1] -> z (B, C, H/8, W/8) with ~unit std."""
-        return self.encoder(x) * self.scale
+        """x (B, 3, H, W) in [-1, 1] -> z (B, C, H/8, W/8) with ~unit std (in the encoder's dtype)."""
+        return self.encoder(x.to(self.encoder.stem.weight.dtype)) * self.scale
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """z (B, C, H/8, W/8) as returned by encode -> x (B, 3, H, W), about [-1, 1], not clamped."""
-        return self.decoder(z / self.scale)
+        return self.decoder((z / self.scale).to(self.decoder.stem.weight.dtype))
+
+    def half_copy(self, dtype: torch.dtype) -> "Autoencoder":
+        """A copy with encoder and decoder weights in `dtype` (bf16 inference on CUDA); `scale` stays float32."""
+        copy = Autoencoder(self.config).to(self.scale.device)
+        copy.load_state_dict(self.state_dict())
+        copy.encoder.to(dtype)
+        copy.decoder.to(dtype)
+        return copy.eval()
 
     def decode_uint8(self, z: torch.Tensor) -> torch.Tensor:
         """z (B, C, h, w) -> frames (B, H, W, 3) uint8 on z's device, contiguous for one copy to host."""

@@ -130,24 +130,28 @@ class Rope(nn.Module):
         rows = torch.arange(cfg.grid_h, dtype=torch.float32).repeat_interleave(cfg.grid_w)     # (P,)
         cols = torch.arange(cfg.grid_w, dtype=torch.float32).repeat(cfg.grid_h)                # (P,)
         spatial = torch.cat([rows[:, None] * freqs(dh), cols[:, None] * freqs(dw)], dim=-1)    # (P, (dh+dw)/2)
-        self.register_buffer("freq_t", freqs(dt), persistent=False)                             # (dt/2,)
-        self.register_buffer("spatial", spatial, persistent=False)
+        # Every angle twice, once per member of its pair, in the layout apply_rope takes.
+        self.register_buffer("freq_t", freqs(dt).repeat_interleave(2), persistent=False)        # (dt,)
+        self.register_buffer("spatial", spatial.repeat_interleave(2, dim=-1), persistent=False) # (P, dh+dw)
+        self.register_buffer("sign", torch.tensor([-1.0, 1.0]).repeat(cfg.head_dim // 2), persistent=False)
 
     def forward(self, frame_pos: Tensor) -> tuple[Tensor, Tensor]:
-        """frame_pos (F,) -> cos, sin each (F * P, head_dim / 2)."""
+        """frame_pos (F,) -> cos, sin each (F * P, head_dim), in the layout `apply_rope` takes: every angle
+        repeated for its pair, and sin negated on the first of each pair."""
         n_frames, n_tok = frame_pos.shape[0], self.spatial.shape[0]
-        temporal = frame_pos.float()[:, None, None] * self.freq_t                       # (F, 1, dt/2)
+        temporal = frame_pos.float()[:, None, None] * self.freq_t                       # (F, 1, dt)
         angles = torch.cat([temporal.expand(-1, n_tok, -1),
-                            self.spatial.expand(n_frames, -1, -1)], dim=-1)              # (F, P, Dh/2)
-        angles = angles.flatten(0, 1)                                                     # (F*P, Dh/2)
-        return angles.cos(), angles.sin()
+                            self.spatial.expand(n_frames, -1, -1)], dim=-1)              # (F, P, Dh)
+        angles = angles.flatten(0, 1)                                                     # (F*P, Dh)
+        return angles.cos(), angles.sin() * self.sign
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate consecutive pairs of x (B, H, N, Dh) by angles (N, Dh/2)."""
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    x1, x2 = x[..., 0::2], x[..., 1::2]                                                   # (B, H, N, Dh/2)
-    return torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+    """Rotate consecutive pairs (x1, x2) of x (B, H, N, Dh) to (x1 c - x2 s, x1 s + x2 c), with cos and sin
+    (N, Dh) from Rope. As x * cos + swap(x) * sin it is three kernels instead of seven (a streaming pass is
+    launch-bound, and this runs on queries and on every cached key in every layer)."""
+    swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)                              # (x2, x1) pairs
+    return torch.addcmul(x * cos, swapped, sin)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -171,7 +175,7 @@ class TimestepEmbedder(nn.Module):
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    return x * (1 + scale) + shift
+    return torch.addcmul(shift, x, 1 + scale)   # x * (1 + scale) + shift, one kernel fewer
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -189,8 +193,8 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, rope_q: tuple[Tensor, Tensor], rope_k: tuple[Tensor, Tensor], mask: Tensor,
                 cache: KVCache | None, layer: int, cache_mode: CacheMode) -> Tensor:
-        """x (B, F, P, D); mask (F*P, K) bool over keys [cache slots | current tokens] (FUSED: [cache slots |
-        sink slots again | current tokens])."""
+        """x (B, F, P, D); mask (F*P, K) additive (0 or -inf) over keys [cache slots | current tokens] (FUSED:
+        [cache slots | sink slots again | current tokens])."""
         B, n_frames, P, D = x.shape
         qkv = self.qkv(x).view(B, n_frames * P, 3, self.heads, self.head_dim)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)                                              # each (B, H, N, Dh)
@@ -230,8 +234,8 @@ class Block(nn.Module):
         mods = self.ada(c)[:, :, None].chunk(6, dim=-1)                                   # 6 x (B, F, 1, D)
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = mods
         h = modulate(self.norm1(x), shift_a, scale_a)
-        x = x + gate_a * self.attn(h, rope_q, rope_k, mask, cache, layer, cache_mode)
-        return x + gate_m * self.mlp(modulate(self.norm2(x), shift_m, scale_m))
+        x = torch.addcmul(x, gate_a, self.attn(h, rope_q, rope_k, mask, cache, layer, cache_mode))
+        return torch.addcmul(x, gate_m, self.mlp(modulate(self.norm2(x), shift_m, scale_m)))
 
 
 class FinalLayer(nn.Module):
@@ -348,11 +352,16 @@ class WorldModel(nn.Module):
                 ctx_pos, ctx_mask = cache.slot_pos, cache.valid.expand(n_frames, -1)      # (slots,), (F, slots)
             k_pos = torch.cat([ctx_pos, q_pos])                                           # (Kc + F,)
             full_mask = torch.cat([ctx_mask, mask], dim=1)                                # (F, Kc + F)
-        rope_q, rope_k = self.rope(q_pos), self.rope(k_pos)
-        attn_mask = token_mask(full_mask, P)                                              # (F*P, K)
-
         c = self.condition(t, action, action_mask)                                        # (B, F, D)
         h = self.patchify(x)                                                              # (B, F, P, D)
+        # Tables and mask once per pass in the weights' dtype, not once per layer: with bf16 weights a
+        # streaming pass is launch-bound, and a bool mask would be turned into an additive one in every layer.
+        # (fp32 weights under autocast keep fp32 tables, as the models were trained.)
+        dt = self.patch_embed.weight.dtype
+        rope_q = tuple(r.to(dt) for r in self.rope(q_pos))                                # 2 x (F*P, Dh)
+        rope_k = tuple(r.to(dt) for r in self.rope(k_pos))                                # 2 x (K, Dh)
+        attn_mask = torch.zeros(full_mask.shape[0] * P, full_mask.shape[1] * P, dtype=dt, device=x.device)
+        attn_mask = attn_mask.masked_fill(~token_mask(full_mask, P), float("-inf"))       # (F*P, K)
         for i, block in enumerate(self.blocks):
             h = block(h, c, rope_q, rope_k, attn_mask, cache, i, cache_mode)
         if cache is not None and cache_mode is not CacheMode.READONLY and commit:

@@ -60,9 +60,12 @@ class Session:
         self.model = model
         self.window, self.sink = window, sink
         self.device = torch.device(device)
-        # bf16/fp16 autocast on CUDA only; on the CPU everything runs in float32.
-        self.autocast = self.device.type == "cuda" and dtype in (torch.bfloat16, torch.float16)
-        self.dtype = dtype if self.autocast else torch.float32
+        # bf16/fp16 on CUDA only; on the CPU everything runs in float32. float32 weights (training) run under
+        # autocast; weights already in that dtype (the player's inference copy, runtime.make_session) run
+        # natively, without autocast's per-pass weight casts.
+        low = self.device.type == "cuda" and dtype in (torch.bfloat16, torch.float16)
+        self.autocast = low and next(iter(model.parameters())).dtype == torch.float32
+        self.dtype = dtype if low else torch.float32
         self.autoencoder = autoencoder
         self.sampler = sampler
         self.check_finite = check_finite

@@ -28,6 +28,9 @@ class RuntimeConfig:
     # torch.compile (inductor) the model for the eager and graphs engines: fewer, fused kernels. On the H100
     # the 1-step tick fell from 2.83 to 1.83 ms (graphs, fused), but the first frame takes ~40 s of compiling.
     compile: bool = False
+    # On CUDA with a bf16 (or fp16) session, hold the weights in that dtype instead of float32 under autocast:
+    # autocast re-casts every weight in every pass, which in a launch-bound pass is many extra kernels.
+    cast_weights: bool = True
 
 
 def resolve_engine(engine: str, device: Any) -> str:
@@ -62,3 +65,19 @@ def make_session(model: Any, *, runtime: RuntimeConfig, window: int, sink: int, 
         return GraphedSession(model, window=window, sink=sink, device=device, capture=True, **session_kw)
     from world_model.rollout import Session
     return Session(model, window=window, sink=sink, device=device, **session_kw)
+
+
+def cast_for_inference(model: Any, autoencoder: Any, *, runtime: RuntimeConfig, device: Any,
+                       dtype: Any) -> tuple[Any, Any]:
+    """The world model and autoencoder the way a session should run them: with runtime.cast_weights on CUDA
+    and a bf16/fp16 dtype, copies with weights in that dtype (Session then runs them without autocast);
+    otherwise the same objects. The autoencoder's latent `scale` stays float32."""
+    import torch
+
+    if not (runtime.cast_weights and str(device).startswith("cuda") and dtype in (torch.bfloat16, torch.float16)):
+        return model, autoencoder
+    from world_model.model import WorldModel
+
+    cast = WorldModel(model.config).to(device)
+    cast.load_state_dict(model.state_dict())
+    return cast.to(dtype).eval(), None if autoencoder is None else autoencoder.half_copy(dtype)
