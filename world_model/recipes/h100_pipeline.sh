@@ -17,7 +17,8 @@
 # slices, 40; the shipped teacher is at 21.6 min. Session 2 annealed a 9-minute slice to the end and the result
 # brightened in long rollouts: check a long drift before shipping a new teacher, docs/EVALUATION.md), SWEEP ("1 2 3":
 # guidance scales tried on the shipped teacher), CFG (force a scale instead of the sweep's choice; also read
-# from runs/cfg), S and T (the student and teacher for PART=player).
+# from runs/cfg; with TEACHER_MIN=0 it also skips the sweep), BENCH (1: the benchmark first), S and T (the
+# student and teacher for PART=player).
 set -u
 cd "$(dirname "$0")/../.."
 mkdir -p runs/logs runs/done runs/eval runs/bench runs/play
@@ -59,21 +60,30 @@ fi
 # 1. Teacher: continue from the shipped weights and anneal (cosine over TEACHER_TOTAL minutes in all),
 #    beside the guidance sweep of the shipped teacher (short drift: the sweep compares action response and
 #    autoregressive PSNR; the chosen scale gets the full evaluation on the new teacher below).
-for s in $SWEEP; do evaluate "sweep-cfg$s" assets/checkpoints/teacher.safetensors --steps 16 --cfg "$s" --drift-ticks 300; done &
-SWEEP_PID=$!
-stage teacher python3 -m world_model.recipes.train_teacher settings/train/teacher.yaml --out runs/teacher \
+# BENCH=1: the benchmark first, alone on the GPU (the default engines; graphs-compile's 65 s compile left out).
+[ "${BENCH:-0}" = 1 ] && stage bench python3 main.py bench --device cuda --ticks 1000 --warmup 50 \
+  --engines eager,graphs,graphs-fused,graphs-fused-compile --json runs/bench/bench-h100.json
+# TEACHER_MIN=0 skips the slice (and, with CFG given, the sweep): distil the shipped teacher.
+SWEEP_PID=
+if [ -z "${CFG:-}" ] || [ "$TEACHER_MIN" != 0 ]; then
+  for s in $SWEEP; do evaluate "sweep-cfg$s" assets/checkpoints/teacher.safetensors --steps 16 --cfg "$s" --drift-ticks 300; done &
+  SWEEP_PID=$!
+fi
+[ "$TEACHER_MIN" != 0 ] && { stage teacher python3 -m world_model.recipes.train_teacher settings/train/teacher.yaml --out runs/teacher \
   --init assets/checkpoints/teacher.safetensors --set max_minutes="$TEACHER_MIN" \
   --set total_minutes="$TEACHER_TOTAL" --set compile=true \
 || stage teacher-eager python3 -m world_model.recipes.train_teacher settings/train/teacher.yaml --out runs/teacher \
-  --init assets/checkpoints/teacher.safetensors --set max_minutes="$TEACHER_MIN" --set total_minutes="$TEACHER_TOTAL"
+  --init assets/checkpoints/teacher.safetensors --set max_minutes="$TEACHER_MIN" --set total_minutes="$TEACHER_TOTAL"; }
 # A bf16 teacher is sharded (teacher.index.json + shards; checkpoint.load takes the .safetensors name for
 # either). Sessions 2 and 3 tested only `-e teacher.safetensors` here, so session 2 distilled and evaluated
 # at 16 steps the OLD shipped teacher while a new one sat in runs/teacher.
 T=runs/teacher/teacher.safetensors
 [ -e "$T" ] || [ -e runs/teacher/teacher.index.json ] || T=assets/checkpoints/teacher.safetensors
 echo "$(date +%T) teacher for what follows: $T"
-for _ in $(seq 60); do kill -0 "$SWEEP_PID" 2>/dev/null || break; sleep 5; done   # at most 5 more minutes
-kill "$SWEEP_PID" 2>/dev/null; pkill -f "runs/eval/sweep-cfg"; sleep 2           # choose among the finished
+if [ -n "$SWEEP_PID" ]; then
+  for _ in $(seq 60); do kill -0 "$SWEEP_PID" 2>/dev/null || break; sleep 5; done   # at most 5 more minutes
+  kill "$SWEEP_PID" 2>/dev/null; pkill -f "runs/eval/sweep-cfg"; sleep 2           # choose among the finished
+fi
 
 # 2. The guidance scale: CFG, else runs/cfg, else the sweep's best action response among the scales whose
 #    autoregressive PSNR @8 stays within 0.5 dB of the unguided teacher's.
@@ -82,7 +92,8 @@ echo "$(date +%T) guidance scale $CFG"
 echo "$CFG" > runs/cfg
 
 # 3. Stage A (guided teacher steps), beside the new teacher's evaluation at the chosen scale.
-evaluate teacher16 "$T" --steps 16 --cfg "$CFG" &
+# (a new teacher only: the shipped one's 16-step evaluation takes ~11 minutes beside training)
+[ "$T" != assets/checkpoints/teacher.safetensors ] && evaluate teacher16 "$T" --steps 16 --cfg "$CFG" &
 stage cm python3 -m world_model.recipes.distill settings/train/distill_cm.yaml --out runs/distill_cm \
   --set teacher="$T" --set max_minutes="$CM_MIN" --set total_minutes="$CM_MIN" --set cm.teacher_cfg="$CFG" \
 || stage cm-eager python3 -m world_model.recipes.distill settings/train/distill_cm.yaml --out runs/distill_cm \
@@ -97,6 +108,7 @@ stage dmd python3 -m world_model.recipes.distill settings/train/distill_dmd.yaml
   --set max_minutes="$DMD_MIN" --set total_minutes="$DMD_MIN"
 wait
 
-# 5. The new student at 1 step (its 2-step evaluation runs beside the window in PART=player).
+# 5. The new student at 1 and 2 steps.
 evaluate AB-1 runs/distill_dmd/student.safetensors --steps 1
+evaluate AB-2 runs/distill_dmd/student.safetensors --steps 2
 echo "$(date +%T) train part done"
