@@ -60,9 +60,16 @@ fi
 # 1. Teacher: continue from the shipped weights and anneal (cosine over TEACHER_TOTAL minutes in all),
 #    beside the guidance sweep of the shipped teacher (short drift: the sweep compares action response and
 #    autoregressive PSNR; the chosen scale gets the full evaluation on the new teacher below).
-# BENCH=1: the benchmark first, alone on the GPU (the default engines; graphs-compile's 65 s compile left out).
-[ "${BENCH:-0}" = 1 ] && stage bench python3 main.py bench --device cuda --ticks 1000 --warmup 50 \
-  --engines eager,graphs,graphs-fused,graphs-fused-compile --json runs/bench/bench-h100.json
+# BENCH=1: the benchmark first, alone on the GPU (graphs-compile, unfused, left out: 65 s of compiling).
+# Then the compiled engine again in a new process, to time its first frame with inductor's on-disk cache warm
+# (a player's second launch), and the decoder's precision/layout variants.
+if [ "${BENCH:-0}" = 1 ]; then
+  stage bench python3 main.py bench --device cuda --ticks 1000 --warmup 50 \
+    --engines eager,graphs,graphs-fused,graphs-fused-compile --json runs/bench/bench-h100.json
+  stage bench-warm python3 main.py bench --device cuda --ticks 300 --warmup 20 --variants student1 \
+    --engines graphs-fused-compile --json runs/bench/bench-warm-cache.json
+  stage decode-bench python3 -m world_model.recipes.decode_bench --json runs/bench/decode.json
+fi
 # TEACHER_MIN=0 skips the slice (and, with CFG given, the sweep): distil the shipped teacher.
 SWEEP_PID=
 if [ -z "${CFG:-}" ] || [ "$TEACHER_MIN" != 0 ]; then
