@@ -23,6 +23,7 @@ makes the same calls in the same order, so frames are the same. Headless runs st
 """
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from array import array
@@ -136,6 +137,11 @@ def run(state: PlayState, window: Any = None, *, max_ticks: int | None = None, p
     if view is not None and state.show_hud:
         update_hud(state, view)           # font loading and the first render happen before the first tick
     worker = ThreadPoolExecutor(1, thread_name_prefix="dreamloop-step") if threaded(state, window) else None
+    # Start-up objects (torch, the models, pygame, fonts) leave the collector's scans, so a full collection in
+    # play walks only what play made: over the whole start-up heap one can outlast a tick (GcPauses).
+    gc.collect()
+    gc.freeze()
+    state.stats.gc.install()
     try:
         play(state, window, worker, max_ticks, paced, script)
         settle(state, view)                       # quit mid-step: the step ends and its tick counts
@@ -145,6 +151,8 @@ def run(state: PlayState, window: Any = None, *, max_ticks: int | None = None, p
             state.inflight = None
         if worker is not None:
             worker.shutdown(wait=True)
+        state.stats.gc.remove()
+        gc.unfreeze()
     return state.stats
 
 
@@ -212,7 +220,7 @@ def threaded(state: PlayState, window: Any) -> bool:
 def schedule(state: PlayState, end: float, deadline: float, count_late: bool) -> None:
     """After a tick that ended at `end`: count it late if it missed its slot; never queue catch-up ticks."""
     if count_late and end > deadline:
-        state.stats.late += 1
+        state.stats.count_late(end - deadline)
     state.next_tick = deadline if end <= deadline else end
 
 

@@ -1,10 +1,11 @@
 """Timing: perf_counter phase timers, rolling percentiles, whole-run histograms, and CUDA-event timers."""
 from __future__ import annotations
 
+import gc
 import time
 from collections import deque
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -149,6 +150,37 @@ class GpuTimer:
         return self._t1 - self._t0
 
 
+class GcPauses:
+    """Times Python's cyclic garbage collections through gc.callbacks. A full collection walks every live
+    container object (torch, pygame and numpy bring hundreds of thousands), which can stall the loop for
+    longer than a 28.6 ms tick; the run report shows how long they took."""
+
+    SLOW_S = 0.005
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.slow = 0                        # collections of SLOW_S or more
+        self.max_s = 0.0
+        self._start = 0.0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+            return
+        took = time.perf_counter() - self._start
+        self.count += 1
+        self.slow += took >= self.SLOW_S
+        self.max_s = max(self.max_s, took)
+
+    def install(self) -> None:
+        if self not in gc.callbacks:
+            gc.callbacks.append(self)
+
+    def remove(self) -> None:
+        if self in gc.callbacks:
+            gc.callbacks.remove(self)
+
+
 class Stats:
     """Everything the HUD and the headless report show, measured by the loop. Times in seconds."""
 
@@ -160,7 +192,16 @@ class Stats:
         self.latency = Series(history)       # input poll -> frame presented
         self.ticks = 0
         self.late = 0                        # ticks that ended after their slot (no catch-up is queued)
+        self.late_at: list[tuple[int, float]] = []   # (tick, seconds past its slot) of the first LATE_KEPT
         self.frames = 0
+        self.gc = GcPauses()
+
+    LATE_KEPT = 100
+
+    def count_late(self, over: float) -> None:
+        self.late += 1
+        if len(self.late_at) < self.LATE_KEPT:
+            self.late_at.append((self.ticks, over))
 
     @staticmethod
     def rate(r: Rolling) -> float:
@@ -168,9 +209,12 @@ class Stats:
         return 1.0 / m if m > 0 else 0.0
 
 
-def run_report(stats: Stats) -> dict[str, float]:
+def run_report(stats: Stats) -> dict[str, Any]:
     """Whole-run numbers (not the HUD's rolling window), in ms where a time: the headless/--ticks report."""
-    rep: dict[str, float] = {"ticks": stats.ticks, "late": stats.late, "frames": stats.frames}
+    rep: dict[str, Any] = {"ticks": stats.ticks, "late": stats.late, "frames": stats.frames,
+                           "late_at": [[tick, round(over * 1e3, 2)] for tick, over in stats.late_at],
+                           "gc": {"collections": stats.gc.count, "slow": stats.gc.slow,
+                                  "max_ms": round(stats.gc.max_s * 1e3, 2)}}
     iv = stats.interval.run
     rep["tick_hz"] = 1.0 / iv.mean if iv.n else 0.0
     for name in ("tick", "model", "interval", "latency", "frame"):
@@ -181,10 +225,14 @@ def run_report(stats: Stats) -> dict[str, float]:
     return rep
 
 
-def format_report(rep: dict[str, float]) -> str:
+def format_report(rep: dict[str, Any]) -> str:
     parts = [f"ticks {rep['ticks']}  late {rep['late']}  rate {rep['tick_hz']:.2f} Hz"]
     for name, label in (("tick", "tick"), ("model", "model"), ("latency", "input->present"), ("frame", "display frame")):
         if f"{name}_p50_ms" in rep:
             parts.append(f"{label} p50 {rep[f'{name}_p50_ms']:.2f} p99 {rep[f'{name}_p99_ms']:.2f} "
                          f"max {rep[f'{name}_max_ms']:.2f} ms")
+    if "gc" in rep:
+        parts.append(f"gc {rep['gc']['collections']} collections, {rep['gc']['slow']} >= 5 ms, max {rep['gc']['max_ms']:.2f} ms")
+    if rep.get("late_at"):
+        parts.append("late at tick " + ", ".join(f"{t} (+{ms:.1f} ms)" for t, ms in rep["late_at"][:5]))
     return "  ".join(parts)

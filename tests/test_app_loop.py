@@ -9,7 +9,7 @@ import pytest
 from app.backends import GameBackend, Unsupported
 from app.config import PlayConfig, RecordConfig, SessionConfig, WindowConfig
 from app.loop import new_state, reset, run
-from app.timing import Phases
+from app.timing import Phases, format_report, run_report
 from app.view import View
 from input.bindings import Bindings
 from world_model.actions import Action
@@ -127,6 +127,32 @@ def test_slow_backend_counts_late_ticks_and_never_catches_up():
     assert stats.late >= 9
     assert elapsed > 10 * 0.05                           # no burst of catch-up ticks
     assert stats.rate(stats.interval) < 21
+    # the report says which ticks were late and by how much (each ~50 - 28.6 ms past its slot)
+    rep = run_report(stats)
+    assert len(rep["late_at"]) == stats.late and all(15 < over < 200 for _, over in rep["late_at"])
+    assert [t for t, _ in rep["late_at"]] == sorted(t for t, _ in rep["late_at"])
+    assert rep["gc"]["collections"] >= 0 and "late at tick" in format_report(rep)
+
+
+def test_gc_pauses_are_timed_and_startup_objects_frozen():
+    """The loop freezes start-up objects out of the collector's scans and times each collection."""
+    import gc
+    w, b = FakeWindow(), CountingBackend()
+    state = make(b)
+    seen = []
+    step = b.step
+    b.step = lambda action: (seen.append(gc.get_freeze_count()), step(action))[1]
+    junk = []
+    stats = run(state, w, max_ticks=5, paced=False)
+    assert seen and min(seen) > 1000                    # frozen while playing
+    assert gc.get_freeze_count() == 0                   # and thawed afterwards
+    gc.collect()                                        # outside the run: not counted
+    n = stats.gc.count
+    stats.gc.install()
+    junk.append([junk])
+    gc.collect()
+    stats.gc.remove()
+    assert stats.gc.count == n + 1 and stats.gc.max_s > 0
 
 
 def test_pause_single_step_and_commands():

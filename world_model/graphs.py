@@ -24,6 +24,7 @@ dropped when the session's cache object changes (a new batch size, or a restore 
 from __future__ import annotations
 
 import contextlib
+import gc
 from typing import Any, Callable, Hashable, Sequence
 
 import torch
@@ -52,8 +53,19 @@ class StaticFn:
                     fn(*self.inputs)
             torch.cuda.current_stream().wait_stream(side)
             self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph, pool=pool, capture_error_mode="thread_local"):
-                self.output = fn(*self.inputs)
+            # No garbage collection during capture: a collection there can free an unreachable old session's
+            # graphs, and destroying a graph invalidates the capture in progress ("operation not permitted
+            # when stream is capturing"; torch.cuda.graph no longer collects on entry). Seen on the H100: the
+            # evaluation's third rollout batch failed this way (sessions 3 and 4).
+            gc.collect()
+            enabled = gc.isenabled()
+            gc.disable()
+            try:
+                with torch.cuda.graph(self.graph, pool=pool, capture_error_mode="thread_local"):
+                    self.output = fn(*self.inputs)
+            finally:
+                if enabled:
+                    gc.enable()
 
     def __call__(self, *inputs: Tensor) -> Any:
         for buf, x in zip(self.inputs, inputs, strict=True):

@@ -6,8 +6,8 @@
 #     Stage A (TF-dCM, guided teacher) beside the new teacher's evaluation -> Stage B (Self-Forcing DMD, guided
 #     real score) beside Stage A's evaluations -> the student's 1-step evaluation.
 #   PART=player, a second machine (the .whl/ and .gl/ carries for the window; docs/GPU.md):
-#     the benchmark alone on the GPU (BENCH=0 skips it) -> 10 minutes of paced play in a real window, alone
-#     on the GPU -> the student's 2-step evaluation (EVAL=0 skips it).
+#     the benchmarks alone on the GPU (BENCH=0 skips them) -> 10 minutes of paced play in a real window, alone
+#     on the GPU -> the student's 1- and 2-step evaluations (EVAL=0 skips them).
 # Evaluations run beside training stages (they only read finished checkpoints), so the GPU never waits for
 # one. Every stage logs to runs/logs/NAME.log and marks runs/done/NAME; a rerun skips finished stages.
 #
@@ -45,31 +45,33 @@ evaluate() {  # evaluate NAME MODEL ARGS...
     --out "runs/eval/$name" --device cuda "$@"
 }
 
+# The benchmark (graphs-compile, unfused, left out: 65 s of compiling), then the compiled engine again in a
+# new process, to time its first frame with inductor's on-disk cache warm (a player's second launch), then the
+# decoder's precision and layout variants.
+benches() {
+  stage bench python3 main.py bench --device cuda --ticks 1000 --warmup 50 --model "$S" --teacher "$T" \
+    --engines eager,graphs,graphs-fused,graphs-fused-compile --json runs/bench/bench-h100.json
+  stage bench-warm python3 main.py bench --device cuda --ticks 300 --warmup 20 --model "$S" --teacher "$T" \
+    --variants student1 --engines graphs-fused-compile --json runs/bench/bench-warm-cache.json
+  stage decode-bench python3 -m world_model.recipes.decode_bench --json runs/bench/decode.json
+}
+
+S=${S:-assets/checkpoints/student.safetensors}; T=${T:-assets/checkpoints/teacher.safetensors}
 if [ "$PART" = player ]; then
-  S=${S:-assets/checkpoints/student.safetensors}; T=${T:-assets/checkpoints/teacher.safetensors}
-  [ "${BENCH:-1}" = 1 ] && stage bench python3 main.py bench --device cuda --ticks 1000 --warmup 50 --model "$S" \
-    --teacher "$T" --engines eager,graphs,graphs-fused,graphs-compile,graphs-fused-compile --json runs/bench/bench-h100.json
+  [ "${BENCH:-1}" = 1 ] && benches
   # The window run has the GPU to itself, as on a player's machine: an evaluation beside it would compete
   # for the GPU and could make ticks late.
   bash world_model/recipes/h100_window.sh            # 10 minutes of paced play in a window (or headless)
-  [ "${EVAL:-1}" = 1 ] && evaluate AB-2 "$S" --steps 2
+  if [ "${EVAL:-1}" = 1 ]; then evaluate AB-1 "$S" --steps 1; evaluate AB-2 "$S" --steps 2; fi
   echo "$(date +%T) player part done"
   exit 0
 fi
 
+[ "${BENCH:-0}" = 1 ] && benches                      # BENCH=1: the benchmarks first, alone on the GPU
+
 # 1. Teacher: continue from the shipped weights and anneal (cosine over TEACHER_TOTAL minutes in all),
 #    beside the guidance sweep of the shipped teacher (short drift: the sweep compares action response and
 #    autoregressive PSNR; the chosen scale gets the full evaluation on the new teacher below).
-# BENCH=1: the benchmark first, alone on the GPU (graphs-compile, unfused, left out: 65 s of compiling).
-# Then the compiled engine again in a new process, to time its first frame with inductor's on-disk cache warm
-# (a player's second launch), and the decoder's precision/layout variants.
-if [ "${BENCH:-0}" = 1 ]; then
-  stage bench python3 main.py bench --device cuda --ticks 1000 --warmup 50 \
-    --engines eager,graphs,graphs-fused,graphs-fused-compile --json runs/bench/bench-h100.json
-  stage bench-warm python3 main.py bench --device cuda --ticks 300 --warmup 20 --variants student1 \
-    --engines graphs-fused-compile --json runs/bench/bench-warm-cache.json
-  stage decode-bench python3 -m world_model.recipes.decode_bench --json runs/bench/decode.json
-fi
 # TEACHER_MIN=0 skips the slice (and, with CFG given, the sweep): distil the shipped teacher.
 SWEEP_PID=
 if [ -z "${CFG:-}" ] || [ "$TEACHER_MIN" != 0 ]; then

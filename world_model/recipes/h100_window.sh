@@ -13,8 +13,8 @@ ls /usr/lib/x86_64-linux-gnu/libEGL.so.1 > /dev/null 2>&1 || echo "$(date +%T) l
 if ls .whl/*.whl > /dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
 fi
-python3 -c "import pygame, moderngl" || echo "$(date +%T) pygame/moderngl missing: the window run will fail"
 export PYTHONPATH=/tmp/vz:/tmp/site:$PWD PYTHONUNBUFFERED=1
+python3 -c "import pygame, moderngl" || echo "$(date +%T) pygame/moderngl missing: the window run will fail"
 egl=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
 [ -e $egl ] && export __EGL_VENDOR_LIBRARY_FILENAMES=$egl
 if SDL_VIDEODRIVER=offscreen timeout 120 python3 main.py play --device cuda --ticks 70 --json runs/play/smoke.json \
