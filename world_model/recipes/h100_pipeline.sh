@@ -69,6 +69,21 @@ fi
 
 [ "${BENCH:-0}" = 1 ] && benches                      # BENCH=1: the benchmarks first, alone on the GPU
 
+# PART=cm-pair: Stage A alone at the guidance scales in PAIR ("1 3"), side by side on one GPU (half the
+# collectors each), each then evaluated at 1 and 2 steps. Session 2's Stage A student beat Stage A+B.
+if [ "$PART" = cm-pair ]; then
+  for s in ${PAIR:-1 3}; do
+    ( stage "cm-cfg$s" python3 -m world_model.recipes.distill settings/train/distill_cm.yaml --out "runs/cm-cfg$s" \
+        --set teacher="$T" --set max_minutes="$CM_MIN" --set total_minutes="$CM_MIN" --set cm.teacher_cfg="$s" \
+        --set data.collect.workers=7 --set save_int8=true
+      evaluate "cm-cfg$s-1" "runs/cm-cfg$s/student.safetensors" --steps 1
+      evaluate "cm-cfg$s-2" "runs/cm-cfg$s/student.safetensors" --steps 2 ) &
+  done
+  wait
+  echo "$(date +%T) cm pair done"
+  exit 0
+fi
+
 # 1. Teacher: continue from the shipped weights and anneal (cosine over TEACHER_TOTAL minutes in all),
 #    beside the guidance sweep of the shipped teacher (short drift: the sweep compares action response and
 #    autoregressive PSNR; the chosen scale gets the full evaluation on the new teacher below).
