@@ -136,6 +136,10 @@ def run(state: PlayState, window: Any = None, *, max_ticks: int | None = None, p
         reset(state, view)
     if view is not None and state.show_hud:
         update_hud(state, view)           # font loading and the first render happen before the first tick
+    if window is not None:
+        # The first draw and flip (shader compile, buffer allocation) took ~170 ms in the H100 window run and
+        # made tick 2 late; do it before the tick clock starts.
+        window.present()
     worker = ThreadPoolExecutor(1, thread_name_prefix="dreamloop-step") if threaded(state, window) else None
     # Start-up objects (torch, the models, pygame, fonts) leave the collector's scans, so a full collection in
     # play walks only what play made: over the whole start-up heap one can outlast a tick (GcPauses).

@@ -134,6 +134,17 @@ def test_slow_backend_counts_late_ticks_and_never_catches_up():
     assert rep["gc"]["collections"] >= 0 and "late at tick" in format_report(rep)
 
 
+def test_first_flip_happens_before_the_first_tick():
+    """The first present is slow (shader compile, buffers): it must not eat into a tick's slot."""
+    w, b = FakeWindow(), CountingBackend()
+    state = make(b)
+    at_first_step = []
+    step = b.step
+    b.step = lambda action: (at_first_step.append(w.presents), step(action))[1]
+    run(state, w, max_ticks=2)
+    assert at_first_step[0] >= 1
+
+
 def test_gc_pauses_are_timed_and_startup_objects_frozen():
     """The loop freezes start-up objects out of the collector's scans and times each collection."""
     import gc
