@@ -45,6 +45,23 @@ def test_scale_is_applied_both_ways():
     assert torch.allclose(model.decode(model.encode(x)), y0, atol=1e-5)
 
 
+def test_half_copy_keeps_the_scale_in_float32_and_decodes_alike():
+    """The bf16 inference copy (runtime.cast_weights): weights in bf16, scale exact, float32 latents accepted,
+    and the same frames up to bf16 rounding; the original is untouched."""
+    model = Autoencoder(tiny_config()).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+        model.scale.fill_(1.2345)
+        half = model.half_copy(torch.bfloat16)
+        assert half.decoder.stem.weight.dtype == torch.bfloat16 and half.scale.dtype == torch.float32
+        assert half.scale.item() == model.scale.item() and model.decoder.stem.weight.dtype == torch.float32
+        z = model.encode(smooth_images(2, 48, 64))
+        assert half.encode(smooth_images(2, 48, 64)).dtype == torch.bfloat16
+        db = psnr(frames_to_model(half.decode_uint8(z)), frames_to_model(model.decode_uint8(z)))
+    assert float(db.min()) > 35
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="enc_channels"):
         AutoencoderConfig(enc_channels=(32, 64))

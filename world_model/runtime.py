@@ -26,7 +26,8 @@ class RuntimeConfig:
     # 64 ms on the 2-core CPU (docs/BENCHMARKS.md).
     fuse_reencode: bool = True
     # torch.compile (inductor) the model for the eager and graphs engines: fewer, fused kernels. On the H100
-    # the 1-step tick fell from 2.83 to 1.83 ms (graphs, fused), but the first frame takes ~40 s of compiling.
+    # (bf16 weights) the 1-step tick falls from 2.09 to 1.71 ms (graphs, fused), but the first frame takes
+    # ~51 s of compiling (14 s with inductor's on-disk cache warm; docs/BENCHMARKS.md).
     compile: bool = False
     # On CUDA with a bf16 (or fp16) session, hold the weights in that dtype instead of float32 under autocast:
     # autocast re-casts every weight in every pass, which in a launch-bound pass is many extra kernels.
