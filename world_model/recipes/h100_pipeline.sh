@@ -18,7 +18,7 @@
 # brightened in long rollouts: check a long drift before shipping a new teacher, docs/EVALUATION.md), SWEEP ("1 2 3":
 # guidance scales tried on the shipped teacher), CFG (force a scale instead of the sweep's choice; also read
 # from runs/cfg; with TEACHER_MIN=0 it also skips the sweep), BENCH (1: the benchmark first), S and T (the
-# student and teacher for PART=player).
+# student and teacher for PART=player), EVAL_T (1: also the teacher's 16-step evaluation after the player part).
 set -u
 cd "$(dirname "$0")/../.."
 mkdir -p runs/logs runs/done runs/eval runs/bench runs/play
@@ -63,6 +63,8 @@ if [ "$PART" = player ]; then
   # for the GPU and could make ticks late.
   bash world_model/recipes/h100_window.sh            # 10 minutes of paced play in a window (or headless)
   if [ "${EVAL:-1}" = 1 ]; then evaluate AB-1 "$S" --steps 1; evaluate AB-2 "$S" --steps 2; fi
+  # EVAL_T=1: the teacher at its default 16 Euler steps on the same traces, for issue 4's like-for-like bounds.
+  [ "${EVAL_T:-0}" = 1 ] && evaluate T16 "$T" --steps 16
   echo "$(date +%T) player part done"
   exit 0
 fi
