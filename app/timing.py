@@ -47,7 +47,15 @@ class Rolling:
         self.values.append(v)
 
     def pct(self, q: float) -> float:
-        return float(np.percentile(np.fromiter(self.values, float), q)) if self.values else float("nan")
+        """Linear interpolation between the nearest ranks (numpy's default method). Not np.percentile: its first
+        call imports numpy.ma, which took 78 ms on the H100 machine and made the second tick late."""
+        if not self.values:
+            return float("nan")
+        v = sorted(self.values)
+        pos = (len(v) - 1) * min(max(q, 0.0), 100.0) / 100.0
+        lo = int(pos)
+        hi = min(lo + 1, len(v) - 1)
+        return v[lo] + (v[hi] - v[lo]) * (pos - lo)
 
     @property
     def last(self) -> float:
