@@ -193,6 +193,7 @@ def play(state: PlayState, window: Any, worker: ThreadPoolExecutor | None, max_t
         waiting = state.paused or not ready   # no tick is due until something changes
         if hidden:
             clock.sleep(HIDDEN_POLL_S)        # minimized: nothing to draw and the world waits
+            state.stats.hidden_s += HIDDEN_POLL_S
             state.next_tick = next_frame = clock.now()
             state.hud_due = 0.0               # redraw the HUD as soon as the window is back
             continue
@@ -298,7 +299,7 @@ def finish_tick(state: PlayState, view: Any, action: Action, frame: np.ndarray, 
     s.model.add(phases.get("model_gpu", phases.get("model", phases.get("game", t1 - t0))))
     s.tick.add((t1 - t0) + (t2 - t_up))    # polling, step and upload; not the wait to notice the step ended
     if state.last_tick is not None:
-        s.interval.add(t0 - state.last_tick)
+        s.interval.add(t0 - state.last_tick, s.ticks)
     state.last_tick = t0
     if view is not None:
         state.unpresented.append(t0)      # latency is measured at the flip that shows this tick
@@ -325,10 +326,10 @@ def present(state: PlayState, window: Any) -> None:
         return
     t = time.perf_counter()
     for polled in state.unpresented:
-        state.stats.latency.add(t - polled)
+        state.stats.latency.add(t - polled, state.stats.ticks)
     state.unpresented.clear()
     if state.last_present is not None:
-        state.stats.frame.add(t - state.last_present)
+        state.stats.frame.add(t - state.last_present, state.stats.ticks)
     state.last_present = t
     state.stats.frames += 1
 

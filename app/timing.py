@@ -75,13 +75,15 @@ class Histogram:
     def __init__(self) -> None:
         self.counts = np.zeros(self.BINS, dtype=np.int64)
         self.n, self.total, self.max = 0, 0.0, 0.0
+        self.max_at: int | None = None       # the caller's index (the tick count) of the largest sample
 
-    def add(self, v: float) -> None:
+    def add(self, v: float, at: int | None = None) -> None:
         i = int(np.log(max(v, self.LO) / self.LO) / np.log(self.RATIO))
         self.counts[min(i, self.BINS - 1)] += 1
         self.n += 1
         self.total += v
-        self.max = max(self.max, v)
+        if v > self.max or self.n == 1:
+            self.max, self.max_at = v, at
 
     def pct(self, q: float) -> float:
         """Upper edge of the bin holding the q-th percentile (at most 1% above the true value)."""
@@ -102,9 +104,9 @@ class Series(Rolling):
         super().__init__(n)
         self.run = Histogram()
 
-    def add(self, v: float) -> None:
+    def add(self, v: float, at: int | None = None) -> None:
         super().add(v)
-        self.run.add(v)
+        self.run.add(v, at)
 
 
 class Phases:
@@ -202,6 +204,7 @@ class Stats:
         self.late = 0                        # ticks that ended after their slot (no catch-up is queued)
         self.late_at: list[tuple[int, float]] = []   # (tick, seconds past its slot) of the first LATE_KEPT
         self.frames = 0
+        self.hidden_s = 0.0                  # time the loop spent minimized/hidden (ticks wait, none count late)
         self.gc = GcPauses()
 
     LATE_KEPT = 100
@@ -230,6 +233,9 @@ def run_report(stats: Stats) -> dict[str, Any]:
         if h.n:
             rep.update({f"{name}_p50_ms": h.pct(50) * 1e3, f"{name}_p99_ms": h.pct(99) * 1e3,
                         f"{name}_max_ms": h.max * 1e3})
+            if h.max_at is not None:
+                rep[f"{name}_max_at_tick"] = h.max_at
+    rep["hidden_s"] = round(stats.hidden_s, 3)
     return rep
 
 

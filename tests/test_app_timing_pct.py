@@ -20,3 +20,14 @@ def test_rolling_pct_matches_numpy_linear():
 
 def test_rolling_pct_empty_is_nan():
     assert math.isnan(Rolling(4).pct(50))
+
+
+def test_histogram_remembers_where_its_maximum_was():
+    from app.timing import Stats, run_report
+    s = Stats(8)
+    for i, v in enumerate([0.028, 0.029, 0.18, 0.028]):
+        s.ticks = i + 1
+        s.interval.add(v, s.ticks)
+    rep = run_report(s)
+    assert rep["interval_max_at_tick"] == 3 and abs(rep["interval_max_ms"] - 180.0) < 1e-9
+    assert rep["hidden_s"] == 0.0
