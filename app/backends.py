@@ -280,7 +280,7 @@ class ModelBackend:
 
         snap = self.session.snapshot()
         with torch.no_grad():
-            self.session.decode(self.session.step(NOOP, steps=self.steps))
+            self.session.step_decoded(NOOP, steps=self.steps)
         self.session.restore(snap)
 
     def step(self, action: Action) -> np.ndarray:
@@ -291,12 +291,12 @@ class ModelBackend:
         self.phases.clear()
         try:
             with torch.no_grad():
-                with self.phases("model"):
+                with self.phases("model"):   # denoise and decode, one host sync (Session.step_decoded)
                     self.timer.start()
-                    latent = self.session.step(action, steps=self.steps)                  # (1, C, h, w)
+                    _, frames = self.session.step_decoded(action, steps=self.steps)       # (1, H, W, 3) uint8
                     self.timer.stop()
-                with self.phases("decode"):
-                    frame = self.session.decode(latent)[0].cpu().numpy()                  # (H, W, 3) uint8
+                with self.phases("copy"):
+                    frame = frames[0].cpu().numpy()                                       # (H, W, 3) uint8
         except NonFiniteError:
             return self._recover()
         if self.timer.cuda:

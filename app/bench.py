@@ -255,7 +255,7 @@ def run_variant(v: Variant, models: dict[str, Any], cfg: PlayConfig, device: str
         action = torch.rand(1, 5, generator=g) * 2 - 1
         start = time.perf_counter()
         with torch.no_grad():
-            frame = session.decode(session.step(action, steps=v.steps))
+            _, frame = session.step_decoded(action, steps=v.steps)       # as the player: one sync per tick
             with timer("upload"):
                 host = frame[0].cpu()                                                   # (H, W, 3) uint8
         tick_ms = (time.perf_counter() - start) * 1000.0

@@ -7,7 +7,7 @@ import settings
 from world_model.autoencoder import Autoencoder, AutoencoderConfig
 from world_model.graphs import GraphedSession, StaticFn
 from world_model.model import ModelConfig, WorldModel
-from world_model.rollout import Session
+from world_model.rollout import NonFiniteError, Session
 from world_model.sampler import SamplerConfig
 
 from conftest import on_meta
@@ -116,3 +116,32 @@ def test_captured_functions_have_no_host_sync_or_data_dependent_shape():
     assert x0.shape == (1, *model.config.latent_shape) and x0.device.type == "meta"
     s._append_device(x0[:, None], a[:, None])
     assert Session._decode(s, x0).shape == (1, 40, 48, 3)
+
+
+@pytest.mark.parametrize("fuse", [False, True])
+def test_step_decoded_equals_step_then_decode_and_raises_like_step(fuse):
+    """The player's tick (one host sync: the finite check after the decode is queued) gives the frames of
+    step + decode, and on a non-finite latent leaves the session exactly as `step` raising would."""
+    model = tiny_model()
+    ae = tiny_autoencoder(model.config.latent_channels)
+    a, b = (Session(model, window=2, sink=1, device="cpu", seed=3, autoencoder=ae, fuse_reencode=fuse)
+            for _ in range(2))
+    clip = (torch.randn(1, 3, *model.config.latent_shape), torch.zeros(1, 3, 5))
+    a.reset(*clip), b.reset(*clip)
+    acts = [torch.rand(1, 5) * 2 - 1 for _ in range(5)]
+    for act in acts[:3]:
+        x, frames = a.step_decoded(act, steps=1)
+        y = b.step(act, steps=1)
+        assert torch.equal(x, y) and torch.equal(frames, b.decode(y))
+    with torch.no_grad():
+        bias = model.final.linear.bias.clone()
+        model.final.linear.bias.fill_(float("nan"))
+        with pytest.raises(NonFiniteError):
+            a.step_decoded(acts[3], steps=1)
+        with pytest.raises(NonFiniteError):
+            b.step(acts[3], steps=1)
+        model.final.linear.bias.copy_(bias)
+    assert (a.frame, a.pending, a.cache_state()) == (b.frame, b.pending, b.cache_state())
+    assert torch.equal(a.last_latent, b.last_latent)
+    x, _ = a.step_decoded(acts[4], steps=1)
+    assert torch.equal(x, b.step(acts[4], steps=1))

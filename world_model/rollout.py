@@ -137,11 +137,12 @@ class Session:
     # ---- rollout ----
 
     def step(self, actions: Tensor | Action | Sequence[Action], *, schedule: list[float] | None = None,
-             steps: int | None = None, grad: bool = False) -> Tensor:
+             steps: int | None = None, grad: bool = False, check: bool = True) -> Tensor:
         """Generate the next latent (B, C, h, w) given this tick's actions (B, A) or an Action (B = 1).
 
         `schedule` (times from high to 0) or `steps` override the sampler config for this frame. With
-        grad=True only the last denoising pass carries gradient; the cache never does."""
+        grad=True only the last denoising pass carries gradient; the cache never does. check=False leaves
+        the non-finite check (a host sync) to the caller: `step_decoded` runs it after queueing the decode."""
         if self.cache is None:
             raise RuntimeError("Session.step before reset")
         B = self.cache.batch
@@ -159,7 +160,7 @@ class Session:
             x0 = self._denoise(noise, a, times, grad, pending)   # (fused: its first pass appends `pending`)
         if pending is not None:
             self.cache.advance_host(1)
-        if self.check_finite and not bool(torch.isfinite(x0).all()):
+        if self.check_finite and check and not bool(torch.isfinite(x0).all()):
             raise NonFiniteError(f"non-finite latent at frame {self.frame}; cache left unchanged")
         if self.fuse_reencode:                                                            # 3. re-encode at t=0
             self.pending = (x0.detach(), a)                       # ... inside the next step's first pass
@@ -201,6 +202,25 @@ class Session:
     def _reencode(self, x0: Tensor, a: Tensor) -> None:
         """Append the clean latent x0 (B, C, h, w) with its action (B, A) to the cache."""
         self._append(x0[:, None], a[:, None])
+
+    def step_decoded(self, actions: Tensor | Action | Sequence[Action], *, steps: int | None = None
+                     ) -> tuple[Tensor, Tensor]:
+        """One played tick: `step`, then `decode` -> (latent (B, C, h, w), uint8 frames (B, H, W, 3)).
+
+        The non-finite check waits for the GPU, so it runs after the decode is queued: the GPU goes from the
+        denoiser straight into the decoder instead of idling while the host wakes up and launches it (fused
+        re-encode only: otherwise `step` appends x0 at once and has to check it first). A non-finite latent
+        undoes the step's bookkeeping and raises NonFiniteError, leaving the session as `step` would."""
+        if not self.fuse_reencode:   # step re-encodes x0 at once, so it has to check it first
+            x0 = self.step(actions, steps=steps)
+            return x0, self.decode(x0)
+        last = self.last_latent
+        x0 = self.step(actions, steps=steps, check=False)
+        frames = self.decode(x0)
+        if self.check_finite and not bool(torch.isfinite(x0).all()):
+            self.frame, self.last_latent, self.pending = self.frame - 1, last, None   # as if `step` had raised
+            raise NonFiniteError(f"non-finite latent at frame {self.frame}; cache left unchanged")
+        return x0, frames
 
     def decode(self, latent: Tensor) -> Tensor:
         """(B, C, h, w) -> uint8 frames (B, H, W, 3) on the session's device."""
