@@ -11,7 +11,7 @@ from world_model.collect import CollectConfig, Collector, play, worker_policy
 from world_model.data import ClipBuffer
 from world_model.game import Game, GameConfig, map_sectors
 from world_model.policy import ExplorerPolicy, PolicyConfig, RoutePlanner
-from world_model.recipes.coverage import idle_stats, noop_runs
+from world_model.recipes.coverage import forward_breaks, idle_stats, noop_runs
 from world_model.recipes.record_trace import STYLES, record
 from world_model.trace import load, save
 
@@ -141,7 +141,8 @@ def idle_play(cfg: PolicyConfig, ticks: int = 400, seed: int = 5) -> list[Action
 
 
 def test_idle_holds_are_exact_noop_stretches_and_the_policy_moves_on_after_them():
-    cfg = replace(PolicyConfig(), idle_prob=0.03, idle_ticks=(40, 50), idle_turn_prob=0.0, probe_prob=0.0)
+    cfg = replace(PolicyConfig(), idle_prob=0.03, idle_ticks=(40, 50), idle_turn_prob=0.0, probe_prob=0.0,
+                  move_prob=0.0)
     acts = idle_play(cfg)
     holds = runs_of(acts, lambda a: a == NOOP)
     long = [(i, n) for i, n, _ in holds if n >= 40]
@@ -153,7 +154,8 @@ def test_idle_holds_are_exact_noop_stretches_and_the_policy_moves_on_after_them(
 
 
 def test_some_idle_holds_only_turn_slowly():
-    cfg = replace(PolicyConfig(), idle_prob=0.03, idle_ticks=(30, 30), idle_turn_prob=1.0, probe_prob=0.0)
+    cfg = replace(PolicyConfig(), idle_prob=0.03, idle_ticks=(30, 30), idle_turn_prob=1.0, probe_prob=0.0,
+                  move_prob=0.0)
     turns = runs_of(idle_play(cfg), lambda a: a.forward == a.strafe == 0 and 0.1 <= abs(a.turn) <= 0.3)
     assert [n for _, n, _ in turns if n >= 30]
 
@@ -164,6 +166,39 @@ def test_workers_idle_at_different_rates_and_zero_stays_zero():
     assert min(rates) < 0.7 * base and max(rates) > 1.3 * base and len(set(rates)) == 16
     assert all(worker_policy(replace(PolicyConfig(), idle_prob=0.0), w, True).idle_prob == 0 for w in range(4))
     assert worker_policy(PolicyConfig(), 3, mix=False).idle_prob == base
+
+
+def test_move_probes_reverse_and_start_from_rest_whatever_the_motion():
+    cfg = replace(PolicyConfig(), move_prob=0.05, probe_prob=0.0, idle_prob=0.0)
+    acts = idle_play(cfg, ticks=600)
+    pure = runs_of(acts, lambda a: a.strafe == a.turn == 0 and a.attack == a.use == 0)
+    reversals = [(i, n) for (i, n, a), (j, m, b) in zip(pure, pure[1:])
+                 if j == i + n and n == m and 4 <= n <= 12 and a.forward == -b.forward != 0]
+    starts = [(i, n) for (i, n, a), (j, m, b) in zip(pure, pure[1:])
+              if j == i + n and a == NOOP and n >= 8 and abs(b.forward) >= 0.5]
+    assert reversals and starts
+    stream = {0: [(np.array([a.to_list() for a in acts], np.float32), np.zeros(len(acts), bool))]}
+    off = [a.to_list() for a in idle_play(replace(cfg, move_prob=0.0), ticks=600)]
+    assert forward_breaks(stream)["reversal"] > 2 * forward_breaks({0: [(np.array(off), np.zeros(len(off), bool))]})["reversal"]
+
+
+def test_forward_breaks_counts_reversals_and_starts_within_episodes():
+    f = np.r_[np.ones(10), -np.ones(3), np.zeros(8), np.ones(2)].astype(np.float32)
+    a = np.zeros((len(f), 5), np.float32)
+    a[:, 0] = f
+    st = np.zeros(len(f), bool)
+    got = forward_breaks({0: [(a, st)]})
+    assert got["ticks"] == len(f) - 8
+    assert round(got["reversal"] * got["ticks"]) == 3   # every backward tick: the last 8 still mean forward
+    assert round(got["start_from_rest"] * got["ticks"]) == 1
+    st[12] = True                                    # an episode start hides the windows that hold it
+    assert forward_breaks({0: [(a, st)]})["ticks"] < got["ticks"]
+
+
+def test_workers_probe_moves_at_different_rates_and_zero_stays_zero():
+    rates = [worker_policy(PolicyConfig(), w, mix=True).move_prob for w in range(16)]
+    assert len(set(rates)) == 16 and min(rates) < 0.8 * PolicyConfig().move_prob
+    assert all(worker_policy(replace(PolicyConfig(), move_prob=0.0), w, True).move_prob == 0 for w in range(4))
 
 
 def test_noop_runs_per_worker_stream_and_start_ticks_break_them():

@@ -63,7 +63,9 @@ def worker_policy(base: PolicyConfig, seed: int, mix: bool) -> PolicyConfig:
                    fight=bool(rng.random() < 0.85),
                    # drawn last, so the other fields stay what they were for a seed; some workers idle
                    # 4x more than others (0.4x to 1.6x the base rate), and idle_prob 0 stays 0
-                   idle_prob=float(base.idle_prob * rng.uniform(0.4, 1.6)))
+                   idle_prob=float(base.idle_prob * rng.uniform(0.4, 1.6)),
+                   # and move probes 0.5x to 1.5x the base rate (drawn after the idle rate, same reason)
+                   move_prob=float(base.move_prob * rng.uniform(0.5, 1.5)))
 
 
 def play(game: Game, policy: ExplorerPolicy, seed: int, ticks: int,

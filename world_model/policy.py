@@ -44,6 +44,10 @@ class PolicyConfig:
     idle_prob: float = field(default=0.0025, metadata={"min": 0.0, "max": 1.0})  # chance per tick to start one
     idle_ticks: tuple[int, int] = (10, 100)                                        # hold length range, inclusive
     idle_turn_prob: float = field(default=0.2, metadata={"min": 0.0, "max": 1.0})  # share that only turn slowly
+    # Move probes: forward/backward held against the current motion. Doom's walking has momentum, so
+    # in smooth play the previous frames predict the next one and a model can ignore the forward input
+    # (docs/DATA.md); reversals, pure moves and stop-and-go are the ticks where the input decides.
+    move_prob: float = field(default=0.025, metadata={"min": 0.0, "max": 1.0})  # chance per tick to start one
 
 
 class RoutePlanner:
@@ -151,6 +155,7 @@ class ExplorerPolicy:
         self.hist: list[tuple[float, float]] = []
         self.probe = (0.0, 0.0, 0.0)
         self.idle = (0.0, 0.0, 0.0)
+        self.moves: list[float] = []                    # a move probe's forward value per remaining tick
         self.use_cooldown = 0
         self.waypoints: list[np.ndarray] = []
         self.route_age = 0
@@ -243,6 +248,9 @@ class ExplorerPolicy:
         if self.mode == "idle" and self.mode_ticks > 0:
             self.hist.clear()                        # resting is not being stuck
             return self._emit(np.array(self.idle), 0, 0, snap=True)
+        if self.mode == "move" and self.moves:
+            self.hist.clear()                        # going back and forth is not being stuck
+            return self._emit(np.array([self.moves.pop(0), 0.0, 0.0]), 0, 0, snap=True)
         stuck = len(self.hist) == 40 and math.dist(self.hist[0], self.hist[-1]) < 24 and self.mode == "cruise"
         if stuck:
             self.mode, self.mode_ticks = "unstick", int(rng.integers(10, 30))
@@ -273,6 +281,22 @@ class ExplorerPolicy:
             self.probe = [(0, 0, sign * mag), (-mag, 0, 0), (0, sign * mag, 0), (mag, 0, sign * mag * 0.5),
                           (0, 0, 0)][kind]
             return self._emit(np.array(self.probe, dtype=float), 0, 0, snap=True)
+        elif rng.random() < cfg.move_prob:
+            # Forward/backward decided by the input alone: a reversal (k ticks one way, then k the other),
+            # a pure move in a random direction whatever the current motion, or a stop and then a move.
+            self.mode = "move"
+            mag = float(rng.choice([rng.uniform(0.5, 1.0), 1.0]))
+            sign = float(rng.choice([-1.0, 1.0]))
+            kind = rng.random()
+            if kind < 0.5:
+                k = int(rng.integers(4, 13))
+                self.moves = [sign * mag] * k + [-sign * mag] * k
+            elif kind < 0.75:
+                self.moves = [sign * mag] * int(rng.integers(6, 21))
+            else:
+                self.moves = [0.0] * int(rng.integers(8, 17)) + [sign * mag] * int(rng.integers(6, 16))
+            self.hist.clear()
+            return self._emit(np.array([self.moves.pop(0), 0.0, 0.0]), 0, 0, snap=True)
         else:
             self.mode = "cruise"
             if self.mode_ticks <= 0:

@@ -35,6 +35,8 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=120)
     ap.add_argument("--idle-prob", type=float, default=PolicyConfig.idle_prob,
                     help="the policy's chance per tick of an idle hold (0: none, as before the holds existed)")
+    ap.add_argument("--move-prob", type=float, default=PolicyConfig.move_prob,
+                    help="the policy's chance per tick of a forward/backward move probe (0: none, as before)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     out = Path(args.out)
@@ -42,7 +44,7 @@ def main() -> None:
 
     cfg = CollectConfig(workers=args.workers, chunk_ticks=args.chunk,
                         game=GameConfig(width=args.width, height=args.height, buffers=True),
-                        policy=replace(PolicyConfig(), idle_prob=args.idle_prob))
+                        policy=replace(PolicyConfig(), idle_prob=args.idle_prob, move_prob=args.move_prob))
     pos, acts, starts, log = [], [], 0, []
     streams: dict[int, list] = {}   # per worker, in order: a no-op run must not join two workers' ticks
     t0 = time.perf_counter()
@@ -83,6 +85,7 @@ def main() -> None:
         "actions": {name: {"mean": float(acts[:, i].mean()), "abs_mean": float(np.abs(acts[:, i]).mean()),
                            "nonzero": float((acts[:, i] != 0).mean())} for i, name in enumerate(FIELDS)},
         "idle": idle_stats(streams),
+        "forward_breaks": forward_breaks(streams),
     }
     (out / "coverage.json").write_text(json.dumps(stats, indent=2))
     plot(pos, acts, sectors, out)
@@ -109,6 +112,28 @@ def idle_stats(streams: dict[int, list[tuple[np.ndarray, np.ndarray]]]) -> dict[
     return {"noop_fraction": float(runs.sum() / max(1, ticks)), "noop_longest_run": int(runs.max(initial=0)),
             "noop_runs_35_plus": int((runs >= 35).sum()),
             "noop_fraction_in_runs_10_plus": float(runs[runs >= 10].sum() / max(1, ticks))}
+
+
+def forward_breaks(streams: dict[int, list[tuple[np.ndarray, np.ndarray]]], k: int = 8) -> dict[str, float]:
+    """Ticks where the forward input is not what the recent motion predicts: |forward| >= 0.5 against the
+    sign of the previous k ticks' mean forward (itself >= 0.2 in size: a reversal), or after k ticks of rest
+    (|forward| < 0.05: a start). On these ticks the next frame depends on the input, not only on the
+    momentum that the context frames show (docs/DATA.md). Shares of all ticks with k ticks of history
+    inside one episode."""
+    rev = start = total = 0
+    for chunks in streams.values():
+        f = np.concatenate([a[:, 0] for a, _ in chunks])
+        starts = np.concatenate([st for _, st in chunks])
+        for t in range(k, len(f)):
+            if starts[t - k + 1:t + 1].any():
+                continue                                 # an episode began within the window
+            prev, now = f[t - k:t], f[t]
+            total += 1
+            m = prev.mean()
+            rev += abs(now) >= 0.5 and abs(m) >= 0.2 and np.sign(now) != np.sign(m)
+            start += abs(now) >= 0.5 and bool((np.abs(prev) < 0.05).all())
+    return {"reversal": float(rev / max(1, total)), "start_from_rest": float(start / max(1, total)),
+            "ticks": int(total)}
 
 
 def plot(pos: np.ndarray, acts: np.ndarray, sectors, out: Path) -> None:

@@ -5,6 +5,7 @@
 #     teacher slice, beside an action-guidance sweep of the shipped teacher -> choose the guidance scale ->
 #     Stage A (TF-dCM, guided teacher) beside the new teacher's evaluation -> Stage B (Self-Forcing DMD, guided
 #     real score) beside Stage A's evaluations -> the student's 1-step evaluation.
+#   PART=move: see below (session 6: the teacher on data with move probes, then Stage A).
 #   PART=player, a second machine (the .whl/ and .gl/ carries for the window; docs/GPU.md):
 #     the benchmarks alone on the GPU (BENCH=0 skips them) -> 10 minutes of paced play in a real window, alone
 #     on the GPU -> the student's 1- and 2-step evaluations (EVAL=0 skips them).
@@ -70,6 +71,31 @@ if [ "$PART" = player ]; then
 fi
 
 [ "${BENCH:-0}" = 1 ] && benches                      # BENCH=1: the benchmarks first, alone on the GPU
+
+# PART=move (session 6): the shipped teacher continues for TEACHER_MIN on data with the policy's move probes
+# (docs/DATA.md: forward/backward against the current motion), is stored int8 as shipped, and is evaluated at
+# 16 steps beside Stage A at the guidance scales in PAIR ("1 3"); each student is then evaluated at 1 and 2 steps.
+if [ "$PART" = move ]; then
+  stage teacher python3 -m world_model.recipes.train_teacher settings/train/teacher.yaml --out runs/teacher \
+    --init assets/checkpoints/teacher.safetensors --set max_minutes="$TEACHER_MIN" \
+    --set total_minutes="$TEACHER_TOTAL" --set compile=true \
+  || stage teacher-eager python3 -m world_model.recipes.train_teacher settings/train/teacher.yaml --out runs/teacher \
+    --init assets/checkpoints/teacher.safetensors --set max_minutes="$TEACHER_MIN" --set total_minutes="$TEACHER_TOTAL"
+  src=runs/teacher/teacher.safetensors; [ -e runs/teacher/teacher.index.json ] && src=runs/teacher/teacher.index.json
+  stage teacher-int8 python3 -m world_model.recipes.quantize "$src" --out runs/teacher-int8/teacher.safetensors
+  T=runs/teacher-int8/teacher.safetensors
+  evaluate T16-move "$T" --steps 16 &
+  for s in ${PAIR:-1 3}; do
+    ( stage "cm-cfg$s" python3 -m world_model.recipes.distill settings/train/distill_cm.yaml --out "runs/cm-cfg$s" \
+        --set teacher="$T" --set max_minutes="$CM_MIN" --set total_minutes="$CM_MIN" --set cm.teacher_cfg="$s" \
+        --set data.collect.workers=6 --set save_int8=true
+      evaluate "cm-cfg$s-1" "runs/cm-cfg$s/student.safetensors" --steps 1
+      evaluate "cm-cfg$s-2" "runs/cm-cfg$s/student.safetensors" --steps 2 ) &
+  done
+  wait
+  echo "$(date +%T) move part done"
+  exit 0
+fi
 
 # PART=cm-pair: Stage A alone at the guidance scales in PAIR ("1 3"), side by side on one GPU (half the
 # collectors each), each then evaluated at 1 and 2 steps. Session 2's Stage A student beat Stage A+B.
