@@ -49,7 +49,7 @@ def test_recipe_runs_end_to_end_and_writes_every_output(tmp_path):
     E.main(args + ["--out", str(tmp_path / "a")])
     out = tmp_path / "a"
     for name in ("metrics.json", "table.md", "side_by_side.mp4", "horizon.png", "drift.png", "horizon.csv",
-                 "teacher_forced.csv", "probes.csv", "idle.csv", "drift.csv"):
+                 "windows.csv", "teacher_forced.csv", "probes.csv", "idle.csv", "drift.csv"):
         assert (out / name).stat().st_size > 0, name
     res = json.loads((out / "metrics.json").read_text())
     assert res["video"] == "side_by_side.mp4"
@@ -69,6 +69,12 @@ def test_recipe_runs_end_to_end_and_writes_every_output(tmp_path):
     assert header == "trace,tick,valid,psnr_1,frozen_psnr_1,psnr_3,frozen_psnr_3"
     assert res["drift"]["ticks"] == 12 and len((out / "drift.csv").read_text().splitlines()) == 13
     assert "| autoregressive PSNR @ 1 ticks |" in (out / "table.md").read_text()
+    windows = (out / "windows.csv").read_text().splitlines()
+    assert len(windows) == 1 + res["autoregressive"]["windows"]
+    header = windows[0].split(",")
+    assert header[:2] == ["trace", "start"] and {"psnr_1", "model_mean_1", "game_mean_1"} <= set(header)
+    row = dict(zip(header, windows[1].split(",")))
+    assert 0 <= float(row["model_mean_1"]) <= 255 and 0 < float(row["game_mean_1"]) <= 255
     import imageio.v2 as iio
     video = iio.mimread(out / "side_by_side.mp4")
     assert len(video) == 12 and video[0].shape == (120 + 14, 320, 3)
@@ -102,8 +108,8 @@ def test_seeded_rollouts_are_deterministic(tmp_path):
         played = [E.play_trace(E.load_trace(short_trace(tmp_path / "t.jsonl", n=12)), "t", game)]
     runs = [(E.autoregressive(m, played, cfg), E.teacher_forced(m, played, cfg)[0]) for _ in range(2)]
     assert runs[0] == runs[1]
-    other = E.autoregressive(m, played, replace(cfg, seed=1))
-    assert other["curve"]["psnr"] != runs[0][0]["curve"]["psnr"]      # the seed reaches the noise
+    other, _ = E.autoregressive(m, played, replace(cfg, seed=1))
+    assert other["curve"]["psnr"] != runs[0][0][0]["curve"]["psnr"]      # the seed reaches the noise
 
 
 def test_action_guidance_reaches_the_sampler_and_changes_the_rollout(tmp_path):
@@ -111,13 +117,13 @@ def test_action_guidance_reaches_the_sampler_and_changes_the_rollout(tmp_path):
     base = replace(E.EvalConfig(context=3, window=4).quick(), max_windows=1)
     with Game() as game:
         played = [E.play_trace(E.load_trace(short_trace(tmp_path / "t.jsonl", n=12)), "t", game)]
-    plain = E.autoregressive(E.load_models(model, ae, base, "cpu"), played, base)
+    plain, _ = E.autoregressive(E.load_models(model, ae, base, "cpu"), played, base)
     guided_cfg = replace(base, cfg_scale=3.0)
     m = E.load_models(model, ae, guided_cfg, "cpu")
     assert m.sampler.cfg_scale == 3.0
-    guided = E.autoregressive(m, played, guided_cfg)
+    guided, _ = E.autoregressive(m, played, guided_cfg)
     assert guided["curve"]["psnr"] != plain["curve"]["psnr"]
-    assert E.autoregressive(m, played, guided_cfg) == guided                 # still deterministic
+    assert E.autoregressive(m, played, guided_cfg)[0] == guided                 # still deterministic
 
 
 @pytest.mark.parametrize("sampler,steps", [("euler", 2), ("consistency", 2)])
@@ -135,7 +141,7 @@ def test_rollouts_through_the_graphed_session_equal_plain_ones(tmp_path, sampler
         m = E.load_models(model, ae, cfg, "cpu")
         assert type(m.session(cfg, 0, rollout=True)).__name__ == ("GraphedSession" if graphs else "Session")
         finals, _ = E.model_probes(m, states, cfg)
-        out[graphs] = (E.autoregressive(m, played, cfg)["curve"]["psnr"], {k: v.tolist() for k, v in finals.items()})
+        out[graphs] = (E.autoregressive(m, played, cfg)[0]["curve"]["psnr"], {k: v.tolist() for k, v in finals.items()})
     assert out[True] == out[False]
 
 

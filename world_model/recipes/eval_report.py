@@ -18,7 +18,8 @@ VIDEO = "side_by_side.mp4"
 
 
 def write_report(out: Path, res: dict[str, Any], *, tf_rows: Sequence[dict[str, Any]],
-                 probe_rows: Sequence[dict[str, Any]], idle_rows: Sequence[dict[str, Any]], model_frames: np.ndarray,
+                 probe_rows: Sequence[dict[str, Any]], idle_rows: Sequence[dict[str, Any]],
+                 window_rows: Sequence[dict[str, Any]] = (), model_frames: np.ndarray,
                  game_frames: np.ndarray, start: int, horizons: Sequence[int], video_scale: int) -> None:
     """Write every output into `out`. Sets res["video"] to the video's file name, or None when it was skipped.
 
@@ -29,6 +30,7 @@ def write_report(out: Path, res: dict[str, Any], *, tf_rows: Sequence[dict[str, 
     (out / "table.md").write_text(table(res))
     c = res["autoregressive"]["curve"]
     write_csv(out / "horizon.csv", [{"horizon": i + 1, **{k: float(c[k][i]) for k in c}} for i in range(len(c["psnr"]))])
+    write_csv(out / "windows.csv", window_rows)
     write_csv(out / "teacher_forced.csv", tf_rows)
     write_csv(out / "probes.csv", probe_rows)
     write_csv(out / "idle.csv", idle_rows)

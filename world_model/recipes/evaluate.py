@@ -211,7 +211,9 @@ def rollout(m: Models, session: Session, actions: np.ndarray) -> tuple[torch.Ten
     return out, T
 
 
-def autoregressive(m: Models, played: Sequence[Played], cfg: EvalConfig) -> dict[str, Any]:
+def autoregressive(m: Models, played: Sequence[Played], cfg: EvalConfig) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Mean curves over all windows, and one row per window (trace, start tick, PSNR and the model's and the
+    game's mean pixel at each horizon): the mean alone hides whether a few windows run away or all sag."""
     H = max(cfg.horizons)
     windows = []
     for p in played:
@@ -219,6 +221,7 @@ def autoregressive(m: Models, played: Sequence[Played], cfg: EvalConfig) -> dict
         windows += [(p, s) for s in spread(ok, cfg.max_windows)]
     n = len(windows)
     curves = {k: np.zeros((n, H)) for k in ("psnr", "ssim", "frozen_psnr", "frozen_ssim")}
+    brightness = {k: np.zeros((n, H)) for k in ("model_mean", "game_mean")}   # mean pixel per window and tick
     faults = 0
     for b0 in tqdm(range(0, n, cfg.batch), desc="autoregressive", leave=False):
         ps, ss = zip(*windows[b0:b0 + cfg.batch])
@@ -232,11 +235,17 @@ def autoregressive(m: Models, played: Sequence[Played], cfg: EvalConfig) -> dict
             if i < ok:   # a non-finite frame and all after it score 0 (worst), never NaN
                 curves["psnr"][rows, i] = M.psnr(frames[:, i], truth[:, i]).cpu().numpy()
                 curves["ssim"][rows, i] = M.ssim(frames[:, i], truth[:, i]).cpu().numpy()
+                brightness["model_mean"][rows, i] = frames[:, i].float().mean((1, 2, 3)).cpu().numpy()
+            brightness["game_mean"][rows, i] = truth[:, i].float().mean((1, 2, 3)).cpu().numpy()
             curves["frozen_psnr"][rows, i] = M.psnr(last, truth[:, i]).cpu().numpy()
             curves["frozen_ssim"][rows, i] = M.ssim(last, truth[:, i]).cpu().numpy()
     mean = {k: v.mean(0) if n else np.full(H, np.nan) for k, v in curves.items()}
-    return {"windows": n, "nonfinite_windows": faults, "curve": {k: v.tolist() for k, v in mean.items()},
-            "horizons": {str(h): {k: float(mean[k][h - 1]) for k in mean} for h in cfg.horizons}}
+    rows = [{"trace": p.name, "start": s,
+             **{f"{k}_{h}": float(v[j, h - 1]) for h in cfg.horizons for k, v in (*curves.items(), *brightness.items())
+                if not k.startswith("frozen_ssim")}}
+            for j, (p, s) in enumerate(windows)]
+    return ({"windows": n, "nonfinite_windows": faults, "curve": {k: v.tolist() for k, v in mean.items()},
+             "horizons": {str(h): {k: float(mean[k][h - 1]) for k in mean} for h in cfg.horizons}}, rows)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -516,7 +525,7 @@ def evaluate(m: Models, traces: Sequence[str | Path], out: Path, cfg: EvalConfig
     with Game(game_cfg) as game:
         played = [play_trace(load_trace(t, world=game_cfg.world), Path(t).stem, game) for t in traces]
     lap("game")
-    ar = autoregressive(m, played, cfg)
+    ar, window_rows = autoregressive(m, played, cfg)
     lap("autoregressive")
     tf, tf_rows = teacher_forced(m, played, cfg)
     lap("teacher_forced")
@@ -547,7 +556,8 @@ def evaluate(m: Models, traces: Sequence[str | Path], out: Path, cfg: EvalConfig
                   for i, (p, s) in enumerate(states)]
     idle_rows = [{"trace": p.name, "tick": s, "valid": bool(idle_ok[i]),
                   **{k: v[i].item() for k, v in idle_per.items()}} for i, (p, s) in enumerate(states)]
-    write_report(out, res, tf_rows=tf_rows, probe_rows=probe_rows, idle_rows=idle_rows, model_frames=model_frames,
+    write_report(out, res, tf_rows=tf_rows, probe_rows=probe_rows, idle_rows=idle_rows, window_rows=window_rows,
+                 model_frames=model_frames,
                  game_frames=game_frames,
                  start=cfg.context, horizons=cfg.horizons, video_scale=cfg.video_scale)
     return res

@@ -103,9 +103,9 @@ if [ "$PART" = cm-pair ]; then
   for s in ${PAIR:-1 3}; do
     ( stage "cm-cfg$s" python3 -m world_model.recipes.distill settings/train/distill_cm.yaml --out "runs/cm-cfg$s" \
         --set teacher="$T" --set max_minutes="$CM_MIN" --set total_minutes="$CM_MIN" --set cm.teacher_cfg="$s" \
-        --set data.collect.workers=7 --set save_int8=true
-      evaluate "cm-cfg$s-1" "runs/cm-cfg$s/student.safetensors" --steps 1
-      evaluate "cm-cfg$s-2" "runs/cm-cfg$s/student.safetensors" --steps 2 ) &
+        --set data.collect.workers=$((14 / $(echo ${PAIR:-1 3} | wc -w))) --set save_int8=true
+      evaluate "cm-cfg$s-1" "runs/cm-cfg$s/student.safetensors" --steps 1 &
+      evaluate "cm-cfg$s-2" "runs/cm-cfg$s/student.safetensors" --steps 2; wait ) &
   done
   wait
   echo "$(date +%T) cm pair done"
