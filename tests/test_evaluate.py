@@ -100,6 +100,26 @@ def test_without_imageio_ffmpeg_the_video_is_skipped_and_everything_else_written
 
 
 
+def test_parts_runs_only_what_is_asked_and_says_what_was_skipped(tmp_path, capsys):
+    model, ae = tiny_checkpoints(tmp_path)
+    trace = short_trace(tmp_path / "heldout-a.jsonl", n=20)
+    args = ["--model", str(model), "--autoencoder", str(ae), "--traces", str(trace), "--device", "cpu", "--quick",
+            "--context", "3", "--window", "4"]
+    E.main(args + ["--parts", "ar,response", "--out", str(tmp_path / "a")])
+    out = tmp_path / "a"
+    assert sorted(f.name for f in out.iterdir()) == ["horizon.csv", "horizon.png", "metrics.json", "probes.csv",
+                                                     "table.md", "windows.csv"]
+    res = json.loads((out / "metrics.json").read_text())
+    assert res["autoregressive"]["windows"] == 2 and res["action_response"]["combined"]["scored"] >= 1
+    assert res["teacher_forced"] is None and res["idle"] is None and res["drift"] is None
+    text = (out / "table.md").read_text()
+    assert "Skipped (--parts): teacher_forced, idle, drift." in text
+    assert "| autoregressive PSNR @ 1 ticks |" in text and "| action response, move |" in text
+    assert "teacher-forced" not in text and "drift over" not in text
+    with pytest.raises(SystemExit, match="--parts takes"):
+        E.main(args + ["--parts", "ar,bogus", "--out", str(tmp_path / "b")])
+
+
 def test_seeded_rollouts_are_deterministic(tmp_path):
     model, ae = tiny_checkpoints(tmp_path)
     cfg = replace(E.EvalConfig(context=3, window=4).quick(), max_windows=1)

@@ -28,15 +28,21 @@ def write_report(out: Path, res: dict[str, Any], *, tf_rows: Sequence[dict[str, 
     res["video"] = None
     write_metrics(out / "metrics.json", res)
     (out / "table.md").write_text(table(res))
-    c = res["autoregressive"]["curve"]
-    write_csv(out / "horizon.csv", [{"horizon": i + 1, **{k: float(c[k][i]) for k in c}} for i in range(len(c["psnr"]))])
-    write_csv(out / "windows.csv", window_rows)
-    write_csv(out / "teacher_forced.csv", tf_rows)
-    write_csv(out / "probes.csv", probe_rows)
-    write_csv(out / "idle.csv", idle_rows)
+    # A part left out (--parts) writes none of its files.
+    if res["autoregressive"] is not None:
+        c = res["autoregressive"]["curve"]
+        write_csv(out / "horizon.csv", [{"horizon": i + 1, **{k: float(c[k][i]) for k in c}}
+                                        for i in range(len(c["psnr"]))])
+        write_csv(out / "windows.csv", window_rows)
+        plot_horizon(res["autoregressive"], horizons, out / "horizon.png")
+    for name, part, rows in (("teacher_forced", "teacher_forced", tf_rows), ("probes", "action_response", probe_rows),
+                             ("idle", "idle", idle_rows)):
+        if res[part] is not None:
+            write_csv(out / f"{name}.csv", rows)
+    if res["drift"] is None:
+        return
     rows = drift_rows(model_frames, game_frames, start)
     write_csv(out / "drift.csv", rows)
-    plot_horizon(res["autoregressive"], horizons, out / "horizon.png")
     if rows:
         plot_drift(rows, out / "drift.png")
     if write_video(out / VIDEO, model_frames, game_frames, start, video_scale):
@@ -67,24 +73,29 @@ def table(res: dict[str, Any]) -> str:
     """The markdown table for docs/ (targets from issues 3 and 4)."""
     ar, tf, resp, idle, dr = (res[k] for k in ("autoregressive", "teacher_forced", "action_response", "idle", "drift"))
     target = {"1": "", "8": ">= 20 dB", "32": ">= 17 dB", "128": ""}
+    skipped = [k for k in ("autoregressive", "teacher_forced", "action_response", "idle", "drift") if res[k] is None]
     lines = [f"Model `{res['model']}` ({res['kind']}, {res['sampling']}), {res['device']}; "
-             f"{len(res['traces'])} held-out traces, {ar['windows']} windows.", "",
+             f"{len(res['traces'])} held-out traces" + (f", {ar['windows']} windows." if ar else ".")
+             + (f" Skipped (--parts): {', '.join(skipped)}." if skipped else ""), "",
              "| metric | model | baseline | target |", "|---|---|---|---|"]
-    for h, v in ar["horizons"].items():
+    for h, v in (ar["horizons"] if ar else {}).items():
         lines.append(f"| autoregressive PSNR @ {h} ticks | {fmt(v['psnr'], ' dB')} | {fmt(v['frozen_psnr'], ' dB')} "
                      f"(frozen frame) | {target.get(h, '')} |")
-    for h, v in ar["horizons"].items():
+    for h, v in (ar["horizons"] if ar else {}).items():
         lines.append(f"| autoregressive SSIM @ {h} ticks | {fmt(v['ssim'], '', 3)} | {fmt(v['frozen_ssim'], '', 3)} "
                      f"(frozen frame) | |")
-    lines.append(f"| teacher-forced next-frame PSNR | {fmt(tf['psnr'], ' dB')} | {fmt(tf['copy_last_psnr'], ' dB')} "
-                 f"(copy last frame); autoencoder ceiling {fmt(tf['autoencoder_psnr'], ' dB')} | >= 26 dB |")
-    for k in ("turn", "move", "combined"):
+    if tf:
+        lines.append(f"| teacher-forced next-frame PSNR | {fmt(tf['psnr'], ' dB')} | {fmt(tf['copy_last_psnr'], ' dB')} "
+                     f"(copy last frame); autoencoder ceiling {fmt(tf['autoencoder_psnr'], ' dB')} | >= 26 dB |")
+    for k in ("turn", "move", "combined") if resp else ():
         v = resp[k]
         lines.append(f"| action response, {k} | {fmt(100 * v['score'], '%', 1)} ({v['correct']}/{v['scored']}) "
                      f"| 0% (frozen) | {'>= 90%' if k == 'combined' else ''} |")
-    for h, v in idle["horizons"].items():
+    for h, v in (idle["horizons"] if idle else {}).items():
         lines.append(f"| idle PSNR @ {h} no-op ticks ({idle['states']} states) | {fmt(v['psnr'], ' dB')} | "
                      f"{fmt(v['frozen_psnr'], ' dB')} (frozen frame) | |")
+    if not dr:
+        return "\n".join(lines) + "\n"
     lines.append(f"| drift over {dr['ticks']} ticks | {'collapsed' if dr['collapsed'] else 'no collapse'}: in range "
                  f"{fmt(100 * dr.get('in_range', float('nan')), '%', 1)}, histogram TV {fmt(dr.get('hist_tv_last_quarter', float('nan')), '', 3)}, "
                  f"motion ratio {fmt(dr.get('motion_ratio_last_quarter', float('nan')))}, frozen "

@@ -53,6 +53,8 @@ from .eval_report import write_report
 CHECKPOINTS = Path(__file__).resolve().parents[2] / "assets" / "checkpoints"
 # Default denoising steps per kind: the player's (settings/play.yaml session.teacher_steps and steps).
 DEFAULT_STEPS = {"teacher": 16, "student": 1}
+PARTS = ("ar", "tf", "response", "idle", "drift")   # --parts: autoregressive, teacher-forced, action response,
+                                                   # idle stability, drift
 PROBES = {"left": Action(turn=-1.0), "right": Action(turn=1.0),
           "backward": Action(forward=-1.0), "forward": Action(forward=1.0)}
 
@@ -67,6 +69,7 @@ class EvalConfig:
     sampler: str | None = None           # euler | consistency (None: euler for teachers, else consistency)
     cfg_scale: float = 1.0               # action guidance of every denoising pass (1 = none)
     graphs: bool = True                  # rollouts through graphs.GraphedSession: CUDA graphs on CUDA, eager on the CPU
+    parts: tuple[str, ...] = PARTS       # which evaluations run (a subset is quicker; the rest read as skipped)
     horizons: tuple[int, ...] = (1, 8, 32, 128)
     window_stride: int = 32              # ticks between autoregressive window starts
     max_windows: int = 24                # per trace, evenly spread
@@ -525,25 +528,33 @@ def evaluate(m: Models, traces: Sequence[str | Path], out: Path, cfg: EvalConfig
     with Game(game_cfg) as game:
         played = [play_trace(load_trace(t, world=game_cfg.world), Path(t).stem, game) for t in traces]
     lap("game")
-    ar, window_rows = autoregressive(m, played, cfg)
-    lap("autoregressive")
-    tf, tf_rows = teacher_forced(m, played, cfg)
-    lap("teacher_forced")
-    states = probe_states(played, cfg)
-    game_finals, game_ok = game_probes(states, cfg, game_cfg)
-    model_finals, model_ok = model_probes(m, states, cfg)
-    resp, per = action_response(model_finals, game_finals, game_ok, m.device)
-    resp["nonfinite_states"] = int((~model_ok).sum())
-    lap("action_response")
-    idle_game, idle_ok = game_idle(states, cfg, game_cfg)
-    idle_model, finite = model_idle(m, states, cfg)
-    last = np.stack([p.frames[s - 1] for p, s in states])
-    idle, idle_per = idle_stats(idle_model, idle_game, last, idle_ok, finite, cfg.idle_horizons)
-    lap("idle")
-    longest = max(played, key=lambda p: len(p.frames))
-    dr, model_frames, game_frames = drift(m, longest, cfg)
-    dr["trace"] = longest.name
-    lap("drift")
+    ar = tf = resp = idle = dr = None      # a part left out of cfg.parts stays None ("skipped" in the table)
+    window_rows, tf_rows, per, idle_per = [], [], {}, {}
+    model_frames = game_frames = np.zeros((0, 1, 1, 3), np.uint8)
+    if "ar" in cfg.parts:
+        ar, window_rows = autoregressive(m, played, cfg)
+        lap("autoregressive")
+    if "tf" in cfg.parts:
+        tf, tf_rows = teacher_forced(m, played, cfg)
+        lap("teacher_forced")
+    states = probe_states(played, cfg) if {"response", "idle"} & set(cfg.parts) else []
+    if "response" in cfg.parts:
+        game_finals, game_ok = game_probes(states, cfg, game_cfg)
+        model_finals, model_ok = model_probes(m, states, cfg)
+        resp, per = action_response(model_finals, game_finals, game_ok, m.device)
+        resp["nonfinite_states"] = int((~model_ok).sum())
+        lap("action_response")
+    if "idle" in cfg.parts:
+        idle_game, idle_ok = game_idle(states, cfg, game_cfg)
+        idle_model, finite = model_idle(m, states, cfg)
+        last = np.stack([p.frames[s - 1] for p, s in states])
+        idle, idle_per = idle_stats(idle_model, idle_game, last, idle_ok, finite, cfg.idle_horizons)
+        lap("idle")
+    if "drift" in cfg.parts:
+        longest = max(played, key=lambda p: len(p.frames))
+        dr, model_frames, game_frames = drift(m, longest, cfg)
+        dr["trace"] = longest.name
+        lap("drift")
 
     sampling = (f"schedule {list(cfg.schedule)}" if cfg.schedule else f"{m.step_kw['steps']} steps") + f" {m.sampler.kind}"
     if m.sampler.cfg_scale != 1.0:
@@ -553,9 +564,9 @@ def evaluate(m: Models, traces: Sequence[str | Path], out: Path, cfg: EvalConfig
            "config": asdict(cfg), "autoregressive": ar, "teacher_forced": tf, "action_response": resp,
            "idle": idle, "drift": dr, "seconds": seconds}
     probe_rows = [{"trace": p.name, "tick": s, **{k: v[i].item() for k, v in per.items()}}
-                  for i, (p, s) in enumerate(states)]
+                  for i, (p, s) in enumerate(states)] if resp else []
     idle_rows = [{"trace": p.name, "tick": s, "valid": bool(idle_ok[i]),
-                  **{k: v[i].item() for k, v in idle_per.items()}} for i, (p, s) in enumerate(states)]
+                  **{k: v[i].item() for k, v in idle_per.items()}} for i, (p, s) in enumerate(states)] if idle else []
     write_report(out, res, tf_rows=tf_rows, probe_rows=probe_rows, idle_rows=idle_rows, window_rows=window_rows,
                  model_frames=model_frames,
                  game_frames=game_frames,
@@ -582,6 +593,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--sink", type=int, default=EvalConfig.sink)
     ap.add_argument("--drift-ticks", type=int, default=EvalConfig.drift_ticks)
     ap.add_argument("--batch", type=int, default=EvalConfig.batch)
+    ap.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {','.join(PARTS)} (default: all)")
     ap.add_argument("--quick", action="store_true", help="tiny counts everywhere, for CPU smoke tests")
     return ap.parse_args(argv)
 
@@ -590,9 +602,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     traces = sorted({f for t in args.traces for f in (glob.glob(t) or [t])})
     schedule = tuple(float(x) for x in args.schedule.split(",")) if args.schedule else None
+    parts = tuple(x for x in args.parts.split(",") if x)
+    if not parts or set(parts) - set(PARTS):
+        raise SystemExit(f"error: --parts takes a comma list of {','.join(PARTS)}, got {args.parts!r}")
     cfg = EvalConfig(context=args.context, window=args.window, sink=args.sink, steps=args.steps, schedule=schedule,
                      sampler=args.sampler, cfg_scale=args.cfg, graphs=not args.no_graphs,
-                     drift_ticks=args.drift_ticks, batch=args.batch, seed=args.seed)
+                     drift_ticks=args.drift_ticks, batch=args.batch, seed=args.seed, parts=parts)
     if args.quick:
         cfg = replace(cfg.quick(), drift_ticks=min(args.drift_ticks, cfg.quick().drift_ticks))
     try:
@@ -601,7 +616,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (CheckpointError, TraceError) as e:
         raise SystemExit(f"error: {str(e).splitlines()[0]}") from None
     print((Path(args.out) / "table.md").read_text(), end="")
-    files = ["metrics.json", "table.md", *([res["video"]] if res["video"] else []), "horizon.png", "drift.png", "*.csv"]
+    files = sorted(f.name for f in Path(args.out).iterdir() if f.suffix in (".json", ".md", ".mp4", ".png", ".csv"))
     print(f"wrote {args.out}: {' '.join(files)} ({res['seconds']})")
 
 
