@@ -414,6 +414,30 @@ def test_student_checkpoint_round_trips_and_plays_one_and_two_steps(tmp_path, in
         assert path.stat().st_size < 0.4 * sum(p.numel() * 4 for p in model.parameters()) + 20_000
 
 
+def test_shallower_student_keeps_the_named_blocks_trains_saves_and_plays(teacher_path, tmp_path):
+    """student_layers: the student keeps those teacher blocks (embeddings and final layer too), Stage A runs and
+    resumes on it, and the saved checkpoint loads with its own depth into the player's Session."""
+    teacher = load_model(teacher_path)
+    small = distill.keep_blocks(teacher, [1])
+    assert small.config.depth == 1 and teacher.config.depth == 2
+    for (k, v) in small.state_dict().items():
+        src = k.replace("blocks.0.", "blocks.1.", 1)
+        assert torch.equal(v, teacher.state_dict()[src]), k
+    with pytest.raises(ValueError, match="student_layers"):
+        distill.keep_blocks(teacher, [2])
+    out = tmp_path / "small"
+    summary = distill.main(tiny(teacher_path, steps=4, student_layers=[1]), out, feeder=MemoryFeeder())
+    assert summary["params"] < teacher.num_params()
+    student = load_model(out / "student.safetensors")
+    assert student.config.depth == 1 and student.num_params() == summary["params"]
+    assert distill.main(tiny(teacher_path, steps=6, student_layers=[1]), out, resume=True,
+                        feeder=MemoryFeeder())["step"] == 6
+    session = Session(student, window=3, sink=1, device="cpu", sampler=SamplerConfig(kind="consistency"))
+    x, a = clips(B=1, T=3)
+    session.reset(x[:, :2], a[:, :2])
+    assert session.step(a[:, 2], steps=1).shape == (1, *CFG.latent_shape)
+
+
 def test_recipe_cm_then_dmd_saves_and_resumes(teacher_path, tmp_path):
     out = tmp_path / "cm"
     summary = distill.main(tiny(teacher_path), out, feeder=MemoryFeeder())

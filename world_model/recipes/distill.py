@@ -37,9 +37,9 @@ import json
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
@@ -70,6 +70,9 @@ class DistillConfig:
     stage: Literal["cm", "dmd"] = "cm"
     teacher: str = "assets/checkpoints/teacher.safetensors"
     init: str = ""                                    # student weights to start from ("" = the teacher)
+    # A shallower student: it keeps these blocks of the weights it starts from, in this order (() = all). Each
+    # pass costs about depth blocks, and the teacher/student speed ratio is what issue 6 asks for.
+    student_layers: tuple[int, ...] = ()
     autoencoder: str = "assets/checkpoints/autoencoder.safetensors"
     data: DataConfig = DataConfig(min_fill=8_000)
     cm: ConsistencyConfig = ConsistencyConfig()
@@ -212,12 +215,29 @@ class Run:
         return mods if self.critic is None else {**mods, "critic": self.critic}
 
 
+def keep_blocks(model: WorldModel, layers: Sequence[int]) -> WorldModel:
+    """A shallower copy of `model`: the same embeddings and final layer, and only the blocks `layers`, in that
+    order. A student that starts from a subset of its teacher's blocks starts near the teacher's function,
+    because every block is a residual update."""
+    if not layers or any(not 0 <= i < model.config.depth for i in layers):
+        raise ValueError(f"student_layers must name blocks 0..{model.config.depth - 1}, got {list(layers)}")
+    small = WorldModel(replace(model.config, depth=len(layers))).to(next(model.parameters()).device)
+    small.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("blocks.")}, strict=False)
+    small.blocks = nn.ModuleList(copy.deepcopy(model.blocks[i]) for i in layers)
+    return small
+
+
 def build(cfg: DistillConfig, device: torch.device, out: Path, resume: bool, init: Path | None, log) -> Run:
     teacher = load_model(cfg.teacher).to(device).eval().requires_grad_(False)
     src = init or (Path(cfg.init) if cfg.init else Path(cfg.teacher))
     student = load_model(src).to(device).train()
-    if student.config_dict() != teacher.config_dict():
-        raise checkpoint.CheckpointError(f"{src}: another model config than the teacher {cfg.teacher}")
+    depth = len(cfg.student_layers) or teacher.config.depth
+    if cfg.student_layers and student.config.depth != depth:   # not yet cut (an --init student may already be)
+        student = keep_blocks(student, cfg.student_layers).train()
+        log(f"student keeps blocks {list(cfg.student_layers)} of {src}")
+    if student.config_dict() != {**teacher.config_dict(), "depth": depth}:
+        raise checkpoint.CheckpointError(f"{src}: another model config than the teacher {cfg.teacher}"
+                                         + (f" with depth {depth}" if cfg.student_layers else ""))
     ema = copy.deepcopy(student).requires_grad_(False)
     betas, fused = (cfg.beta1, cfg.beta2), device.type == "cuda"
     opts = {"opt_g": torch.optim.AdamW(student.parameters(), lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay,

@@ -97,6 +97,28 @@ if [ "$PART" = move ]; then
   exit 0
 fi
 
+# PART=depth (prepared in session 7, not yet run): Stage A at guidance 3 for the full-depth student and for a
+# shallower one (LAYERS: the teacher blocks it keeps, default [0,2,4,6,7]) side by side, each evaluated at 1 and
+# 2 steps, then the benchmark alone: is a 5-block student's 1-step tick a tenth of the teacher's (issue 6), and
+# what does it cost in quality (issue 4's bounds)?
+if [ "$PART" = depth ]; then
+  for v in full small; do
+    ( extra=(); [ "$v" = small ] && extra=(--set "student_layers=${LAYERS:-[0,2,4,6,7]}")
+      stage "cm-$v" python3 -m world_model.recipes.distill settings/train/distill_cm.yaml --out "runs/cm-$v" \
+        --set teacher="$T" --set max_minutes="$CM_MIN" --set total_minutes="$CM_MIN" --set cm.teacher_cfg=3 \
+        --set data.collect.workers=7 --set save_int8=true "${extra[@]}"
+      evaluate "cm-$v-1" "runs/cm-$v/student.safetensors" --steps 1 &
+      evaluate "cm-$v-2" "runs/cm-$v/student.safetensors" --steps 2; wait ) &
+  done
+  wait
+  stage bench-depth python3 main.py bench --device cuda --ticks 1000 --warmup 50 --variants student1,teacher \
+    --engines graphs-fused --model runs/cm-small/student.safetensors --teacher "$T" --json runs/bench/bench-small.json
+  stage bench-full python3 main.py bench --device cuda --ticks 1000 --warmup 50 --variants student1 \
+    --engines graphs-fused --model runs/cm-full/student.safetensors --teacher "$T" --json runs/bench/bench-full.json
+  echo "$(date +%T) depth part done"
+  exit 0
+fi
+
 # PART=cm-pair: Stage A alone at the guidance scales in PAIR ("1 3"), side by side on one GPU (half the
 # collectors each), each then evaluated at 1 and 2 steps. Session 2's Stage A student beat Stage A+B.
 if [ "$PART" = cm-pair ]; then
