@@ -119,6 +119,42 @@ if [ "$PART" = depth ]; then
   exit 0
 fi
 
+# PART=quad (session 8, a machine of 4 GPUs; every job has one GPU to itself, as on one H100):
+#   GPU 0: Stage A at guidance 3, full depth, CM_MIN, then its 1- and 2-step evaluations;
+#   GPU 1: the same for the shallower student (LAYERS);
+#   GPU 2: the teacher continues for TEACHER_MIN (TEACHER_TOTAL the cosine horizon), int8, 16-step evaluation;
+#   GPU 3: the shipped teacher's 16-step evaluation again, for its per-window table (the long-window runaway),
+#          then the benchmark of each student against the teacher once that student exists.
+if [ "$PART" = quad ]; then
+  for v in full small; do
+    gpu=0; extra=(); [ "$v" = small ] && { gpu=1; extra=(--set "student_layers=${LAYERS:-[0,2,4,6,7]}"); }
+    ( export CUDA_VISIBLE_DEVICES=$gpu
+      stage "cm-$v" python3 -m world_model.recipes.distill settings/train/distill_cm.yaml --out "runs/cm-$v" \
+        --set teacher="$T" --set max_minutes="$CM_MIN" --set total_minutes="$CM_MIN" --set cm.teacher_cfg=3 \
+        --set data.collect.workers=12 --set save_int8=true "${extra[@]}"
+      evaluate "cm-$v-1" "runs/cm-$v/student.safetensors" --steps 1 &
+      evaluate "cm-$v-2" "runs/cm-$v/student.safetensors" --steps 2; wait ) &
+  done
+  ( export CUDA_VISIBLE_DEVICES=2
+    stage teacher python3 -m world_model.recipes.train_teacher settings/train/teacher.yaml --out runs/teacher \
+      --init "$T" --set max_minutes="$TEACHER_MIN" --set total_minutes="$TEACHER_TOTAL" --set compile=true \
+      --set data.collect.workers=12
+    src=runs/teacher/teacher.safetensors; [ -e runs/teacher/teacher.index.json ] && src=runs/teacher/teacher.index.json
+    stage teacher-int8 python3 -m world_model.recipes.quantize "$src" --out runs/teacher-int8/teacher.safetensors
+    evaluate T16-new runs/teacher-int8/teacher.safetensors --steps 16 ) &
+  ( export CUDA_VISIBLE_DEVICES=3
+    evaluate T16-shipped "$T" --steps 16 --parts ar
+    for v in small full; do
+      while [ ! -e "runs/done/cm-$v" ]; do sleep 10; done
+      variants=student1,student2; [ "$v" = small ] && variants=student1,student2,teacher
+      stage "bench-$v" python3 main.py bench --device cuda --ticks 1000 --warmup 50 --variants "$variants" \
+        --engines graphs-fused --model "runs/cm-$v/student.safetensors" --teacher "$T" --json "runs/bench/bench-$v.json"
+    done ) &
+  wait
+  echo "$(date +%T) quad part done"
+  exit 0
+fi
+
 # PART=cm-pair: Stage A alone at the guidance scales in PAIR ("1 3"), side by side on one GPU (half the
 # collectors each), each then evaluated at 1 and 2 steps. Session 2's Stage A student beat Stage A+B.
 if [ "$PART" = cm-pair ]; then
