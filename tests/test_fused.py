@@ -187,7 +187,8 @@ def test_grad_step_appends_the_pending_frame_separately():
 
 @pytest.mark.parametrize("sampler,steps", [(SamplerConfig(kind="consistency"), 1),
                                            (SamplerConfig(kind="consistency", cfg_scale=1.5), 2),
-                                           (SamplerConfig(kind="euler", steps=3), 3)])
+                                           (SamplerConfig(kind="euler", steps=3), 3),
+                                           (SamplerConfig(kind="euler", steps=3, context_noise=0.2), 3)])
 def test_graphed_fused_equals_eager_fused(sampler, steps):
     model = tiny_model()
     eager = Session(model, window=3, sink=1, device="cpu", seed=7, sampler=sampler, fuse_reencode=True)

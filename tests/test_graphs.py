@@ -42,7 +42,8 @@ def pair(model, sampler, *, sink=1, window=3, B=2):
 
 @pytest.mark.parametrize("sampler,steps", [(SamplerConfig(kind="consistency"), 1),
                                            (SamplerConfig(kind="consistency", cfg_scale=1.5), 2),
-                                           (SamplerConfig(kind="euler", steps=3), 3)])
+                                           (SamplerConfig(kind="euler", steps=3), 3),
+                                           (SamplerConfig(kind="euler", steps=3, context_noise=0.2), 3)])
 def test_static_step_equals_session_step_across_fill_levels_and_evictions(sampler, steps):
     model = tiny_model()
     eager, graphed = pair(model, sampler, sink=1, window=3)

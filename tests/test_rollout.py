@@ -97,6 +97,37 @@ def test_seeded_session_is_deterministic(sampler):
     assert all(x.shape == (2, *model.config.latent_shape) and torch.isfinite(x).all() for x in a)
 
 
+def test_context_noise_stores_every_frame_noised_at_that_level(monkeypatch):
+    """sampler.context_noise = t: seed and generated frames enter the cache as (1 - t) x0 + t eps with time t;
+    the returned frames and last_latent stay the clean predictions; fused and unfused agree; 0 is clean."""
+    model = tiny_model()
+    noisy = SamplerConfig(steps=3, context_noise=0.2)
+    times = []   # the time of every frame written into the cache, per model call that writes
+
+    real_forward = model.forward
+
+    def spy(x, t, a, keep=None, **kw):
+        mode = kw.get("cache_mode")
+        if mode is not None and mode.name in ("APPEND", "FUSED"):
+            times.append(t[:, :1] if mode.name == "FUSED" else t)
+        return real_forward(x, t, a, keep, **kw)
+
+    monkeypatch.setattr(model, "forward", spy)
+    a = run(session(model, seed=7, sampler=noisy), 5)
+    assert times and all(torch.equal(t, torch.full_like(t, 0.2)) for t in times)
+    monkeypatch.setattr(model, "forward", real_forward)
+    b = run(session(model, seed=7, sampler=noisy), 5)
+    clean = run(session(model, seed=7, sampler=SamplerConfig(steps=3)), 5)
+    fused = run(session(model, seed=7, sampler=noisy, fuse_reencode=True), 5)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))                 # seeded: deterministic
+    assert not torch.allclose(a[-1], clean[-1], atol=1e-3)               # the noise reaches later frames
+    for x, y in zip(a, fused):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4)
+    s = session(model, seed=7, sampler=noisy)
+    x = s.step(ACTIONS[0], steps=3)
+    assert torch.equal(s.last_latent, x)                                 # the clean frame, for decoding
+
+
 def test_step_depends_on_action_schedule_and_guidance():
     model = tiny_model()
     s = session(model)

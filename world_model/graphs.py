@@ -136,7 +136,7 @@ class GraphedSession(Session):
         def reencode(x: Tensor, act: Tensor) -> None:
             self._append_device(x[:, None], act[:, None])   # forward (APPEND) + device half of advance
 
-        self._static(("reencode",), reencode, [x0, a], writes_cache=True)(x0, a)
+        self._static(("reencode", self.sampler.context_noise), reencode, [x0, a], writes_cache=True)(x0, a)
         self.cache.advance_host(1)
 
     def _decode(self, latent: Tensor) -> Tensor:

@@ -94,10 +94,18 @@ class Session:
 
     def _append_device(self, latents: Tensor, actions: Tensor) -> None:
         """The device work of `_append` (the part a CUDA graph captures): the pass and the cache tables."""
-        t = torch.zeros(latents.shape[:2], device=self.device)
+        t = torch.full(latents.shape[:2], self.sampler.context_noise, device=self.device)
         with torch.no_grad(), self._autocast():
             self.model(latents, t, actions, cache=self.cache, cache_mode=CacheMode.APPEND, commit=False)
         self.cache.advance_device(latents.shape[1])
+
+    def _context(self, latents: Tensor) -> Tensor:
+        """Latents (B, ..., C, h, w) as the cache stores them: noised to sampler.context_noise (clean at 0)."""
+        t = self.sampler.context_noise
+        if t == 0.0:
+            return latents
+        eps = torch.randn(latents.shape, generator=self.generator, device=self.device)
+        return (1 - t) * latents + t * eps.to(latents.dtype)
 
     def reset(self, latents: Tensor, actions: Tensor) -> None:
         """Start from seed latents (B, T, C, h, w) and the actions that produced them (B, T, A)."""
@@ -114,6 +122,8 @@ class Session:
         # Frames go in together while nothing is evicted, then one by one so each sees what streaming gives it.
         # Fused: the last one waits for the first step's pass.
         n = T - 1 if self.fuse_reencode else T
+        clean_last = latents[:, -1]
+        latents = self._context(latents)
         first = min(n, self.cache.slots)
         if first:
             self._append(latents[:, :first], actions[:, :first])
@@ -121,7 +131,7 @@ class Session:
             self._append(latents[:, i:i + 1], actions[:, i:i + 1])
         self.pending = (latents[:, -1], actions[:, -1]) if self.fuse_reencode else None
         self.frame = 0
-        self.last_latent = latents[:, -1]
+        self.last_latent = clean_last
 
     def reset_frames(self, frames: Any, actions: Any) -> None:
         """Seed from uint8 frames (T, H, W, 3) or (B, T, H, W, 3) through the autoencoder."""
@@ -162,11 +172,12 @@ class Session:
             self.cache.advance_host(1)
         if self.check_finite and check and not bool(torch.isfinite(x0).all()):
             raise NonFiniteError(f"non-finite latent at frame {self.frame}; cache left unchanged")
-        if self.fuse_reencode:                                                            # 3. re-encode at t=0
-            self.pending = (x0.detach(), a)                       # ... inside the next step's first pass
+        ctx = self._context(x0.detach())                                                  # 3. re-encode at t=0
+        if self.fuse_reencode:                                    # (or at context_noise)
+            self.pending = (ctx, a)                               # ... inside the next step's first pass
         else:
             with self._phase("reencode"):
-                self._reencode(x0.detach(), a)
+                self._reencode(ctx, a)
         self.frame += 1
         self.last_latent = x0.detach()
         return x0
@@ -188,7 +199,7 @@ class Session:
             if fuse:                                                                      # FUSED pass
                 clean, clean_a = fuse.pop()
                 xs = torch.stack([clean.to(x.dtype), x], dim=1)                           # (B, 2, C, h, w)
-                ts = torch.cat([torch.zeros_like(tt), tt], dim=1)                         # (B, 2)
+                ts = torch.cat([torch.full_like(tt, self.sampler.context_noise), tt], dim=1)  # (B, 2)
                 keep2 = None if keep is None else torch.cat([torch.ones_like(keep), keep], dim=1)
                 v = self.model(xs, ts, torch.stack([clean_a, a], dim=1), keep2, cache=self.cache,
                                cache_mode=CacheMode.FUSED, commit=False)[:, 1]

@@ -25,6 +25,10 @@ class SamplerConfig:
     shift: float = field(default=3.0, metadata={"min": 0.01})      # euler: time shift of the uniform grid
     t_mid: float = field(default=5 / 6, metadata={"min": 0.0, "max": 1.0})  # consistency, 2 steps
     cfg_scale: float = 1.0  # action guidance; 1 = plain conditional, 0 = unconditional
+    # Noise level at which frames enter the KV cache (0 = clean, the recipe's re-encode at t=0). Above 0 every
+    # cached frame is stored as (1 - t) x0 + t eps with time t: the model was trained on noisy context
+    # (diffusion forcing), and the noise hides a multi-step sampler's small per-frame errors from later frames.
+    context_noise: float = field(default=0.0, metadata={"min": 0.0, "max": 0.5})
 
 
 def shift_time(u: float, shift: float) -> float:

@@ -68,6 +68,7 @@ class EvalConfig:
     schedule: tuple[float, ...] | None = None   # explicit times from 1 to 0; overrides steps
     sampler: str | None = None           # euler | consistency (None: euler for teachers, else consistency)
     cfg_scale: float = 1.0               # action guidance of every denoising pass (1 = none)
+    context_noise: float = 0.0           # noise level of the frames in the KV cache (sampler.py; 0 = clean)
     graphs: bool = True                  # rollouts through graphs.GraphedSession: CUDA graphs on CUDA, eager on the CPU
     parts: tuple[str, ...] = PARTS       # which evaluations run (a subset is quicker; the rest read as skipped)
     horizons: tuple[int, ...] = (1, 8, 32, 128)
@@ -144,7 +145,7 @@ def load_models(model: str | Path, autoencoder: str | Path, cfg: EvalConfig, dev
         raise CheckpointError(f"{autoencoder}: latent {tuple(ae.latent_shape)} does not fit the model's "
                               f"{tuple(wm.config.latent_shape)}")
     sampler = SamplerConfig(kind=cfg.sampler or ("euler" if kind == "teacher" else "consistency"),
-                            cfg_scale=cfg.cfg_scale)
+                            cfg_scale=cfg.cfg_scale, context_noise=cfg.context_noise)
     step_kw = {"schedule": list(cfg.schedule)} if cfg.schedule else {"steps": cfg.steps or DEFAULT_STEPS[kind]}
     dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
     return Models(wm, ae, kind, torch.device(device), dtype, sampler, step_kw)
@@ -585,6 +586,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--schedule", help="explicit times, e.g. 1,0.8333,0 (overrides --steps)")
     ap.add_argument("--sampler", choices=("euler", "consistency"))
     ap.add_argument("--cfg", type=float, default=1.0, help="action guidance scale (1 = none; costs a second pass)")
+    ap.add_argument("--context-noise", type=float, default=0.0,
+                    help="noise level at which frames enter the KV cache (0 = clean, the default)")
     ap.add_argument("--no-graphs", action="store_true", help="eager rollouts on CUDA too")
     ap.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--seed", type=int, default=0)
@@ -593,6 +596,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--sink", type=int, default=EvalConfig.sink)
     ap.add_argument("--drift-ticks", type=int, default=EvalConfig.drift_ticks)
     ap.add_argument("--batch", type=int, default=EvalConfig.batch)
+    ap.add_argument("--max-windows", type=int, default=EvalConfig.max_windows,
+                    help="autoregressive windows per trace, evenly spread (fewer is quicker)")
     ap.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {','.join(PARTS)} (default: all)")
     ap.add_argument("--quick", action="store_true", help="tiny counts everywhere, for CPU smoke tests")
     return ap.parse_args(argv)
@@ -606,8 +611,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not parts or set(parts) - set(PARTS):
         raise SystemExit(f"error: --parts takes a comma list of {','.join(PARTS)}, got {args.parts!r}")
     cfg = EvalConfig(context=args.context, window=args.window, sink=args.sink, steps=args.steps, schedule=schedule,
-                     sampler=args.sampler, cfg_scale=args.cfg, graphs=not args.no_graphs,
-                     drift_ticks=args.drift_ticks, batch=args.batch, seed=args.seed, parts=parts)
+                     sampler=args.sampler, cfg_scale=args.cfg,
+                     context_noise=args.context_noise, graphs=not args.no_graphs,
+                     drift_ticks=args.drift_ticks, batch=args.batch, seed=args.seed, parts=parts,
+                     max_windows=args.max_windows)
     if args.quick:
         cfg = replace(cfg.quick(), drift_ticks=min(args.drift_ticks, cfg.quick().drift_ticks))
     try:
