@@ -72,7 +72,7 @@ def test_recipe_runs_end_to_end_and_writes_every_output(tmp_path):
     windows = (out / "windows.csv").read_text().splitlines()
     assert len(windows) == 1 + res["autoregressive"]["windows"]
     header = windows[0].split(",")
-    assert header[:2] == ["trace", "start"] and {"psnr_1", "model_mean_1", "game_mean_1"} <= set(header)
+    assert header[:2] == ["trace", "start"] and {"psnr_1", "model_mean_1", "game_mean_1", "model_std_1", "game_std_1"} <= set(header)
     row = dict(zip(header, windows[1].split(",")))
     assert 0 <= float(row["model_mean_1"]) <= 255 and 0 < float(row["game_mean_1"]) <= 255
     import imageio.v2 as iio

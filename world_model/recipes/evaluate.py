@@ -225,7 +225,8 @@ def autoregressive(m: Models, played: Sequence[Played], cfg: EvalConfig) -> tupl
         windows += [(p, s) for s in spread(ok, cfg.max_windows)]
     n = len(windows)
     curves = {k: np.zeros((n, H)) for k in ("psnr", "ssim", "frozen_psnr", "frozen_ssim")}
-    brightness = {k: np.zeros((n, H)) for k in ("model_mean", "game_mean")}   # mean pixel per window and tick
+    # mean and std of the pixels per window and tick: brightening, and contrast that grows or fades
+    brightness = {k: np.zeros((n, H)) for k in ("model_mean", "game_mean", "model_std", "game_std")}
     faults = 0
     for b0 in tqdm(range(0, n, cfg.batch), desc="autoregressive", leave=False):
         ps, ss = zip(*windows[b0:b0 + cfg.batch])
@@ -239,8 +240,12 @@ def autoregressive(m: Models, played: Sequence[Played], cfg: EvalConfig) -> tupl
             if i < ok:   # a non-finite frame and all after it score 0 (worst), never NaN
                 curves["psnr"][rows, i] = M.psnr(frames[:, i], truth[:, i]).cpu().numpy()
                 curves["ssim"][rows, i] = M.ssim(frames[:, i], truth[:, i]).cpu().numpy()
-                brightness["model_mean"][rows, i] = frames[:, i].float().mean((1, 2, 3)).cpu().numpy()
-            brightness["game_mean"][rows, i] = truth[:, i].float().mean((1, 2, 3)).cpu().numpy()
+                f = frames[:, i].float().flatten(1)
+                brightness["model_mean"][rows, i] = f.mean(1).cpu().numpy()
+                brightness["model_std"][rows, i] = f.std(1).cpu().numpy()
+            g = truth[:, i].float().flatten(1)
+            brightness["game_mean"][rows, i] = g.mean(1).cpu().numpy()
+            brightness["game_std"][rows, i] = g.std(1).cpu().numpy()
             curves["frozen_psnr"][rows, i] = M.psnr(last, truth[:, i]).cpu().numpy()
             curves["frozen_ssim"][rows, i] = M.ssim(last, truth[:, i]).cpu().numpy()
     mean = {k: v.mean(0) if n else np.full(H, np.nan) for k, v in curves.items()}
