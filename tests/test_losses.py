@@ -81,3 +81,26 @@ def test_a_few_training_steps_lower_the_loss():
     with torch.no_grad():
         after = evaluate()
     assert after < 0.8 * before, (before, after)
+
+
+def test_teacher_forcing_context_replaces_only_the_clean_frames():
+    """context: what the noisy frames see before them. Default = the clip; other frames change the loss but
+    not its targets (the clip), and no gradient reaches them (they come from the model's own rollout)."""
+    model = tiny_model()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)   # leave the zero init, so outputs depend on the context
+    latents, actions = clip(model)
+    loss_fn = TeacherLoss(TeacherLossConfig(tf_fraction=0.5))
+    run = lambda ctx: loss_fn(model, latents, actions, torch.Generator().manual_seed(1), ctx)
+    same, other = run(None), run(latents.clone())
+    assert same[0].item() == other[0].item()
+    drifted = latents.clone().requires_grad_(True)
+    shifted = drifted + torch.cat([torch.zeros_like(latents[:, :2]), torch.ones_like(latents[:, 2:])], dim=1)
+    loss, parts = run(shifted)
+    assert loss.item() != same[0].item()
+    assert parts["loss_df"].item() == same[1]["loss_df"].item()     # diffusion-forcing rows: untouched
+    loss.backward()
+    assert drifted.grad is None
+    v_tf = lambda ctx: loss_fn.teacher_forcing(model, latents[:2], actions[:2], torch.Generator().manual_seed(1), ctx)
+    assert v_tf(None)[0].item() != v_tf(shifted[:2].detach())[0].item()

@@ -58,3 +58,32 @@ def test_ddp_two_processes_over_gloo(tiny_ae, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["step"] == 4
+
+
+def test_own_rollout_keeps_the_real_start_and_continues_as_the_session_does():
+    model = train_teacher.WorldModel(settings.load(TINY, train_teacher.TrainConfig).model).eval()
+    cfg = settings.load(TINY, train_teacher.TrainConfig, {"clip_len": 6, "rollout_steps": 2})
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn((2, 6, *model.config.latent_shape), generator=g)
+    actions = torch.rand((2, 6, 5), generator=g) * 2 - 1
+    made = train_teacher.own_rollout(train_teacher.rollout_session(model, cfg, torch.device("cpu"), 0),
+                                     latents, actions, 3, cfg.rollout_steps)
+    assert made.shape == latents.shape and not made.requires_grad
+    assert torch.equal(made[:, :3], latents[:, :3]) and not torch.allclose(made[:, 3:], latents[:, 3:])
+    fresh = train_teacher.rollout_session(model, cfg, torch.device("cpu"), 0)
+    fresh.reset(latents[:, :3], actions[:, :3])
+    for j in range(3, 6):
+        assert torch.equal(made[:, j], fresh.step(actions[:, j], steps=2))
+
+
+def test_recipe_trains_on_its_own_rollouts(tiny_ae, tmp_path):
+    cfg = settings.load(TINY, train_teacher.TrainConfig, {"autoencoder": str(tiny_ae), "rollout_rows": 2,
+                                                           "rollout_from": 2, "steps": 6})
+    summary = train_teacher.main(cfg, tmp_path / "roll")
+    assert summary["step"] == 6
+    header, *rows = (tmp_path / "roll" / "metrics.csv").read_text().splitlines()
+    col = header.split(",").index("ms_rollout")
+    assert all(float(r.split(",")[col]) > 0 for r in rows)        # the rollout ran on every logged step
+    bad = settings.load(TINY, train_teacher.TrainConfig, {"autoencoder": str(tiny_ae), "rollout_rows": 3})
+    with pytest.raises(ValueError, match="rollout_rows=3"):
+        train_teacher.main(bad, tmp_path / "bad")

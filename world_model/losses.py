@@ -55,14 +55,17 @@ class TeacherLoss:
         self.cfg = cfg
 
     def __call__(self, model: WorldModel, latents: Tensor, actions: Tensor,
-                 generator: torch.Generator | None = None) -> tuple[Tensor, dict[str, Tensor]]:
-        """latents (B, T, C, h, w) clean, actions (B, T, A). Returns the scalar loss and detached parts."""
+                 generator: torch.Generator | None = None, context: Tensor | None = None
+                 ) -> tuple[Tensor, dict[str, Tensor]]:
+        """latents (B, T, C, h, w) clean, actions (B, T, A). Returns the scalar loss and detached parts.
+        `context` (B, T, C, h, w): what the teacher-forcing rows see as their clean frames (default: latents)."""
         B = latents.shape[0]
         n_tf = round(B * self.cfg.tf_fraction)
         parts: dict[str, Tensor] = {}
         total = latents.new_zeros((), dtype=torch.float32)
         if n_tf > 0:
-            loss_tf, parts["mse_tf"] = self.teacher_forcing(model, latents[:n_tf], actions[:n_tf], generator)
+            ctx = None if context is None else context[:n_tf]
+            loss_tf, parts["mse_tf"] = self.teacher_forcing(model, latents[:n_tf], actions[:n_tf], generator, ctx)
             parts["loss_tf"] = loss_tf.detach()
             total = total + loss_tf * n_tf / B
         if n_tf < B:
@@ -75,14 +78,18 @@ class TeacherLoss:
     def _keep_actions(self, shape: tuple[int, int], generator: torch.Generator | None, device) -> Tensor:
         return torch.rand(shape, generator=generator, device=device) >= self.cfg.action_dropout  # (B, T)
 
-    def teacher_forcing(self, model: WorldModel, x0: Tensor, actions: Tensor,
-                        generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    def teacher_forcing(self, model: WorldModel, x0: Tensor, actions: Tensor, generator: torch.Generator | None,
+                        context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """context (B, T, C, h, w): the clean half, the frames each noisy frame sees before it (default x0).
+        Frames the model rolled out itself there teach it to bring its own drift back to the game's frames,
+        which stay the targets (train_teacher.py, `rollout_rows`)."""
         B, T = x0.shape[:2]
         eps = torch.randn(x0.shape, generator=generator, device=x0.device)
         t = uniform_shift((B, 1), self.cfg.shift, generator, x0.device).expand(B, T)      # one t per clip
         tb = t[..., None, None, None]
         xt = (1 - tb) * x0 + tb * eps
-        packed = torch.cat([x0, xt], dim=1)                                               # (B, 2T, C, h, w)
+        clean = x0 if context is None else context.detach()
+        packed = torch.cat([clean, xt], dim=1)                                            # (B, 2T, C, h, w)
         t_packed = torch.cat([torch.zeros_like(t), t], dim=1)                             # (B, 2T)
         keep = torch.cat([torch.ones_like(t, dtype=torch.bool),                           # clean half keeps
                           self._keep_actions((B, T), generator, x0.device)], dim=1)       # its actions

@@ -155,6 +155,29 @@ if [ "$PART" = quad ]; then
   exit 0
 fi
 
+# PART=rollout (prepared in session 8, not yet run; a machine of 4 GPUs, one job per GPU): the shipped teacher
+# continues for TEACHER_MIN (TEACHER_TOTAL the cosine horizon) on its own rollouts (train_teacher's
+# rollout_rows: teacher-forcing rows whose context from frame 8 on is the EMA model's 4-step rollout), at 8 and
+# at all 16 teacher-forcing rows, beside the same slice without it (the control); each is stored int8 and
+# evaluated at 16 steps on its GPU. Does the long-window brightening (docs/EVALUATION.md, session 8) go?
+if [ "$PART" = rollout ]; then
+  gpu=0
+  for rows in 8 16 0; do
+    ( export CUDA_VISIBLE_DEVICES=$gpu
+      stage "teacher-r$rows" python3 -m world_model.recipes.train_teacher settings/train/teacher.yaml \
+        --out "runs/teacher-r$rows" --init "$T" --set max_minutes="$TEACHER_MIN" --set total_minutes="$TEACHER_TOTAL" \
+        --set compile=true --set data.collect.workers=14 --set rollout_rows="$rows"
+      src="runs/teacher-r$rows/teacher.safetensors"
+      [ -e "runs/teacher-r$rows/teacher.index.json" ] && src="runs/teacher-r$rows/teacher.index.json"
+      stage "teacher-r$rows-int8" python3 -m world_model.recipes.quantize "$src" --out "runs/teacher-r$rows-int8/teacher.safetensors"
+      evaluate "T16-r$rows" "runs/teacher-r$rows-int8/teacher.safetensors" --steps 16 ) &
+    gpu=$((gpu + 1))
+  done
+  wait
+  echo "$(date +%T) rollout part done"
+  exit 0
+fi
+
 # PART=cm-pair: Stage A alone at the guidance scales in PAIR ("1 3"), side by side on one GPU (half the
 # collectors each), each then evaluated at 1 and 2 steps. Session 2's Stage A student beat Stage A+B.
 if [ "$PART" = cm-pair ]; then

@@ -34,11 +34,14 @@ from torch import nn
 from world_model import checkpoint
 from world_model.autoencoder import Autoencoder
 from world_model.data import ClipBuffer
+from world_model.graphs import GraphedSession
 from world_model.losses import TeacherLoss, TeacherLossConfig
 from world_model.model import ModelConfig, WorldModel, load_model, save_model
-from world_model.recipes.feeder import DataConfig, Feeder
 from world_model.recipes.common import (Metrics, autocast, ema_update, load_state, lr_at, plot_csv,
                                         recipe_cli, save_state)
+from world_model.recipes.feeder import DataConfig, Feeder
+from world_model.rollout import Session
+from world_model.sampler import SamplerConfig
 
 
 @dataclass(frozen=True)
@@ -68,10 +71,18 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     compile: bool = False
+    # Training on its own rollouts (session 8, for the long-window brightening, docs/EVALUATION.md): in this
+    # many teacher-forcing rows of each batch, the clean frames from `rollout_from` on are replaced by the EMA
+    # model's own rollout (Session, `rollout_steps` Euler steps, the clip's actions), while the targets stay
+    # the game's frames. 0 = off.
+    rollout_rows: int = field(default=0, metadata={"min": 0})
+    rollout_from: int = field(default=8, metadata={"min": 1})
+    rollout_steps: int = field(default=4, metadata={"min": 1})
 
 
 FIELDS = ("step", "loss", "loss_tf", "loss_df", "mse_tf", "mse_df", "val_mse_tf", "val_mse_df", "lr",
-          "grad_norm", "minutes", "frames", "buffer", "steps_per_s", "ms_data", "ms_sample", "ms_fwd_bwd", "ms_opt")
+          "grad_norm", "minutes", "frames", "buffer", "steps_per_s", "ms_data", "ms_sample", "ms_rollout",
+          "ms_fwd_bwd", "ms_opt")
 
 
 class Objective(nn.Module):
@@ -83,8 +94,26 @@ class Objective(nn.Module):
         self.model = model
         self.loss = loss
 
-    def forward(self, latents: torch.Tensor, actions: torch.Tensor, generator: torch.Generator | None):
-        return self.loss(self.model, latents, actions, generator)
+    def forward(self, latents: torch.Tensor, actions: torch.Tensor, generator: torch.Generator | None,
+                context: torch.Tensor | None = None):
+        return self.loss(self.model, latents, actions, generator, context)
+
+
+@torch.no_grad()
+def own_rollout(session: Session, latents: torch.Tensor, actions: torch.Tensor, start: int, steps: int) -> torch.Tensor:
+    """latents (n, T, C, h, w), actions (n, T, A) -> the clip with frames start.. replaced by the session's
+    rollout from the real frames before `start`, under the clip's actions (frame j comes from action j)."""
+    session.reset(latents[:, :start], actions[:, :start])
+    made = [session.step(actions[:, j], steps=steps) for j in range(start, latents.shape[1])]   # (n, C, h, w) each
+    return torch.cat([latents[:, :start], torch.stack(made, 1).to(latents.dtype)], dim=1)
+
+
+def rollout_session(ema: WorldModel, cfg: TrainConfig, device: torch.device, rank: int) -> Session:
+    """The EMA weights' Session for `own_rollout`: the whole clip fits its cache (no eviction), and on CUDA
+    its passes replay as graphs that read the EMA parameters in place, so they follow every update."""
+    return GraphedSession(ema, window=cfg.clip_len, sink=0, device=device, dtype=torch.bfloat16,
+                          seed=cfg.seed * 31 + rank, sampler=SamplerConfig(kind="euler", steps=cfg.rollout_steps),
+                          check_finite=False, capture=device.type == "cuda")
 
 
 class PhaseTimer:
@@ -179,6 +208,11 @@ def main(cfg: TrainConfig, out: Path, resume: bool = False, init: Path | None = 
         log(f"initialised from {init} (step {step}, {minutes:.1f} min); optimizer moments start fresh")
     log(f"teacher: {model.num_params() / 1e6:.2f}M params, {world} process(es), device {device}")
 
+    n_tf = round(cfg.batch * cfg.loss.tf_fraction)
+    if cfg.rollout_rows and (cfg.rollout_rows > n_tf or cfg.rollout_from >= cfg.clip_len):
+        raise ValueError(f"rollout_rows={cfg.rollout_rows} needs at most the {n_tf} teacher-forcing rows of a "
+                         f"batch, and rollout_from={cfg.rollout_from} fewer than clip_len={cfg.clip_len} frames")
+    roller = rollout_session(ema, cfg, device, rank) if cfg.rollout_rows else None
     objective = Objective(model, TeacherLoss(cfg.loss))
     if world > 1:
         objective = nn.parallel.DistributedDataParallel(objective, device_ids=[device.index] if device.type == "cuda" else None)
@@ -211,8 +245,14 @@ def main(cfg: TrainConfig, out: Path, resume: bool = False, init: Path | None = 
             timer.mark("data")
             x, a = feeder.train.sample(cfg.batch, cfg.clip_len, rng)               # (B, T, C, h, w), (B, T, 5)
             timer.mark("sample")
+            context = None
+            if roller is not None:
+                n = cfg.rollout_rows
+                context = torch.cat([own_rollout(roller, x[:n].float(), a[:n], cfg.rollout_from, cfg.rollout_steps),
+                                     x[n:].float()])                                       # (B, T, C, h, w)
+                timer.mark("rollout")
             with autocast(device):
-                loss, parts = step_fn(x.float(), a, gen)
+                loss, parts = step_fn(x.float(), a, gen, context)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             timer.mark("fwd_bwd")
