@@ -393,13 +393,14 @@ def test_new_data_every_drain_every_student_updates(teacher_path, tmp_path, stag
 @pytest.mark.parametrize("int8", [False, True])
 def test_student_checkpoint_round_trips_and_plays_one_and_two_steps(tmp_path, int8):
     model = make_teacher()
-    cfg = distill.DistillConfig(save_int8=int8, t_mid=0.75)
+    cfg = distill.DistillConfig(save_int8=int8, t_mid=0.75, cm=distill.ConsistencyConfig(teacher_cfg=3.0))
     path = tmp_path / "student.safetensors"
     distill.save_student(path, model, cfg, {"step": "3"})
     loaded = load_model(path, kind="student")
     _, _, meta = checkpoint.load(path)
     assert json.loads(meta["schedules"]) == {"1": [1.0, 0.0], "2": [1.0, 0.75, 0.0]}
     assert meta["sampler"] == "consistency" and float(meta["t_mid"]) == 0.75
+    assert float(meta["teacher_cfg"]) == 3.0          # the guidance it was distilled with
     for p, q in zip(model.parameters(), loaded.parameters()):
         scale = float(p.detach().abs().max()) + 1e-12
         assert float((p - q).detach().abs().max()) <= scale * (1 / 127 if int8 else 1 / 128) + 1e-7

@@ -187,7 +187,9 @@ def validate(model: WorldModel, feeder: Any, cfg: DistillConfig, device: torch.d
 def save_student(path: Path, model: WorldModel, cfg: DistillConfig, meta: dict[str, str]) -> list[Path]:
     """EMA weights as kind "student"; metadata tells the player/evaluation how to sample it."""
     meta = {**meta, "recipe": "distill", "stage": cfg.stage, "sampler": "consistency", "default_steps": "1",
-            "t_mid": repr(cfg.t_mid), "schedules": json.dumps({str(k): v for k, v in cfg.schedules.items()})}
+            "t_mid": repr(cfg.t_mid), "schedules": json.dumps({str(k): v for k, v in cfg.schedules.items()}),
+            # the action guidance the student learnt from: the teacher's step (Stage A), the real score (Stage B)
+            "teacher_cfg": repr(cfg.cm.teacher_cfg if cfg.stage == "cm" else cfg.dmd.real_cfg)}
     dtype = None if cfg.save_int8 else torch.bfloat16   # int8: quantize from float32, dequantize to float32
     return checkpoint.save(path, model.state_for_save(dtype), kind="student", config=model.config_dict(),
                            meta=meta, quantize_int8=cfg.save_int8)
