@@ -164,9 +164,11 @@ if [ "$PART" = rollout ]; then
   gpu=0
   for rows in 8 16 0; do
     ( export CUDA_VISIBLE_DEVICES=$gpu
-      stage "teacher-r$rows" python3 -m world_model.recipes.train_teacher settings/train/teacher.yaml \
-        --out "runs/teacher-r$rows" --init "$T" --set max_minutes="$TEACHER_MIN" --set total_minutes="$TEACHER_TOTAL" \
-        --set compile=true --set data.collect.workers=14 --set rollout_rows="$rows"
+      args=(settings/train/teacher.yaml --out "runs/teacher-r$rows" --init "$T" --set max_minutes="$TEACHER_MIN"
+            --set total_minutes="$TEACHER_TOTAL" --set compile=true --set data.collect.workers=14 --set rollout_rows="$rows")
+      # If the rollout's graph capture fails inside the compiled loop, the same slice runs with an eager rollout.
+      stage "teacher-r$rows" python3 -m world_model.recipes.train_teacher "${args[@]}" \
+      || stage "teacher-r$rows-eager" python3 -m world_model.recipes.train_teacher "${args[@]}" --set rollout_graphs=false
       src="runs/teacher-r$rows/teacher.safetensors"
       [ -e "runs/teacher-r$rows/teacher.index.json" ] && src="runs/teacher-r$rows/teacher.index.json"
       stage "teacher-r$rows-int8" python3 -m world_model.recipes.quantize "$src" --out "runs/teacher-r$rows-int8/teacher.safetensors"
