@@ -97,19 +97,24 @@ if [ "$PART" = move ]; then
   exit 0
 fi
 
-# PART=depth (prepared in session 7, not yet run): Stage A at guidance 3 for the full-depth student and for a
+depth_student() {  # depth_student full|small WORKERS: Stage A at guidance 3 (small: the LAYERS blocks), then
+  # its 1- and 2-step evaluations side by side
+  local v=$1 extra=()
+  [ "$v" = small ] && extra=(--set "student_layers=${LAYERS:-[0,2,4,6,7]}")
+  stage "cm-$v" python3 -m world_model.recipes.distill settings/train/distill_cm.yaml --out "runs/cm-$v" \
+    --set teacher="$T" --set max_minutes="$CM_MIN" --set total_minutes="$CM_MIN" --set cm.teacher_cfg=3 \
+    --set data.collect.workers="$2" --set save_int8=true "${extra[@]}"
+  evaluate "cm-$v-1" "runs/cm-$v/student.safetensors" --steps 1 &
+  evaluate "cm-$v-2" "runs/cm-$v/student.safetensors" --steps 2
+  wait
+}
+
+# PART=depth (prepared in session 7; PART=quad ran the same students in session 8): Stage A at guidance 3 for the full-depth student and for a
 # shallower one (LAYERS: the teacher blocks it keeps, default [0,2,4,6,7]) side by side, each evaluated at 1 and
 # 2 steps, then the benchmark alone: is a 5-block student's 1-step tick a tenth of the teacher's (issue 6), and
 # what does it cost in quality (issue 4's bounds)?
 if [ "$PART" = depth ]; then
-  for v in full small; do
-    ( extra=(); [ "$v" = small ] && extra=(--set "student_layers=${LAYERS:-[0,2,4,6,7]}")
-      stage "cm-$v" python3 -m world_model.recipes.distill settings/train/distill_cm.yaml --out "runs/cm-$v" \
-        --set teacher="$T" --set max_minutes="$CM_MIN" --set total_minutes="$CM_MIN" --set cm.teacher_cfg=3 \
-        --set data.collect.workers=7 --set save_int8=true "${extra[@]}"
-      evaluate "cm-$v-1" "runs/cm-$v/student.safetensors" --steps 1 &
-      evaluate "cm-$v-2" "runs/cm-$v/student.safetensors" --steps 2; wait ) &
-  done
+  for v in full small; do depth_student "$v" 7 & done
   wait
   stage bench-depth python3 main.py bench --device cuda --ticks 1000 --warmup 50 --variants student1,teacher \
     --engines graphs-fused --model runs/cm-small/student.safetensors --teacher "$T" --json runs/bench/bench-small.json
@@ -126,15 +131,8 @@ fi
 #   GPU 3: the shipped teacher's 16-step evaluation again, for its per-window table (the long-window runaway),
 #          then the benchmark of each student against the teacher once that student exists.
 if [ "$PART" = quad ]; then
-  for v in full small; do
-    gpu=0; extra=(); [ "$v" = small ] && { gpu=1; extra=(--set "student_layers=${LAYERS:-[0,2,4,6,7]}"); }
-    ( export CUDA_VISIBLE_DEVICES=$gpu
-      stage "cm-$v" python3 -m world_model.recipes.distill settings/train/distill_cm.yaml --out "runs/cm-$v" \
-        --set teacher="$T" --set max_minutes="$CM_MIN" --set total_minutes="$CM_MIN" --set cm.teacher_cfg=3 \
-        --set data.collect.workers=12 --set save_int8=true "${extra[@]}"
-      evaluate "cm-$v-1" "runs/cm-$v/student.safetensors" --steps 1 &
-      evaluate "cm-$v-2" "runs/cm-$v/student.safetensors" --steps 2; wait ) &
-  done
+  ( export CUDA_VISIBLE_DEVICES=0; depth_student full 12 ) &
+  ( export CUDA_VISIBLE_DEVICES=1; depth_student small 12 ) &
   ( export CUDA_VISIBLE_DEVICES=2
     stage teacher python3 -m world_model.recipes.train_teacher settings/train/teacher.yaml --out runs/teacher \
       --init "$T" --set max_minutes="$TEACHER_MIN" --set total_minutes="$TEACHER_TOTAL" --set compile=true \
