@@ -221,7 +221,8 @@ def build_session(v: Variant, models: dict[str, Any], cfg: PlayConfig, device: s
     # batch 1 (about 500 kernels), so fewer, fused kernels are what could take a tick under 2 ms.
     compiled = v.engine.endswith("-compile")
     name = v.engine.removesuffix("-compile")
-    runtime = RuntimeConfig(engine=name.removesuffix("-fused"), fuse_reencode=name.endswith("-fused"))
+    runtime = RuntimeConfig(engine=name.removesuffix("-fused"), fuse_reencode=name.endswith("-fused"),
+                            compile_decoder=args.compile_decoder)
     return make_session(torch.compile(model, dynamic=False) if compiled else model, runtime=runtime,
                         onnx_dir=resolve(args.onnx_dir), **kw)
 
@@ -443,6 +444,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--random", action="store_true", help="ignore checkpoints: random weights of --model-config")
     p.add_argument("--model-config", default="settings/model/teacher.yaml", help="architecture for random weights")
     p.add_argument("--variants", default="student1,student2,teacher", help="comma list of student1,student2,teacher")
+    p.add_argument("--compile-decoder", action="store_true",
+                   help="runtime.compile_decoder for every torch engine: the decoder through torch.compile")
     p.add_argument("--engines", default="eager,graphs,onnxruntime", help=f"comma list of {','.join(ENGINES)} "
                    "(-fused: runtime.fuse_reencode on)")
     p.add_argument("--memory-ticks", type=int, default=0, help="extra long run of student1 on the default engine, "

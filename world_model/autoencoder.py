@@ -157,6 +157,13 @@ class Autoencoder(nn.Module):
         copy.channels_last = True
         return copy.eval()
 
+    def with_compiled_decoder(self) -> "Autoencoder":
+        """A twin sharing these weights whose decoder runs through torch.compile (compiled on first call)."""
+        twin = Autoencoder(self.config).to(self.scale.device)
+        twin.encoder, twin.scale, twin.channels_last = self.encoder, self.scale, self.channels_last
+        twin.decoder = torch.compile(self.decoder, dynamic=False)
+        return twin.eval()
+
     def decode_uint8(self, z: torch.Tensor) -> torch.Tensor:
         """z (B, C, h, w) -> frames (B, H, W, 3) uint8 on z's device, contiguous for one copy to host."""
         x = self.decode(z)                                                     # (B, 3, H, W)

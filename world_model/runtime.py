@@ -32,6 +32,10 @@ class RuntimeConfig:
     # On CUDA with a bf16 (or fp16) session, hold the weights in that dtype instead of float32 under autocast:
     # autocast re-casts every weight in every pass, which in a launch-bound pass is many extra kernels.
     cast_weights: bool = True
+    # torch.compile the decoder alone (eager and graphs engines): inductor fuses its GroupNorms, whose stock
+    # kernel runs one thread block per group (8 blocks on 132 SMs) at batch 1. On the H100 one frame took
+    # 0.23 ms against 0.50 (docs/BENCHMARKS.md, session 9), for ~20 s of compiling when the session is built.
+    compile_decoder: bool = False
 
 
 def resolve_engine(engine: str, device: Any) -> str:
@@ -58,6 +62,8 @@ def make_session(model: Any, *, runtime: RuntimeConfig, window: int, sink: int, 
         return OrtSession(model, window=window, sink=sink, device=device,
                           onnx_dir=onnx_dir or runtime.onnx_dir, **session_kw)
     session_kw["fuse_reencode"] = runtime.fuse_reencode
+    if runtime.compile_decoder and session_kw.get("autoencoder") is not None:
+        session_kw["autoencoder"] = session_kw["autoencoder"].with_compiled_decoder()
     if runtime.compile:
         import torch
         model = torch.compile(model, dynamic=False)

@@ -170,7 +170,8 @@ if [ "$PART" = rollout ]; then
       src="runs/teacher-r$rows/teacher.safetensors"
       [ -e "runs/teacher-r$rows/teacher.index.json" ] && src="runs/teacher-r$rows/teacher.index.json"
       stage "teacher-r$rows-int8" python3 -m world_model.recipes.quantize "$src" --out "runs/teacher-r$rows-int8/teacher.safetensors"
-      evaluate "T16-r$rows" "runs/teacher-r$rows-int8/teacher.safetensors" --steps 16 ) &
+      # ROLLOUT_PARTS (e.g. "ar": the windows.csv brightness, 70 s) shortens the evaluation to those parts.
+      evaluate "T16-r$rows" "runs/teacher-r$rows-int8/teacher.safetensors" --steps 16 ${ROLLOUT_PARTS:+--parts "$ROLLOUT_PARTS"} ) &
     gpu=$((gpu + 1))
   done
   wait
