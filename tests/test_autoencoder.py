@@ -146,3 +146,18 @@ def test_time_limit_stops_and_saves(tmp_path):
     summary = recipe.main(cfg, tmp_path)
     assert 1 <= summary["step"] < 10_000
     assert (tmp_path / "autoencoder.safetensors").exists()
+
+
+def test_compiled_decoder_twin_shares_the_weights_and_decodes_alike():
+    """runtime.compile_decoder: the twin's decoder is the same module behind torch.compile (here dynamo with
+    the eager backend, so the check is about the wiring, not inductor); the original stays uncompiled."""
+    model = Autoencoder(tiny_config()).eval()
+    with torch.no_grad():
+        model.scale.fill_(1.7)
+        twin = model.with_compiled_decoder(backend="eager")
+        assert twin.encoder is model.encoder and twin.scale is model.scale
+        assert twin.decoder._orig_mod is model.decoder and not hasattr(model.decoder, "_orig_mod")
+        z = model.encode(smooth_images(2, 48, 64))
+        assert torch.equal(twin.decode_uint8(z), model.decode_uint8(z))
+        model.decoder.out.bias.add_(0.5)                                   # one set of weights: both see it
+        assert torch.equal(twin.decode_uint8(z), model.decode_uint8(z))

@@ -250,6 +250,23 @@ def test_runtime_compile_plays_the_same_frames_as_eager():
     assert torch.allclose(frames[0], frames[1], atol=1e-4)
 
 
+def test_runtime_compile_decoder_gives_the_session_a_compiled_twin():
+    from world_model.autoencoder import Autoencoder, AutoencoderConfig
+    model = tiny_model()
+    C, h, w = model.config.latent_shape
+    ae = Autoencoder(AutoencoderConfig(latent_channels=C, height=h * 8, width=w * 8, enc_channels=(8, 8, 8, 8),
+                                       dec_channels=(8, 8, 8, 8))).eval()
+    plain = make_session(model, runtime=RuntimeConfig(engine="eager"), window=2, sink=1, device="cpu",
+                         autoencoder=ae)
+    assert plain.autoencoder is ae
+    s = make_session(model, runtime=RuntimeConfig(engine="eager", compile_decoder=True), window=2, sink=1,
+                     device="cpu", autoencoder=ae)
+    assert s.autoencoder.decoder._orig_mod is ae.decoder and not hasattr(ae.decoder, "_orig_mod")
+    z = torch.randn(1, C, h, w, generator=torch.Generator().manual_seed(0))
+    diff = (s.decode(z).int() - plain.decode(z).int()).abs()                # inductor on the CPU, uint8 frames
+    assert int(diff.max()) <= 1
+
+
 def test_bench_times_the_fused_engines(tmp_path, capsys):
     out = tmp_path / "bench.json"
     rc = cli.main(["bench", "--device", "cpu", "--random", "--model-config", "settings/model/tiny.yaml", "--ticks", "3",

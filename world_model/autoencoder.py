@@ -157,11 +157,12 @@ class Autoencoder(nn.Module):
         copy.channels_last = True
         return copy.eval()
 
-    def with_compiled_decoder(self) -> "Autoencoder":
-        """A twin sharing these weights whose decoder runs through torch.compile (compiled on first call)."""
+    def with_compiled_decoder(self, backend: str = "inductor") -> "Autoencoder":
+        """A twin sharing these weights whose decoder runs through torch.compile (compiled on first call;
+        `backend` other than inductor only for tests)."""
         twin = Autoencoder(self.config).to(self.scale.device)
         twin.encoder, twin.scale, twin.channels_last = self.encoder, self.scale, self.channels_last
-        twin.decoder = torch.compile(self.decoder, dynamic=False)
+        twin.decoder = torch.compile(self.decoder, dynamic=False, backend=backend)
         return twin.eval()
 
     def decode_uint8(self, z: torch.Tensor) -> torch.Tensor:
