@@ -153,7 +153,7 @@ if [ "$PART" = quad ]; then
   exit 0
 fi
 
-# PART=rollout (prepared in session 8, not yet run; a machine of 4 GPUs, one job per GPU): the shipped teacher
+# PART=rollout (prepared in session 8, ran in session 9 with TEACHER_MIN=6 ROLLOUT_PARTS=ar; a machine of 4 GPUs, one job per GPU): the shipped teacher
 # continues for TEACHER_MIN (TEACHER_TOTAL the cosine horizon) on its own rollouts (train_teacher's
 # rollout_rows: teacher-forcing rows whose context from frame 8 on is the EMA model's 4-step rollout), at 8 and
 # at all 16 teacher-forcing rows, beside the same slice without it (the control); each is stored int8 and
@@ -176,6 +176,40 @@ if [ "$PART" = rollout ]; then
   done
   wait
   echo "$(date +%T) rollout part done"
+  exit 0
+fi
+
+# PART=next (prepared in session 9 for a machine of 4 GPUs, one job per GPU; nothing here has run yet):
+#   GPU 0: a 6-block student (LAYERS6, default [0,1,3,5,6,7]), Stage A at guidance 3 for CM_MIN, its 1- and
+#          2-step evaluations, then the benchmark against the teacher with the stock and the compiled decoder
+#          (issue 6: 10x needs a student tick of ~1.63 ms; estimate for 6 blocks + compiled decoder ~1.60);
+#   GPU 1: the full-depth student the same way, for the same CM_MIN (the quality reference for GPU 0);
+#   GPU 2, 3: the teacher on its own rollouts from earlier in the clip (16 rows, rollout_from 4 and 2: session
+#          9's rollouts from frame 8 fixed the brightening at 128 ticks but not over 2,000), TEACHER_MIN,
+#          int8, the full 16-step evaluation.
+if [ "$PART" = next ]; then
+  ( export CUDA_VISIBLE_DEVICES=0; LAYERS=${LAYERS6:-[0,1,3,5,6,7]} depth_student small 12
+    for dec in stock compiled; do
+      flag=(); [ "$dec" = compiled ] && flag=(--compile-decoder)
+      stage "bench-six-$dec" python3 main.py bench --device cuda --ticks 1000 --warmup 50 --variants student1,student2,teacher \
+        --engines graphs-fused --model runs/cm-small/student.safetensors --teacher "$T" "${flag[@]}" \
+        --json "runs/bench/bench-six-$dec.json"
+    done ) &
+  ( export CUDA_VISIBLE_DEVICES=1; depth_student full 12 ) &
+  gpu=2
+  for from in 4 2; do
+    ( export CUDA_VISIBLE_DEVICES=$gpu
+      stage "teacher-from$from" python3 -m world_model.recipes.train_teacher settings/train/teacher.yaml \
+        --out "runs/teacher-from$from" --init "$T" --set max_minutes="$TEACHER_MIN" --set total_minutes="$TEACHER_TOTAL" \
+        --set compile=true --set data.collect.workers=12 --set rollout_rows=16 --set rollout_from="$from"
+      src="runs/teacher-from$from/teacher.safetensors"
+      [ -e "runs/teacher-from$from/teacher.index.json" ] && src="runs/teacher-from$from/teacher.index.json"
+      stage "teacher-from$from-int8" python3 -m world_model.recipes.quantize "$src" --out "runs/teacher-from$from-int8/teacher.safetensors"
+      evaluate "T16-from$from" "runs/teacher-from$from-int8/teacher.safetensors" --steps 16 ) &
+    gpu=$((gpu + 1))
+  done
+  wait
+  echo "$(date +%T) next part done"
   exit 0
 fi
 
