@@ -223,3 +223,41 @@ def test_the_idle_heldout_trace_holds_long_rests_and_stays_in_one_episode():
         g.reset(t.seed)
         cuts = [g.step(a) is None or g.tick_info.new_episode for a in t.actions]
     assert not any(cuts)
+
+
+def test_forward_breaks_vectorised_matches_the_definition_tick_by_tick():
+    from world_model.data import forward_breaks as breaks
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        f = np.repeat(np.where(rng.random(400) < 0.3, 0, np.round(rng.uniform(-1, 1, 400), 2)), 5).astype(np.float32)
+        st = rng.random(len(f)) < 0.005
+        rev, start = breaks(f, st)
+        for t in range(len(f)):
+            prev, now = f[max(0, t - 8):t], f[t]
+            ok = t >= 8 and not st[t - 7:t + 1].any()
+            want_rev = ok and abs(now) >= 0.5 and abs(prev.mean()) >= 0.2 and np.sign(now) != np.sign(prev.mean())
+            want_start = ok and abs(now) >= 0.5 and bool((np.abs(prev) < 0.05).all())
+            assert rev[t] == want_rev and start[t] == want_start, t
+
+
+def test_clip_buffer_draws_clips_with_forward_breaks_more_often_when_asked():
+    buf = ClipBuffer(400, (1,), dtype=torch.float32)
+    for k in range(4):                                  # chunks of 100 ticks: walking forward, one reversal each
+        f = np.ones(100, np.float32)
+        f[60 + k:66 + k] = -1.0
+        a = torch.zeros(100, 5)
+        a[:, 0] = torch.from_numpy(f)
+        buf.add(torch.arange(100, dtype=torch.float32)[:, None] + 1000 * k, a, np.zeros(100, bool))
+    starts = buf.starts_for(8)
+    has = buf.with_breaks(starts, 8)
+    assert 0 < has.mean() < 0.2                         # few clips hold a tick of the reversal
+    flagged = set(np.flatnonzero(buf.breaks))          # ticks are items: 1000 * chunk + tick, at slot 100 * chunk + tick
+
+    def share(items: torch.Tensor) -> float:            # drawn clips with a flagged tick on frames 1..7
+        slots = (items[..., 0] // 1000 * 100 + items[..., 0] % 1000).long()
+        return float(np.mean([any(int(s) in flagged for s in row[1:]) for row in slots]))
+
+    assert share(buf.sample(2000, 8, np.random.default_rng(0), break_weight=1e6)[0]) == 1.0
+    uniform = share(buf.sample(4000, 8, np.random.default_rng(1))[0])
+    assert abs(uniform - has.mean()) < 0.03
+    assert share(buf.sample(4000, 8, np.random.default_rng(1), break_weight=4.0)[0]) > 2 * uniform

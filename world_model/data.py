@@ -3,11 +3,39 @@
 Frames (or their latents) arrive in chunks from many workers. A clip is `clip_len` consecutive
 ticks of one worker's play that crosses no episode start, so each chunk boundary is also a clip
 boundary. The buffer lives on any torch device: the teacher recipe keeps latents on the GPU.
+
+Clips may be drawn with more weight where the forward input breaks with the motion (`forward_breaks`):
+Doom's walking has momentum, so on most ticks the context frames already show where the view goes and a
+model can learn to ignore the forward input (docs/DATA.md). The ticks where it cannot are rare, and they are
+what the action-response probes ask.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+
+def forward_breaks(forward: np.ndarray, starts: np.ndarray, k: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """Per tick of one stream, (reversal, start_from_rest) flags (N,) bool: |forward| >= 0.5 against the sign
+    of the previous k ticks' mean forward (itself >= 0.2 in size), or after k ticks of rest (|forward| < 0.05).
+    A tick needs k ticks of history inside its episode: the first k of a stream and the k ticks from an episode
+    start (`starts`) on are never flagged. forward (N,) float, starts (N,) bool."""
+    n = len(forward)
+    rev, start = np.zeros(n, bool), np.zeros(n, bool)
+    if n <= k:
+        return rev, start
+    f = np.asarray(forward, np.float64)
+    csum = np.concatenate([[0.0], np.cumsum(f)])
+    mean = (csum[k:n] - csum[:n - k]) / k                                # mean of f[t-k:t] for t = k..n-1
+    rest = np.concatenate([[0], np.cumsum(np.abs(f) >= 0.05)])
+    still = (rest[k:n] - rest[:n - k]) == 0                              # all of f[t-k:t] at rest
+    st = np.concatenate([[0], np.cumsum(np.asarray(starts, bool))])
+    clean = (st[k + 1:n + 1] - st[1:n - k + 1]) == 0                     # no episode start in (t-k, t]
+    now = f[k:]
+    strong = np.abs(now) >= 0.5
+    rev[k:] = clean & strong & (np.abs(mean) >= 0.2) & (np.sign(now) != np.sign(mean))
+    start[k:] = clean & strong & still
+    return rev, start
 
 
 class ClipBuffer:
@@ -18,6 +46,7 @@ class ClipBuffer:
         self.actions = torch.zeros((capacity, action_dim), dtype=torch.float32, device=device)
         self.boundary = np.ones(capacity, dtype=bool)   # True: a clip may start here but not run through
         self.valid = np.zeros(capacity, dtype=bool)
+        self.breaks = np.zeros(capacity, dtype=bool)   # forward_breaks (either kind), within each chunk
         self.head = 0
         self.added = 0
 
@@ -36,6 +65,8 @@ class ClipBuffer:
         self.items[sl] = items.to(self.items.device, self.items.dtype)
         self.actions[sl] = actions.to(self.actions.device, torch.float32)
         self.boundary[sl] = starts
+        rev, begin = forward_breaks(actions[:, 0].float().cpu().numpy(), starts)
+        self.breaks[sl] = rev | begin
         self.boundary[self.head] = True           # a new chunk: another worker's stream
         self.valid[sl] = True
         self.head += n
@@ -54,11 +85,23 @@ class ClipBuffer:
         invalid = ok_valid[clip_len: clip_len + n] - ok_valid[:n]
         return np.flatnonzero((crossings == 0) & (invalid == 0))
 
-    def sample(self, batch: int, clip_len: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Random clips: items (B, T, ...), actions (B, T, 5)."""
+    def with_breaks(self, starts: np.ndarray, clip_len: int) -> np.ndarray:
+        """For clip starts i, whether a forward break falls on one of the clip's frames 1..clip_len-1 (a
+        break on frame 0 has no context in the clip to break with)."""
+        c = np.concatenate([[0], np.cumsum(self.breaks)])
+        return (c[starts + clip_len] - c[starts + 1]) > 0
+
+    def sample(self, batch: int, clip_len: int, rng: np.random.Generator, break_weight: float = 1.0
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random clips: items (B, T, ...), actions (B, T, 5). With break_weight w != 1 a clip that holds a
+        forward break is drawn w times as often as one that does not."""
         starts = self.starts_for(clip_len)
         if len(starts) == 0:
             raise RuntimeError(f"no clip of {clip_len} ticks in the buffer yet ({len(self)} items)")
-        pick = torch.as_tensor(rng.choice(starts, size=batch), device=self.items.device)
+        p = None
+        if break_weight != 1.0:
+            w = np.where(self.with_breaks(starts, clip_len), break_weight, 1.0)
+            p = w / w.sum()
+        pick = torch.as_tensor(rng.choice(starts, size=batch, p=p), device=self.items.device)
         idx = pick[:, None] + torch.arange(clip_len, device=self.items.device)[None]   # (B, T)
         return self.items[idx], self.actions[idx]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import data
 from ..actions import FIELDS
 from ..collect import CollectConfig, Collector
 from ..game import GameConfig, map_sectors
@@ -115,23 +116,18 @@ def idle_stats(streams: dict[int, list[tuple[np.ndarray, np.ndarray]]]) -> dict[
 
 
 def forward_breaks(streams: dict[int, list[tuple[np.ndarray, np.ndarray]]], k: int = 8) -> dict[str, float]:
-    """Ticks where the forward input is not what the recent motion predicts: |forward| >= 0.5 against the
-    sign of the previous k ticks' mean forward (itself >= 0.2 in size: a reversal), or after k ticks of rest
-    (|forward| < 0.05: a start). On these ticks the next frame depends on the input, not only on the
-    momentum that the context frames show (docs/DATA.md). Shares of all ticks with k ticks of history
-    inside one episode."""
+    """Shares of the ticks with k ticks of history inside one episode where the forward input breaks with the
+    recent motion (world_model.data.forward_breaks: reversals and starts from rest). On these ticks the next
+    frame depends on the input, not only on the momentum that the context frames show (docs/DATA.md)."""
     rev = start = total = 0
     for chunks in streams.values():
         f = np.concatenate([a[:, 0] for a, _ in chunks])
         starts = np.concatenate([st for _, st in chunks])
-        for t in range(k, len(f)):
-            if starts[t - k + 1:t + 1].any():
-                continue                                 # an episode began within the window
-            prev, now = f[t - k:t], f[t]
-            total += 1
-            m = prev.mean()
-            rev += abs(now) >= 0.5 and abs(m) >= 0.2 and np.sign(now) != np.sign(m)
-            start += abs(now) >= 0.5 and bool((np.abs(prev) < 0.05).all())
+        r, s = data.forward_breaks(f, starts, k)
+        st = np.concatenate([[0], np.cumsum(starts)])
+        t = np.arange(k, len(f))
+        total += int(((st[t + 1] - st[t - k + 1]) == 0).sum())
+        rev, start = rev + int(r.sum()), start + int(s.sum())
     return {"reversal": float(rev / max(1, total)), "start_from_rest": float(start / max(1, total)),
             "ticks": int(total)}
 

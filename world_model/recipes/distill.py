@@ -108,6 +108,9 @@ class DistillConfig:
     # Stage A only: torch.compile the student and teacher forwards (the teacher recipe ran 2.3x faster
     # compiled on the H100). Stage B's cache passes change shape every frame, so it stays eager.
     compile: bool = False
+    # As the teacher recipe's: clips holding a forward break (world_model/data.py) drawn this many times as
+    # often as others, in both stages. 1 = uniform.
+    move_weight: float = field(default=1.0, metadata={"min": 0.01})
 
     def __post_init__(self) -> None:
         if self.stage == "dmd" and self.rollout.context + self.rollout.frames < 2:
@@ -300,7 +303,7 @@ def dmd_cycle(run: Run, loss_fn: DMDLoss, sessions: tuple[Session, Session], fee
     left, steps = cycle_plan(run.iteration, cfg)
     logged: dict[str, list[Tensor]] = {}
     if left:   # one no-grad rollout serves every critic update (a resumed older state may be mid-cycle)
-        x, a = feeder.train.sample(cfg.critic_per_generator * B, clip, rng)          # (cpg * B, T, ...)
+        x, a = feeder.train.sample(cfg.critic_per_generator * B, clip, rng, cfg.move_weight)  # (cpg * B, T, ...)
         critic_session.generator.manual_seed(cfg.seed * 7919 + run.iteration)      # resumable noise stream
         with torch.no_grad():
             clean = rollout(critic_session, x[:, :ro.context], a, steps, cfg.t_mid, grad=False,
@@ -308,7 +311,7 @@ def dmd_cycle(run: Run, loss_fn: DMDLoss, sessions: tuple[Session, Session], fee
         for i in range(left):
             sl = slice(i * B, (i + 1) * B)
             _log(logged, critic_update(run, loss_fn, clean[sl], a[sl], cfg, gen, device))
-    x, a = feeder.train.sample(B, clip, rng)
+    x, a = feeder.train.sample(B, clip, rng, cfg.move_weight)
     gen_session.generator.manual_seed(cfg.seed * 7919 + run.iteration)
     clean = rollout(gen_session, x[:, :ro.context], a, steps, cfg.t_mid, grad=True,
                     first_frame_steps=ro.first_frame_steps)                           # (B, ctx + K, C, h, w)
@@ -408,7 +411,7 @@ def _loop(cfg: DistillConfig, run: Run, feeder: Any, metrics: Metrics, out: Path
         rng = np.random.default_rng([cfg.seed, run.iteration])
         gen.manual_seed(cfg.seed * 104729 + run.iteration)
         if cfg.stage == "cm":
-            x, a = feeder.train.sample(cfg.batch, cfg.clip_len, rng)      # (B, T, C, h, w), (B, T, A)
+            x, a = feeder.train.sample(cfg.batch, cfg.clip_len, rng, cfg.move_weight)  # (B, T, C, h, w), (B, T, A)
             parts = {k: [v] for k, v in cm_step(run, cm_loss, x, a, cfg, gen, device, nets).items()}
         else:
             parts = dmd_cycle(run, dmd_loss, sessions, feeder, cfg, rng, gen, device)

@@ -183,10 +183,11 @@ fi
 #   GPU 0: a 6-block student (LAYERS6, default [0,1,3,5,6,7]), Stage A at guidance 3 for CM_MIN, its 1- and
 #          2-step evaluations, then the benchmark against the teacher with the stock and the compiled decoder
 #          (issue 6: 10x needs a student tick of ~1.63 ms; estimate for 6 blocks + compiled decoder ~1.60);
-#   GPU 1: the full-depth student the same way, for the same CM_MIN (the quality reference for GPU 0);
-#   GPU 2, 3: the teacher on its own rollouts from earlier in the clip (16 rows, rollout_from 4 and 2: session
-#          9's rollouts from frame 8 fixed the brightening at 128 ticks but not over 2,000), TEACHER_MIN,
-#          int8, the full 16-step evaluation.
+#   GPU 1-3: the teacher for TEACHER_MIN, int8, the full 16-step evaluation, in three variants:
+#          move    clips with a forward break drawn MOVE_W (4) times as often (move_weight; the move probes);
+#          from4   16 rows on its own rollouts from frame 4 (session 9's from frame 8 fixed the brightening
+#                  at 128 ticks but not over 2,000 ticks);
+#          both    the two together.
 if [ "$PART" = next ]; then
   ( export CUDA_VISIBLE_DEVICES=0; LAYERS=${LAYERS6:-[0,1,3,5,6,7]} depth_student small 12
     for dec in stock compiled; do
@@ -195,17 +196,19 @@ if [ "$PART" = next ]; then
         --engines graphs-fused --model runs/cm-small/student.safetensors --teacher "$T" "${flag[@]}" \
         --json "runs/bench/bench-six-$dec.json"
     done ) &
-  ( export CUDA_VISIBLE_DEVICES=1; depth_student full 12 ) &
-  gpu=2
-  for from in 4 2; do
+  gpu=1
+  for v in move from4 both; do
+    extra=()
+    [ "$v" != from4 ] && extra+=(--set move_weight="${MOVE_W:-4}")
+    [ "$v" != move ] && extra+=(--set rollout_rows=16 --set rollout_from=4)
     ( export CUDA_VISIBLE_DEVICES=$gpu
-      stage "teacher-from$from" python3 -m world_model.recipes.train_teacher settings/train/teacher.yaml \
-        --out "runs/teacher-from$from" --init "$T" --set max_minutes="$TEACHER_MIN" --set total_minutes="$TEACHER_TOTAL" \
-        --set compile=true --set data.collect.workers=12 --set rollout_rows=16 --set rollout_from="$from"
-      src="runs/teacher-from$from/teacher.safetensors"
-      [ -e "runs/teacher-from$from/teacher.index.json" ] && src="runs/teacher-from$from/teacher.index.json"
-      stage "teacher-from$from-int8" python3 -m world_model.recipes.quantize "$src" --out "runs/teacher-from$from-int8/teacher.safetensors"
-      evaluate "T16-from$from" "runs/teacher-from$from-int8/teacher.safetensors" --steps 16 ) &
+      stage "teacher-$v" python3 -m world_model.recipes.train_teacher settings/train/teacher.yaml \
+        --out "runs/teacher-$v" --init "$T" --set max_minutes="$TEACHER_MIN" --set total_minutes="$TEACHER_TOTAL" \
+        --set compile=true --set data.collect.workers=12 "${extra[@]}"
+      src="runs/teacher-$v/teacher.safetensors"
+      [ -e "runs/teacher-$v/teacher.index.json" ] && src="runs/teacher-$v/teacher.index.json"
+      stage "teacher-$v-int8" python3 -m world_model.recipes.quantize "$src" --out "runs/teacher-$v-int8/teacher.safetensors"
+      evaluate "T16-$v" "runs/teacher-$v-int8/teacher.safetensors" --steps 16 ) &
     gpu=$((gpu + 1))
   done
   wait

@@ -79,6 +79,10 @@ class TrainConfig:
     rollout_from: int = field(default=8, metadata={"min": 1})
     rollout_steps: int = field(default=4, metadata={"min": 1})
     rollout_graphs: bool = True     # CUDA graphs for the rollout (false: eager, ~5x slower on a GPU)
+    # Training clips that hold a forward break (a reversal or a start from rest, world_model/data.py) are drawn
+    # this many times as often as others: there the next frame follows the forward input rather than the
+    # momentum the context shows, which is what the move probes ask (docs/DATA.md). 1 = uniform.
+    move_weight: float = field(default=1.0, metadata={"min": 0.01})
 
 
 FIELDS = ("step", "loss", "loss_tf", "loss_df", "mse_tf", "mse_df", "val_mse_tf", "val_mse_df", "lr",
@@ -244,7 +248,7 @@ def main(cfg: TrainConfig, out: Path, resume: bool = False, init: Path | None = 
             if step % cfg.drain_every == 0:
                 feeder.drain(cfg.data.max_chunks_per_step)
             timer.mark("data")
-            x, a = feeder.train.sample(cfg.batch, cfg.clip_len, rng)               # (B, T, C, h, w), (B, T, 5)
+            x, a = feeder.train.sample(cfg.batch, cfg.clip_len, rng, cfg.move_weight)  # (B, T, C, h, w), (B, T, 5)
             timer.mark("sample")
             context = None
             if roller is not None:
