@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from world_model import checkpoint
 from world_model.autoencoder import Autoencoder
 from world_model.distill_losses import ConsistencyConfig, ConsistencyLoss, DMDConfig, DMDLoss, packed_velocity
+from world_model.graphs import GraphedSession
 from world_model.model import WorldModel, load_model
 from world_model.recipes.common import (Metrics, autocast, ema_update, load_state, lr_at, plot_csv,
                                         recipe_cli, save_state)
@@ -63,6 +64,10 @@ class RolloutConfig:
     sink: int = field(default=1, metadata={"min": 0})             # the teacher's training clip length
     steps: tuple[int, ...] = (1, 2)                               # denoising steps, cycled per cycle
     first_frame_steps: int = field(default=0, metadata={"min": 0})  # 0: as the others (the player does so)
+    # The critic's no-grad rollout (5 x batch clips per cycle) replays its passes as CUDA graphs that read the
+    # student's weights in place, as the teacher recipe's own-rollout does; the generator's rollout, which
+    # takes gradient, stays eager. No effect on the CPU.
+    graphs: bool = True
 
 
 @dataclass(frozen=True)
@@ -393,7 +398,8 @@ def _loop(cfg: DistillConfig, run: Run, feeder: Any, metrics: Metrics, out: Path
     nets = (torch.compile(run.student), torch.compile(run.teacher)) if cfg.compile and cfg.stage == "cm" else None
     # A Session keeps its KV cache while the batch size stays (a new size reallocates it): one Session for
     # the critic's batched rollout, one for the generator's, each allocating its cache once.
-    sessions = (_session(run, cfg, device), _session(run, cfg, device)) if cfg.stage == "dmd" else None
+    sessions = (_session(run, cfg, device, graphs=cfg.rollout.graphs), _session(run, cfg, device)
+                ) if cfg.stage == "dmd" else None
     gen = torch.Generator(device=device)
     t_start, minutes0, step0 = time.perf_counter(), run.minutes, run.step
     t_log, step_log, pending = t_start, run.step, {}
@@ -448,11 +454,14 @@ def _loop(cfg: DistillConfig, run: Run, feeder: Any, metrics: Metrics, out: Path
     return summary
 
 
-def _session(run: Run, cfg: DistillConfig, device: torch.device) -> Session:
+def _session(run: Run, cfg: DistillConfig, device: torch.device, graphs: bool = False) -> Session:
     ro = cfg.rollout
-    return Session(run.student, window=ro.context + ro.frames, sink=min(ro.sink, ro.context), device=device,
-                   dtype=torch.bfloat16 if device.type == "cuda" else torch.float32, seed=cfg.seed,
-                   sampler=SamplerConfig(kind="consistency", t_mid=cfg.t_mid), check_finite=False)
+    kw = dict(window=ro.context + ro.frames, sink=min(ro.sink, ro.context), device=device,
+              dtype=torch.bfloat16 if device.type == "cuda" else torch.float32, seed=cfg.seed,
+              sampler=SamplerConfig(kind="consistency", t_mid=cfg.t_mid), check_finite=False)
+    if graphs and device.type == "cuda":
+        return GraphedSession(run.student, capture=True, **kw)
+    return Session(run.student, **kw)
 
 
 def _critic_ratio(cfg: DistillConfig) -> float:

@@ -183,11 +183,13 @@ fi
 #   GPU 0: a 6-block student (LAYERS6, default [0,1,3,5,6,7]), Stage A at guidance 3 for CM_MIN, its 1- and
 #          2-step evaluations, then the benchmark against the teacher with the stock and the compiled decoder
 #          (issue 6: 10x needs a student tick of ~1.63 ms; estimate for 6 blocks + compiled decoder ~1.60);
-#   GPU 1-3: the teacher for TEACHER_MIN, int8, the full 16-step evaluation, in three variants:
+#   GPU 1, 2: the teacher for TEACHER_MIN, int8, the full 16-step evaluation, in two variants:
 #          move    clips with a forward break drawn MOVE_W (4) times as often (move_weight; the move probes);
 #          from4   16 rows on its own rollouts from frame 4 (session 9's from frame 8 fixed the brightening
 #                  at 128 ticks but not over 2,000 ticks);
-#          both    the two together.
+#   GPU 3: Stage B (Self-Forcing DMD, the critic's rollout as CUDA graphs) from the shipped student for DMD_MIN,
+#          then its 1- and 2-step evaluations: does self-forcing stop the shipped student's slow darkening
+#          over 2,000 ticks (docs/EVALUATION.md, session 9)?
 if [ "$PART" = next ]; then
   ( export CUDA_VISIBLE_DEVICES=0; LAYERS=${LAYERS6:-[0,1,3,5,6,7]} depth_student small 12
     for dec in stock compiled; do
@@ -196,8 +198,15 @@ if [ "$PART" = next ]; then
         --engines graphs-fused --model runs/cm-small/student.safetensors --teacher "$T" "${flag[@]}" \
         --json "runs/bench/bench-six-$dec.json"
     done ) &
+  ( export CUDA_VISIBLE_DEVICES=3
+    args=(settings/train/distill_dmd.yaml --out runs/dmd-shipped --init "$S" --set teacher="$T"
+          --set max_minutes="$DMD_MIN" --set total_minutes="$DMD_MIN" --set data.collect.workers=12)
+    stage dmd-shipped python3 -m world_model.recipes.distill "${args[@]}" \
+    || stage dmd-shipped-eager python3 -m world_model.recipes.distill "${args[@]}" --set rollout.graphs=false
+    evaluate dmd-shipped-1 runs/dmd-shipped/student.safetensors --steps 1 &
+    evaluate dmd-shipped-2 runs/dmd-shipped/student.safetensors --steps 2; wait ) &
   gpu=1
-  for v in move from4 both; do
+  for v in move from4; do
     extra=()
     [ "$v" != from4 ] && extra+=(--set move_weight="${MOVE_W:-4}")
     [ "$v" != move ] && extra+=(--set rollout_rows=16 --set rollout_from=4)
@@ -274,9 +283,13 @@ stage cm python3 -m world_model.recipes.distill settings/train/distill_cm.yaml -
 # 4. Stage B (guided real score), beside Stage A's evaluations.
 ( evaluate A-1 runs/distill_cm/student.safetensors --steps 1
   evaluate A-2 runs/distill_cm/student.safetensors --steps 2 ) &
+# (the critic's rollout replays CUDA graphs since session 9; if their capture fails, the same stage eagerly)
 stage dmd python3 -m world_model.recipes.distill settings/train/distill_dmd.yaml --out runs/distill_dmd \
   --init runs/distill_cm/student.safetensors --set teacher="$T" --set dmd.real_cfg="$CFG" \
-  --set max_minutes="$DMD_MIN" --set total_minutes="$DMD_MIN"
+  --set max_minutes="$DMD_MIN" --set total_minutes="$DMD_MIN" \
+|| stage dmd-eager python3 -m world_model.recipes.distill settings/train/distill_dmd.yaml --out runs/distill_dmd \
+  --init runs/distill_cm/student.safetensors --set teacher="$T" --set dmd.real_cfg="$CFG" \
+  --set max_minutes="$DMD_MIN" --set total_minutes="$DMD_MIN" --set rollout.graphs=false
 wait
 
 # 5. The new student at 1 and 2 steps.
