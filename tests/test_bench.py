@@ -120,3 +120,17 @@ def test_a_named_checkpoint_that_is_missing_is_an_error_not_random_weights(tmp_p
     rc = cli.main(["bench", "--device", "cpu", "--teacher", str(tmp_path / "teacher.safetensors"), "--ticks", "1"])
     assert rc == 1
     assert "--teacher" in capsys.readouterr().err
+
+
+def test_profile_tick_reports_both_variants_on_the_cpu(tmp_path):
+    """The profiling recipe runs the player's sessions (eager on the CPU, where it lists operators instead of
+    kernels) and writes a per-tick table for the student and the teacher."""
+    from world_model.recipes import profile_tick
+    out = tmp_path / "profile.json"
+    assert profile_tick.main(["--device", "cpu", "--ticks", "1", "--warmup", "1", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert set(r["variants"]) == {"student1", "teacher16"}
+    s, t = r["variants"]["student1"], r["variants"]["teacher16"]
+    assert 0 < s["kernels_per_tick"] < t["kernels_per_tick"]          # 1 pass against 16
+    assert s["top"] and all(row["ms_per_tick"] >= 0 for row in s["top"])
+    assert r["command"].startswith("python -m world_model.recipes.profile_tick")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -134,6 +135,13 @@ def plot_csv(csv_path: Path, png_path: Path, panels: Mapping[str, tuple[list[str
     fig.tight_layout()
     fig.savefig(png_path, dpi=90)
     plt.close(fig)
+
+
+def write_json(path: str | Path | None, report: Mapping[str, Any]) -> None:
+    """Write a measurement report as indented JSON (parent folders made); no path, no file."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(report, indent=1))
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:

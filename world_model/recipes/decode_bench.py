@@ -14,7 +14,6 @@ Each row also gives the PSNR of its frame against fp32-autocast's on the same la
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 
 from world_model.autoencoder import Autoencoder, frames_to_model, psnr
 from world_model.graphs import StaticFn
+from world_model.recipes.common import write_json
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -83,9 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"PSNR vs fp32-autocast {db:.1f} dB", flush=True)
     report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "reps": args.reps, "rows": rows,
               "command": "python -m world_model.recipes.decode_bench " + " ".join(sys.argv[1:] if argv is None else argv)}
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=1))
+    write_json(args.json, report)
     return 0
 
 

@@ -13,7 +13,6 @@ what to make faster is a question of which kernels, not of FLOPs (docs/BENCHMARK
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections import defaultdict
@@ -24,6 +23,7 @@ import torch
 
 from world_model.autoencoder import Autoencoder
 from world_model.model import load_model
+from world_model.recipes.common import write_json
 from world_model.runtime import RuntimeConfig, cast_for_inference, make_session
 from world_model.sampler import SamplerConfig
 
@@ -95,9 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         del session, m, a, model
         if dev == "cuda":
             torch.cuda.empty_cache()
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=1))
+    write_json(args.json, report)
     return 0
 
 
