@@ -45,7 +45,7 @@ def test_scale_is_applied_both_ways():
     assert torch.allclose(model.decode(model.encode(x)), y0, atol=1e-5)
 
 
-def test_half_copy_keeps_the_scale_in_float32_and_decodes_alike():
+def test_inference_copy_keeps_the_scale_in_float32_and_decodes_alike():
     """The bf16 inference copy (runtime.cast_weights): weights in bf16, scale exact, float32 latents accepted,
     and the same frames up to bf16 rounding; the original is untouched."""
     model = Autoencoder(tiny_config()).eval()
@@ -53,7 +53,7 @@ def test_half_copy_keeps_the_scale_in_float32_and_decodes_alike():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
         model.scale.fill_(1.2345)
-        half = model.half_copy(torch.bfloat16)
+        half = model.inference_copy(torch.bfloat16)
         assert half.decoder.stem.weight.dtype == torch.bfloat16 and half.scale.dtype == torch.float32
         assert half.scale.item() == model.scale.item() and model.decoder.stem.weight.dtype == torch.float32
         z = model.encode(smooth_images(2, 48, 64))
@@ -161,3 +161,21 @@ def test_compiled_decoder_twin_shares_the_weights_and_decodes_alike():
         assert torch.equal(twin.decode_uint8(z), model.decode_uint8(z))
         model.decoder.out.bias.add_(0.5)                                   # one set of weights: both see it
         assert torch.equal(twin.decode_uint8(z), model.decode_uint8(z))
+
+
+def test_cast_for_inference_gives_the_cpu_a_channels_last_decoder():
+    """On the CPU the world model is left as it is, and the autoencoder becomes a float32 copy whose decoder
+    runs in channels_last (faster with oneDNN); same frames up to a grey level."""
+    from world_model.runtime import RuntimeConfig, cast_for_inference
+    model = Autoencoder(tiny_config()).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+        world = torch.nn.Linear(2, 2)
+        same, ae = cast_for_inference(world, model, runtime=RuntimeConfig(), device="cpu", dtype=torch.float32)
+        assert same is world and ae is not model and ae.channels_last and not model.channels_last
+        assert ae.decoder.stem.weight.dtype == torch.float32
+        assert ae.decoder.stem.weight.is_contiguous(memory_format=torch.channels_last)
+        z = model.encode(smooth_images(2, 48, 64))
+        diff = (ae.decode_uint8(z).int() - model.decode_uint8(z).int()).abs()
+    assert int(diff.max()) <= 1

@@ -78,13 +78,14 @@ def cast_for_inference(model: Any, autoencoder: Any, *, runtime: RuntimeConfig, 
                        dtype: Any) -> tuple[Any, Any]:
     """The world model and autoencoder the way a session should run them: with runtime.cast_weights on CUDA
     and a bf16/fp16 dtype, copies with weights in that dtype (Session then runs them without autocast);
-    otherwise the same objects. The autoencoder's latent `scale` stays float32."""
+    otherwise the same world model. The autoencoder is always an `inference_copy` (its decoder in
+    channels_last), in that dtype or in its own; its latent `scale` stays float32."""
     import torch
 
     if not (runtime.cast_weights and str(device).startswith("cuda") and dtype in (torch.bfloat16, torch.float16)):
-        return model, autoencoder
+        return model, None if autoencoder is None else autoencoder.inference_copy(autoencoder.encoder.stem.weight.dtype)
     from world_model.model import WorldModel
 
     cast = WorldModel(model.config).to(device)
     cast.load_state_dict(model.state_dict())
-    return cast.to(dtype).eval(), None if autoencoder is None else autoencoder.half_copy(dtype)
+    return cast.to(dtype).eval(), None if autoencoder is None else autoencoder.inference_copy(dtype)

@@ -6,7 +6,7 @@
 Every variant is captured as a CUDA graph (as GraphedSession runs the decoder) and timed with CUDA events:
   fp32-autocast   float32 weights under bf16 autocast (the player before runtime.cast_weights)
   bf16            bf16 weights, NCHW
-  bf16-nhwc       bf16 weights and activations in channels_last (Autoencoder.half_copy, the player now)
+  bf16-nhwc       bf16 weights and activations in channels_last (Autoencoder.inference_copy, the player now)
   bf16-nhwc-compile     the same decoder through torch.compile (inductor fuses GroupNorm, SiLU and the
                   residual adds around cuDNN's convolutions), then captured; --no-compile leaves it out
 Each row also gives the PSNR of its frame against fp32-autocast's on the same latents. CUDA only.
@@ -53,18 +53,18 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     ae = Autoencoder.load(args.autoencoder, device="cuda")
     z = torch.randn(1, *ae.latent_shape, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
-    nhwc = ae.half_copy(torch.bfloat16).to(memory_format=torch.channels_last)
+    nhwc = ae.inference_copy(torch.bfloat16).to(memory_format=torch.channels_last)
 
     def autocast(x: torch.Tensor) -> torch.Tensor:
         with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
             return ae.decode_uint8(x)
 
-    plain = ae.half_copy(torch.bfloat16)
+    plain = ae.inference_copy(torch.bfloat16)
     plain.decoder.to(memory_format=torch.contiguous_format)
     plain.channels_last = False
     variants = {"fp32-autocast": autocast, "bf16": plain.decode_uint8, "bf16-nhwc": nhwc.decode_uint8}
     if not args.no_compile:
-        compiled = ae.half_copy(torch.bfloat16)
+        compiled = ae.inference_copy(torch.bfloat16)
         compiled.decoder = torch.compile(compiled.decoder, dynamic=False)
         variants["bf16-nhwc-compile"] = compiled.decode_uint8
     rows, reference = [], None
