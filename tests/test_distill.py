@@ -527,3 +527,17 @@ def test_compiled_stage_a_trains_like_eager(teacher_path, tmp_path, monkeypatch)
     # weights are compared at that resolution.
     for p, q in zip(eager.parameters(), comp.parameters()):
         assert torch.allclose(p, q, rtol=2 ** -7, atol=6e-3)
+
+
+def test_block_importance_scores_every_block_and_pair_with_paired_noise():
+    from dataclasses import replace as dc_replace
+    from world_model.recipes import block_importance
+    teacher = make_teacher(cfg=dc_replace(CFG, depth=3)).eval()
+    x, a = clips(cfg=dc_replace(CFG, depth=3))
+    lines = []
+    r = block_importance.drop_scores(teacher, x, a, reps=2, pairs=True, log=lines.append)
+    assert set(r["drop_one"]) == {"0", "1", "2"} and set(r["drop_two"]) == {"0,1", "0,2", "1,2"}
+    assert all(v > 0 for v in r["drop_one"].values())
+    # paired: the same noise gives the same number for the same model
+    assert block_importance.tf_mse(teacher, x, a, 2) == r["all"]
+    assert lines[0].startswith("all 3 blocks")

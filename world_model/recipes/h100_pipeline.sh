@@ -180,7 +180,8 @@ if [ "$PART" = rollout ]; then
 fi
 
 # PART=next (prepared in session 9 for a machine of 4 GPUs, one job per GPU; nothing here has run yet):
-#   GPU 0: a 6-block student (LAYERS6, default [0,1,3,5,6,7]), Stage A at guidance 3 for CM_MIN, its 1- and
+#   GPU 0: a 6-block student (LAYERS6, default [0,1,3,4,5,6]: without the two blocks whose loss costs the cut
+#          teacher least, block_importance.py, docs/DISTILLATION.md), Stage A at guidance 3 for CM_MIN, its 1- and
 #          2-step evaluations, then the benchmark against the teacher with the stock and the compiled decoder
 #          (issue 6: 10x needs a student tick of ~1.63 ms; estimate for 6 blocks + compiled decoder ~1.60);
 #   GPU 1, 2: the teacher for TEACHER_MIN, int8, the full 16-step evaluation, in two variants:
@@ -191,7 +192,7 @@ fi
 #          then its 1- and 2-step evaluations: does self-forcing stop the shipped student's slow darkening
 #          over 2,000 ticks (docs/EVALUATION.md, session 9)?
 if [ "$PART" = next ]; then
-  ( export CUDA_VISIBLE_DEVICES=0; LAYERS=${LAYERS6:-[0,1,3,5,6,7]} depth_student small 12
+  ( export CUDA_VISIBLE_DEVICES=0; LAYERS=${LAYERS6:-[0,1,3,4,5,6]} depth_student small 12
     for dec in stock compiled; do
       flag=(); [ "$dec" = compiled ] && flag=(--compile-decoder)
       stage "bench-six-$dec" python3 main.py bench --device cuda --ticks 1000 --warmup 50 --variants student1,student2,teacher \
