@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     ae = Autoencoder.load(args.autoencoder, device="cuda")
     z = torch.randn(1, *ae.latent_shape, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
-    nhwc = ae.inference_copy(torch.bfloat16).to(memory_format=torch.channels_last)
+    nhwc = ae.inference_copy(torch.bfloat16)                                # channels_last decoder
 
     def autocast(x: torch.Tensor) -> torch.Tensor:
         with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
@@ -64,9 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     plain.channels_last = False
     variants = {"fp32-autocast": autocast, "bf16": plain.decode_uint8, "bf16-nhwc": nhwc.decode_uint8}
     if not args.no_compile:
-        compiled = ae.inference_copy(torch.bfloat16)
-        compiled.decoder = torch.compile(compiled.decoder, dynamic=False)
-        variants["bf16-nhwc-compile"] = compiled.decode_uint8
+        variants["bf16-nhwc-compile"] = nhwc.with_compiled_decoder().decode_uint8   # runtime.compile_decoder
     rows, reference = [], None
     with torch.no_grad():
         for name, fn in variants.items():

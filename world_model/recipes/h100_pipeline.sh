@@ -285,12 +285,10 @@ stage cm python3 -m world_model.recipes.distill settings/train/distill_cm.yaml -
 ( evaluate A-1 runs/distill_cm/student.safetensors --steps 1
   evaluate A-2 runs/distill_cm/student.safetensors --steps 2 ) &
 # (the critic's rollout replays CUDA graphs since session 9; if their capture fails, the same stage eagerly)
-stage dmd python3 -m world_model.recipes.distill settings/train/distill_dmd.yaml --out runs/distill_dmd \
-  --init runs/distill_cm/student.safetensors --set teacher="$T" --set dmd.real_cfg="$CFG" \
-  --set max_minutes="$DMD_MIN" --set total_minutes="$DMD_MIN" \
-|| stage dmd-eager python3 -m world_model.recipes.distill settings/train/distill_dmd.yaml --out runs/distill_dmd \
-  --init runs/distill_cm/student.safetensors --set teacher="$T" --set dmd.real_cfg="$CFG" \
-  --set max_minutes="$DMD_MIN" --set total_minutes="$DMD_MIN" --set rollout.graphs=false
+dmd=(settings/train/distill_dmd.yaml --out runs/distill_dmd --init runs/distill_cm/student.safetensors
+     --set teacher="$T" --set dmd.real_cfg="$CFG" --set max_minutes="$DMD_MIN" --set total_minutes="$DMD_MIN")
+stage dmd python3 -m world_model.recipes.distill "${dmd[@]}" \
+|| stage dmd-eager python3 -m world_model.recipes.distill "${dmd[@]}" --set rollout.graphs=false
 wait
 
 # 5. The new student at 1 and 2 steps.
