@@ -7,7 +7,7 @@ import torch
 
 import settings
 from world_model import checkpoint
-from world_model.autoencoder import Autoencoder, AutoencoderConfig, GroupNorm, frames_to_model, psnr
+from world_model.autoencoder import Autoencoder, AutoencoderConfig, frames_to_model, psnr
 from world_model.recipes import train_autoencoder as recipe
 
 TINY = Path(__file__).resolve().parents[1] / "settings/train/autoencoder_tiny.yaml"
@@ -60,36 +60,6 @@ def test_inference_copy_keeps_the_scale_in_float32_and_decodes_alike():
         assert half.encode(smooth_images(2, 48, 64)).dtype == torch.bfloat16
         db = psnr(frames_to_model(half.decode_uint8(z)), frames_to_model(model.decode_uint8(z)))
     assert float(db.min()) > 35
-
-
-def test_split_stats_group_norm_matches_the_native_kernel():
-    """autoencoder.GroupNorm with split_stats (the CUDA player's decoder) normalises like nn.GroupNorm, in
-    NCHW and channels_last, keeps the input's layout, and inference_copy turns it on for CUDA only."""
-    torch.manual_seed(0)
-    norm = GroupNorm(4, 16)
-    with torch.no_grad():
-        norm.weight.normal_()
-        norm.bias.normal_()
-    x = torch.randn(2, 16, 6, 10) * 3 + 1
-    for layout in (torch.contiguous_format, torch.channels_last):
-        xl = x.contiguous(memory_format=layout)
-        norm.split_stats = False
-        ref = norm(xl)
-        norm.split_stats = True
-        out = norm(xl)
-        assert torch.allclose(out, ref, atol=1e-5) and out.is_contiguous(memory_format=layout)
-    model = Autoencoder(tiny_config()).eval()
-    for split in (False, True):
-        copy = model.inference_copy(torch.float32, split_stats=split)
-        flags = {m.split_stats for m in copy.decoder.modules() if isinstance(m, GroupNorm)}
-        assert flags == {split}
-    assert {m.split_stats for m in model.inference_copy(torch.float32).decoder.modules()
-            if isinstance(m, GroupNorm)} == {False}                                  # the CPU default
-    z = torch.randn(1, *model.latent_shape)
-    with torch.no_grad():
-        a = model.inference_copy(torch.float32, split_stats=False).decode(z)
-        b = model.inference_copy(torch.float32, split_stats=True).decode(z)
-    assert torch.allclose(a, b, atol=1e-4)
 
 
 def test_config_validation():

@@ -59,33 +59,12 @@ class AutoencoderConfig:
         return (self.latent_channels, self.height // self.downsample, self.width // self.downsample)
 
 
-class GroupNorm(nn.GroupNorm):
-    """nn.GroupNorm (same parameters, same state dict) whose statistics can come from a plain reduction.
-
-    Why: at batch 1 the native kernel gives each of the 8 groups one thread block, so on an H100 the
-    decoder's nine norms keep 8 of 132 SMs busy and take 0.18 ms of a 1.85 ms student tick (profile_tick,
-    session 9). torch's generic reduction splits a long row over many blocks. `split_stats` is set for
-    inference only (Autoencoder.inference_copy); training keeps the native kernel and its backward."""
-    split_stats = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.split_stats:
-            return super().forward(x)
-        b, c, h, w = x.shape
-        g = self.num_groups
-        xg = x.unflatten(1, (g, c // g))                                      # (B, G, C/G, H, W), a view
-        var, mean = torch.var_mean(xg, dim=(2, 3, 4), correction=0, keepdim=True)   # (B, G, 1, 1, 1)
-        scale = self.weight.view(1, g, c // g, 1, 1) * torch.rsqrt(var + self.eps)  # (B, G, C/G, 1, 1)
-        shift = self.bias.view(1, g, c // g, 1, 1) - mean * scale
-        return torch.addcmul(shift, xg, scale).flatten(1, 2)                 # (B, C, H, W), x's layout
-
-
 class ResBlock(nn.Module):
     def __init__(self, channels: int, groups: int):
         super().__init__()
-        self.norm1 = GroupNorm(groups, channels)
+        self.norm1 = nn.GroupNorm(groups, channels)
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
-        self.norm2 = GroupNorm(groups, channels)
+        self.norm2 = nn.GroupNorm(groups, channels)
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)   # each block starts as the identity: stable without warm-up tricks
         nn.init.zeros_(self.conv2.bias)
@@ -106,7 +85,7 @@ class Encoder(nn.Module):
             if i + 1 < len(ch):
                 blocks.append(nn.Conv2d(c, ch[i + 1], 3, stride=2, padding=1))   # halve H and W
             self.levels.append(nn.Sequential(*blocks))
-        self.norm = GroupNorm(cfg.groups, ch[-1])
+        self.norm = nn.GroupNorm(cfg.groups, ch[-1])
         self.out = nn.Conv2d(ch[-1], cfg.latent_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -128,7 +107,7 @@ class Decoder(nn.Module):
                 # nearest 2x then a 3x3 conv: no checkerboard artifacts of transposed convs
                 blocks += [nn.Upsample(scale_factor=2.0, mode="nearest"), nn.Conv2d(c, ch[i + 1], 3, padding=1)]
             self.levels.append(nn.Sequential(*blocks))
-        self.norm = GroupNorm(cfg.groups, ch[-1])
+        self.norm = nn.GroupNorm(cfg.groups, ch[-1])
         self.out = nn.Conv2d(ch[-1], 3, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -167,16 +146,10 @@ class Autoencoder(nn.Module):
             z = z.contiguous(memory_format=torch.channels_last)
         return self.decoder(z)
 
-    def inference_copy(self, dtype: torch.dtype, split_stats: bool | None = None) -> "Autoencoder":
+    def inference_copy(self, dtype: torch.dtype) -> "Autoencoder":
         """A copy for playing: encoder and decoder weights in `dtype` (bf16 on CUDA, float32 on the CPU), the
-        decoder in channels_last; `scale` stays float32. `split_stats` (default: on CUDA only) gives the
-        decoder's GroupNorms their statistics from torch's generic reduction (GroupNorm): on the 2-core CPU
-        that was slower (decode 82-87 ms against 65-73, session 10)."""
+        decoder in channels_last; `scale` stays float32."""
         copy = Autoencoder(self.config).to(self.scale.device)
-        split = self.scale.device.type == "cuda" if split_stats is None else split_stats
-        for m in copy.decoder.modules():
-            if isinstance(m, GroupNorm):
-                m.split_stats = split
         copy.load_state_dict(self.state_dict())
         copy.encoder.to(dtype)
         # channels_last: the decoder took 0.49 ms against 0.54 in NCHW on the H100 (bf16), same frames

@@ -6,10 +6,7 @@
 Every variant is captured as a CUDA graph (as GraphedSession runs the decoder) and timed with CUDA events:
   fp32-autocast   float32 weights under bf16 autocast (the player before runtime.cast_weights)
   bf16            bf16 weights, NCHW
-  bf16-nhwc-native-gn   bf16 weights and activations in channels_last, torch's GroupNorm kernel (the player
-                  until session 10)
-  bf16-nhwc       the same with the GroupNorm statistics from a plain reduction (autoencoder.GroupNorm,
-                  Autoencoder.inference_copy on CUDA: the player now)
+  bf16-nhwc       bf16 weights and activations in channels_last (Autoencoder.inference_copy, the player now)
   bf16-nhwc-compile     the same decoder through torch.compile (inductor fuses GroupNorm, SiLU and the
                   residual adds around cuDNN's convolutions), then captured; --no-compile leaves it out
 Each row also gives the PSNR of its frame against fp32-autocast's on the same latents. CUDA only.
@@ -62,12 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         with torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False):
             return ae.decode_uint8(x)
 
-    plain = ae.inference_copy(torch.bfloat16, split_stats=False)
+    plain = ae.inference_copy(torch.bfloat16)
     plain.decoder.to(memory_format=torch.contiguous_format)
     plain.channels_last = False
-    native_gn = ae.inference_copy(torch.bfloat16, split_stats=False)
-    variants = {"fp32-autocast": autocast, "bf16": plain.decode_uint8, "bf16-nhwc-native-gn": native_gn.decode_uint8,
-                "bf16-nhwc": nhwc.decode_uint8}
+    variants = {"fp32-autocast": autocast, "bf16": plain.decode_uint8, "bf16-nhwc": nhwc.decode_uint8}
     if not args.no_compile:
         variants["bf16-nhwc-compile"] = nhwc.with_compiled_decoder().decode_uint8   # runtime.compile_decoder
     rows, reference = [], None
