@@ -97,10 +97,12 @@ if [ "$PART" = move ]; then
   exit 0
 fi
 
-depth_student() {  # depth_student full|small WORKERS: Stage A at guidance 3 (small: the LAYERS blocks), then
-  # its 1- and 2-step evaluations side by side
+depth_student() {  # depth_student full|small|small-move WORKERS: Stage A at guidance 3 (small: the LAYERS
+  # blocks; small-move: the same on clips with a forward break drawn MOVE_W times as often), then its 1- and
+  # 2-step evaluations side by side
   local v=$1 extra=()
-  [ "$v" = small ] && extra=(--set "student_layers=${LAYERS:-[0,2,4,6,7]}")
+  [ "$v" != full ] && extra=(--set "student_layers=${LAYERS:-[0,2,4,6,7]}")
+  [ "$v" = small-move ] && extra+=(--set move_weight="${MOVE_W:-4}")
   stage "cm-$v" python3 -m world_model.recipes.distill settings/train/distill_cm.yaml --out "runs/cm-$v" \
     --set teacher="$T" --set max_minutes="$CM_MIN" --set total_minutes="$CM_MIN" --set cm.teacher_cfg=3 \
     --set data.collect.workers="$2" --set save_int8=true "${extra[@]}"
@@ -179,20 +181,23 @@ if [ "$PART" = rollout ]; then
   exit 0
 fi
 
-# PART=next (prepared in session 9 for a machine of 4 GPUs, one job per GPU; nothing here has run yet):
+# PART=next (prepared in session 9 for a machine of 4 GPUs, one job per GPU; ran in session 10 on 4 H200s):
 #   GPU 0: a 6-block student (LAYERS6, default [0,1,3,4,5,6]: without the two blocks whose loss costs the cut
 #          teacher least, block_importance.py, docs/DISTILLATION.md), Stage A at guidance 3 for CM_MIN, its 1- and
 #          2-step evaluations, then the benchmark against the teacher with the stock and the compiled decoder
 #          (issue 6: 10x needs a student tick of ~1.63 ms; estimate for 6 blocks + compiled decoder ~1.60);
-#   GPU 1, 2: the teacher for TEACHER_MIN, int8, the full 16-step evaluation, in two variants:
-#          move    clips with a forward break drawn MOVE_W (4) times as often (move_weight; the move probes);
-#          from4   16 rows on its own rollouts from frame 4 (session 9's from frame 8 fixed the brightening
-#                  at 128 ticks but not over 2,000 ticks);
+#          Before the benchmark, decode_bench (session 10 ran it with a GroupNorm whose statistics came from a
+#          plain reduction: slower than torch's kernel, 0.52 against 0.48-0.49 ms, and removed);
+#   GPU 1: the teacher for TEACHER_MIN on clips with a forward break drawn MOVE_W (4) times as often
+#          (move_weight; the move probes), int8, the full 16-step evaluation;
+#   GPU 2: the 6-block student of GPU 0 with move_weight MOVE_W in Stage A (changed in session 10 from a
+#          teacher on its own rollouts from frame 4: the 6-block student decides issue 6's 10x, so two tries);
 #   GPU 3: Stage B (Self-Forcing DMD, the critic's rollout as CUDA graphs) from the shipped student for DMD_MIN,
 #          then its 1- and 2-step evaluations: does self-forcing stop the shipped student's slow darkening
 #          over 2,000 ticks (docs/EVALUATION.md, session 9)?
 if [ "$PART" = next ]; then
   ( export CUDA_VISIBLE_DEVICES=0; LAYERS=${LAYERS6:-[0,1,3,4,5,6]} depth_student small 12
+    stage decode-bench python3 -m world_model.recipes.decode_bench --json runs/bench/decode.json
     for dec in stock compiled; do
       flag=(); [ "$dec" = compiled ] && flag=(--compile-decoder)
       stage "bench-six-$dec" python3 main.py bench --device cuda --ticks 1000 --warmup 50 --variants student1,student2,teacher \
@@ -206,21 +211,15 @@ if [ "$PART" = next ]; then
     || stage dmd-shipped-eager python3 -m world_model.recipes.distill "${args[@]}" --set rollout.graphs=false
     evaluate dmd-shipped-1 runs/dmd-shipped/student.safetensors --steps 1 &
     evaluate dmd-shipped-2 runs/dmd-shipped/student.safetensors --steps 2; wait ) &
-  gpu=1
-  for v in move from4; do
-    extra=()
-    [ "$v" != from4 ] && extra+=(--set move_weight="${MOVE_W:-4}")
-    [ "$v" != move ] && extra+=(--set rollout_rows=16 --set rollout_from=4)
-    ( export CUDA_VISIBLE_DEVICES=$gpu
-      stage "teacher-$v" python3 -m world_model.recipes.train_teacher settings/train/teacher.yaml \
-        --out "runs/teacher-$v" --init "$T" --set max_minutes="$TEACHER_MIN" --set total_minutes="$TEACHER_TOTAL" \
-        --set compile=true --set data.collect.workers=12 "${extra[@]}"
-      src="runs/teacher-$v/teacher.safetensors"
-      [ -e "runs/teacher-$v/teacher.index.json" ] && src="runs/teacher-$v/teacher.index.json"
-      stage "teacher-$v-int8" python3 -m world_model.recipes.quantize "$src" --out "runs/teacher-$v-int8/teacher.safetensors"
-      evaluate "T16-$v" "runs/teacher-$v-int8/teacher.safetensors" --steps 16 ) &
-    gpu=$((gpu + 1))
-  done
+  ( export CUDA_VISIBLE_DEVICES=1 v=move
+    stage "teacher-$v" python3 -m world_model.recipes.train_teacher settings/train/teacher.yaml \
+      --out "runs/teacher-$v" --init "$T" --set max_minutes="$TEACHER_MIN" --set total_minutes="$TEACHER_TOTAL" \
+      --set compile=true --set data.collect.workers=12 --set move_weight="${MOVE_W:-4}"
+    src="runs/teacher-$v/teacher.safetensors"
+    [ -e "runs/teacher-$v/teacher.index.json" ] && src="runs/teacher-$v/teacher.index.json"
+    stage "teacher-$v-int8" python3 -m world_model.recipes.quantize "$src" --out "runs/teacher-$v-int8/teacher.safetensors"
+    evaluate "T16-$v" "runs/teacher-$v-int8/teacher.safetensors" --steps 16 ) &
+  ( export CUDA_VISIBLE_DEVICES=2; LAYERS=${LAYERS6:-[0,1,3,4,5,6]} depth_student small-move 12 ) &
   wait
   echo "$(date +%T) next part done"
   exit 0
