@@ -5,6 +5,7 @@ against the plain one over rollouts, savestates, guidance, grad steps, NaN recov
 import copy
 import json
 import math
+import threading
 from dataclasses import replace
 
 import pytest
@@ -256,15 +257,60 @@ def test_runtime_compile_decoder_gives_the_session_a_compiled_twin():
     C, h, w = model.config.latent_shape
     ae = Autoencoder(AutoencoderConfig(latent_channels=C, height=h * 8, width=w * 8, enc_channels=(8, 8, 8, 8),
                                        dec_channels=(8, 8, 8, 8))).eval()
-    plain = make_session(model, runtime=RuntimeConfig(engine="eager"), window=2, sink=1, device="cpu",
-                         autoencoder=ae)
+    plain = make_session(model, runtime=RuntimeConfig(engine="eager", compile_decoder="off"), window=2, sink=1,
+                         device="cpu", autoencoder=ae)
     assert plain.autoencoder is ae
-    s = make_session(model, runtime=RuntimeConfig(engine="eager", compile_decoder=True), window=2, sink=1,
-                     device="cpu", autoencoder=ae)
+    auto = make_session(model, runtime=RuntimeConfig(engine="eager"), window=2, sink=1, device="cpu",
+                        autoencoder=ae)
+    assert auto.autoencoder is ae                                           # auto: compiled on CUDA only
+    s = make_session(model, runtime=RuntimeConfig(engine="eager", compile_decoder="on", compile_decoder_wait=True),
+                     window=2, sink=1, device="cpu", autoencoder=ae)
     assert s.autoencoder.decoder._orig_mod is ae.decoder and not hasattr(ae.decoder, "_orig_mod")
     z = torch.randn(1, C, h, w, generator=torch.Generator().manual_seed(0))
     diff = (s.decode(z).int() - plain.decode(z).int()).abs()                # inductor on the CPU, uint8 frames
     assert int(diff.max()) <= 1
+
+
+def test_background_decoder_compile_swaps_in_mid_play_and_the_graphs_recapture():
+    """runtime.compile_decoder with compile_decoder_wait false: the session decodes with the stock decoder
+    until the worker thread has compiled it (here dynamo with the eager backend), then GraphedSession (eager
+    on the CPU) builds a decode function for the new decoder and drops the stale one; frames stay the same.
+    A compile that fails leaves the stock decoder and says why."""
+    from world_model.autoencoder import Autoencoder, AutoencoderConfig
+    from world_model.graphs import GraphedSession
+    model = tiny_model()
+    C, h, w = model.config.latent_shape
+    ae = Autoencoder(AutoencoderConfig(latent_channels=C, height=h * 8, width=w * 8, enc_channels=(8, 8, 8, 8),
+                                       dec_channels=(8, 8, 8, 8))).eval()
+    z = torch.randn(1, C, h, w, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        reference = ae.decode_uint8(z)
+        gate = threading.Event()
+
+        def slow_eager(gm, example_inputs):             # a backend that waits, so the swap comes mid-play
+            gate.wait(30)
+            return gm.forward
+
+        twin = ae.with_compiled_decoder(backend=slow_eager, background=True)
+        s = GraphedSession(model, window=2, sink=1, device="cpu", seed=0, autoencoder=twin)
+        assert not twin.decoder_ready.is_set() and twin.decoder is ae.decoder
+        assert torch.equal(s.decode(z), reference)                          # stock, before the compile
+        stale = [k for k in s._fns if k[0] == "decode"]
+        gate.set()
+        assert twin.decoder_ready.wait(60) and twin.decoder_compile_error is None
+        assert twin.decoder._orig_mod is ae.decoder and twin.decoder_compile_s > 0
+        assert torch.equal(s.decode(z), reference)                          # compiled, after the swap
+        keys = [k for k in s._fns if k[0] == "decode"]
+        assert len(keys) == 1 and keys != stale
+
+        def broken(gm, example_inputs):
+            raise RuntimeError("no compiler here")
+
+        with pytest.warns(UserWarning, match="keeping the stock one"):
+            failed = ae.with_compiled_decoder(backend=broken, background=True)
+            assert failed.decoder_ready.wait(60)
+        assert failed.decoder is ae.decoder and "no compiler here" in repr(failed.decoder_compile_error)
+        assert torch.equal(failed.decode_uint8(z), reference)
 
 
 def test_bench_times_the_fused_engines(tmp_path, capsys):

@@ -16,7 +16,11 @@ wider than the decoder: only decoding runs every tick during play.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
+import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,13 +163,34 @@ class Autoencoder(nn.Module):
         copy.channels_last = True
         return copy.eval()
 
-    def with_compiled_decoder(self, backend: str = "inductor") -> "Autoencoder":
-        """A twin sharing these weights whose decoder runs through torch.compile (compiled on first call;
-        `backend` other than inductor only for tests)."""
+    def with_compiled_decoder(self, backend: str = "inductor", background: bool = False,
+                              batch: int = 1) -> "Autoencoder":
+        """A twin sharing these weights whose decoder runs through torch.compile (`backend` other than
+        inductor only for tests).
+
+        background=False: compiled on the first decode (the first frame waits ~12 s on an H100, ~2 s with
+        inductor's on-disk cache warm). background=True: a worker thread compiles it on a latent batch of
+        `batch` and swaps it in when it is ready (`decoder_ready` is then set, `decoder_compile_s` says how
+        long it took, `decoder_compile_error` holds an exception that kept the stock decoder); until then
+        the twin decodes with the stock decoder, so the first frame does not wait."""
         twin = Autoencoder(self.config).to(self.scale.device)
         twin.encoder, twin.scale, twin.channels_last = self.encoder, self.scale, self.channels_last
-        twin.decoder = torch.compile(self.decoder, dynamic=False, backend=backend)
+        compiled = torch.compile(self.decoder, dynamic=False, backend=backend)
+        if not background:
+            twin.decoder = compiled
+            return twin.eval()
+        twin.decoder = self.decoder
+        twin.decoder_ready = threading.Event()
+        example = torch.zeros(batch, *self.latent_shape, device=self.scale.device, dtype=self.decoder.stem.weight.dtype)
+        if self.channels_last:
+            example = example.contiguous(memory_format=torch.channels_last)   # as decode() hands it over
+        threading.Thread(target=_compile_decoder, args=(twin, compiled, example), daemon=True,
+                         name="compile-decoder").start()
         return twin.eval()
+
+    decoder_ready: threading.Event | None = None    # set by with_compiled_decoder(background=True)
+    decoder_compile_s: float | None = None
+    decoder_compile_error: BaseException | None = None
 
     def decode_uint8(self, z: torch.Tensor) -> torch.Tensor:
         """z (B, C, h, w) -> frames (B, H, W, 3) uint8 on z's device, contiguous for one copy to host."""
@@ -195,6 +220,30 @@ class Autoencoder(nn.Module):
         except RuntimeError:
             raise checkpoint.CheckpointError(f"{path}: tensors do not match the stored autoencoder config") from None
         return model.to(device=device, dtype=dtype).eval()
+
+
+def _compile_decoder(twin: Autoencoder, compiled: nn.Module, example: torch.Tensor) -> None:
+    """Worker thread of with_compiled_decoder(background=True): compile by calling, then swap.
+
+    Runs on its own CUDA stream so that its kernels do not queue behind (or between) the player's graph
+    replays; the player's graph captures use capture_error_mode="thread_local" (graphs.py), which lets this
+    thread use CUDA meanwhile. Assigning `twin.decoder` is one atomic attribute store: a decode in flight
+    finishes with the module it started with, and GraphedSession re-captures its decode graph when it
+    sees another decoder object."""
+    t0 = time.perf_counter()
+    try:
+        stream = torch.cuda.Stream(example.device) if example.is_cuda else None
+        with torch.no_grad(), (torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()):
+            for _ in range(2):                 # the second call checks the guards hold: no recompile later
+                compiled(example)
+        if stream is not None:
+            stream.synchronize()
+        twin.decoder = compiled
+    except Exception as e:                     # keep playing on the stock decoder; the caller can look
+        twin.decoder_compile_error = e
+        warnings.warn(f"compiling the decoder failed, keeping the stock one: {e!r}")
+    twin.decoder_compile_s = time.perf_counter() - t0
+    twin.decoder_ready.set()
 
 
 def frames_to_model(frames: torch.Tensor) -> torch.Tensor:

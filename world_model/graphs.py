@@ -140,5 +140,10 @@ class GraphedSession(Session):
         self.cache.advance_host(1)
 
     def _decode(self, latent: Tensor) -> Tensor:
-        fn = self._static(("decode", tuple(latent.shape)), lambda z: Session._decode(self, z), [latent])
+        # The decoder object is part of the key: a decoder compiled in the background (runtime.compile_decoder)
+        # replaces the stock one mid-play, and its graph is captured then; the stale graph is dropped.
+        key = ("decode", tuple(latent.shape), id(self._require_autoencoder().decoder))
+        if key not in self._fns:
+            self._fns = {k: f for k, f in self._fns.items() if k[0] != "decode" or k[1] != key[1]}
+        fn = self._static(key, lambda z: Session._decode(self, z), [latent])
         return fn(latent).clone()

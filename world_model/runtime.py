@@ -33,9 +33,19 @@ class RuntimeConfig:
     # autocast re-casts every weight in every pass, which in a launch-bound pass is many extra kernels.
     cast_weights: bool = True
     # torch.compile the decoder alone (eager and graphs engines): inductor fuses its GroupNorms, whose stock
-    # kernel runs one thread block per group (8 blocks on 132 SMs) at batch 1. On the H100 one frame took
-    # 0.23 ms against 0.50 (docs/BENCHMARKS.md, session 9), for ~20 s of compiling when the session is built.
-    compile_decoder: bool = False
+    # kernel runs one thread block per group (8 blocks on 132 SMs) at batch 1. One frame: 0.21 ms against
+    # 0.48-0.53 on an H100 and an H200 (docs/BENCHMARKS.md, sessions 9 and 10). auto: on CUDA only (on the
+    # CPU inductor's C++ build would compete with the player for a few cores, for no measured gain). Off by
+    # default: the background compile has not yet run on a GPU, and 0.3 ms is nothing against a 28 ms tick.
+    compile_decoder: Literal["auto", "on", "off"] = "off"
+    # False: a worker thread compiles the decoder while the session plays on the stock one, then swaps it in
+    # (cold ~12 s on an H100, ~2 s with inductor's cache warm), so the first frame does not wait. True: the
+    # first decode compiles it (the first frame waits that long).
+    compile_decoder_wait: bool = False
+
+    def decoder_compiled(self, device: Any) -> bool:
+        """Whether sessions on `device` get a compiled decoder."""
+        return self.compile_decoder == "on" or (self.compile_decoder == "auto" and str(device).startswith("cuda"))
 
 
 def resolve_engine(engine: str, device: Any) -> str:
@@ -62,8 +72,9 @@ def make_session(model: Any, *, runtime: RuntimeConfig, window: int, sink: int, 
         return OrtSession(model, window=window, sink=sink, device=device,
                           onnx_dir=onnx_dir or runtime.onnx_dir, **session_kw)
     session_kw["fuse_reencode"] = runtime.fuse_reencode
-    if runtime.compile_decoder and session_kw.get("autoencoder") is not None:
-        session_kw["autoencoder"] = session_kw["autoencoder"].with_compiled_decoder()
+    if runtime.decoder_compiled(device) and session_kw.get("autoencoder") is not None:
+        session_kw["autoencoder"] = session_kw["autoencoder"].with_compiled_decoder(
+            background=not runtime.compile_decoder_wait)
     if runtime.compile:
         import torch
         model = torch.compile(model, dynamic=False)
