@@ -84,3 +84,15 @@ def test_episode_end_restarts_on_next_seed():
     restart = [i for i, (new, _, _) in enumerate(infos) if new]
     assert restart, infos
     assert infos[restart[0]][1:] == (4, 1)
+
+
+def test_walking_has_momentum_and_turning_does_not():
+    """recipes/move_physics: one tick of forward is a small thrust that builds up and decays by Doom's
+    friction, while one tick of turn rotates the view by the whole keyboard step at once."""
+    from world_model.actions import TURN_DEGREES
+    from world_model.recipes.move_physics import measure
+    m = measure(ticks=6, coast=3)
+    walk, coast = m["walk"], m["coast"]
+    assert 0.5 < walk[0] < 1.0 and all(b > a for a, b in zip(walk, walk[1:]))      # thrust ~0.78 units, growing
+    assert all(abs(b / a - 0.90625) < 0.01 for a, b in zip(coast, coast[1:]))      # friction 0xE800 / 0x10000
+    assert abs(m["turn_degrees"] - TURN_DEGREES) < 0.05
