@@ -541,3 +541,22 @@ def test_block_importance_scores_every_block_and_pair_with_paired_noise():
     # paired: the same noise gives the same number for the same model
     assert block_importance.tf_mse(teacher, x, a, 2) == r["all"]
     assert lines[0].startswith("all 3 blocks")
+
+
+def test_a_momentum_teacher_distils_through_both_stages(tmp_path):
+    """ModelConfig.action_momentum: Stage A, Stage B (the Session rollout plus the critic and generator losses
+    on its frames) and validation all build the momentum inputs; the student inherits the config and plays."""
+    from dataclasses import replace
+    cfg = replace(CFG, action_momentum=True)
+    path = tmp_path / "teacher.safetensors"
+    save_model(path, make_teacher(cfg=cfg), kind="teacher", dtype=None)
+    out = tmp_path / "cm"
+    assert distill.main(tiny(path, steps=3), out, feeder=MemoryFeeder())["step"] == 3
+    s = distill.main(tiny(path, stage="dmd", steps=2), tmp_path / "dmd", init=out / "student.safetensors",
+                     feeder=MemoryFeeder())
+    assert (s["step"], s["critic_steps"]) == (2, 4) and np.isfinite(s["val_mse_1step"])
+    student = load_model(tmp_path / "dmd" / "student.safetensors", kind="student")
+    assert student.config.action_momentum and student.action_embed[0].weight.shape[1] == 7
+    session = Session(student, window=3, sink=1, device="cpu")
+    session.reset(*clips(B=1, T=3, cfg=cfg))
+    assert torch.isfinite(session.step(torch.zeros(1, 5), steps=1)).all()

@@ -1,4 +1,6 @@
 """ONNX export of the streaming step and decoder, and the onnxruntime Session, against torch (CPU provider)."""
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -11,9 +13,10 @@ from world_model.rollout import Session
 from world_model.sampler import SamplerConfig
 
 
-def tiny_model() -> WorldModel:
+def tiny_model(momentum: bool = False) -> WorldModel:
     torch.manual_seed(0)
-    model = WorldModel(settings.load("settings/model/tiny.yaml", ModelConfig))
+    cfg = settings.load("settings/model/tiny.yaml", ModelConfig)
+    model = WorldModel(replace(cfg, action_momentum=momentum))
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
@@ -53,10 +56,11 @@ def test_exported_step_matches_torch_on_a_partly_filled_cache(tmp_path):
     assert len(list(tmp_path.glob("*.onnx"))) == 1
 
 
-@pytest.mark.parametrize("sampler,steps", [(SamplerConfig(kind="consistency"), 1),
-                                           (SamplerConfig(kind="consistency", cfg_scale=1.5), 2)])
-def test_ort_session_matches_torch_session_over_streaming_steps(onnx_dir, sampler, steps):
-    model, ae = tiny_model(), tiny_autoencoder()
+@pytest.mark.parametrize("sampler,steps,momentum", [(SamplerConfig(kind="consistency"), 1, False),
+                                                    (SamplerConfig(kind="consistency", cfg_scale=1.5), 2, False),
+                                                    (SamplerConfig(kind="consistency"), 1, True)])
+def test_ort_session_matches_torch_session_over_streaming_steps(onnx_dir, sampler, steps, momentum):
+    model, ae = tiny_model(momentum), tiny_autoencoder()
     kw = dict(window=3, sink=1, device="cpu", seed=4, sampler=sampler, autoencoder=ae)
     ref, ort = Session(model, **kw), OrtSession(model, onnx_dir=onnx_dir, **kw)
     g = torch.Generator().manual_seed(2)

@@ -233,3 +233,78 @@ def test_reset_frames_and_decode_through_an_autoencoder():
     assert img.shape == (1, H, W, 3) and img.dtype == torch.uint8
     with pytest.raises(RuntimeError, match="autoencoder"):
         Session(model, window=2, sink=1, device="cpu").reset_frames(frames, [Action()] * 3)
+
+
+# ---- action momentum (ModelConfig.action_momentum) ----
+
+def momentum_model(seed: int = 0) -> WorldModel:
+    from dataclasses import replace
+    torch.manual_seed(seed)
+    model = WorldModel(replace(settings.load("settings/model/tiny.yaml", ModelConfig), action_momentum=True))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return model
+
+
+def test_action_features_are_the_decayed_average_of_the_moves():
+    from world_model.model import MOVE_DECAY, action_features
+    cfg = momentum_model().config
+    assert cfg.action_inputs == 7
+    a = torch.zeros(1, 6, 5)
+    a[0, :, 2] = 0.7                                                          # turning has no momentum
+    a[0, :3, 0], a[0, 3:, 0] = 1.0, -1.0                                       # forward, then backward
+    f, state = action_features(cfg, a)
+    assert f.shape == (1, 6, 7) and torch.equal(f[..., :5], a)
+    assert torch.allclose(f[0, :3, 5], torch.ones(3)) and torch.all(f[..., 6] == 0)   # a constant stays itself
+    w = MOVE_DECAY ** torch.arange(4.0)                                        # tick 3: weights d^3 .. d^0
+    assert torch.isclose(f[0, 3, 5], (w[1:].sum() - w[0]) / w.sum())
+    assert torch.all(f[0, 3:, 5].diff() < 0)                                   # turning round: it falls
+    head, s = action_features(cfg, a[:, :2])                                   # in pieces, the same
+    tail, s = action_features(cfg, a[:, 2:], s)
+    assert torch.allclose(torch.cat([head, tail], 1), f) and torch.allclose(s, state)
+    off = settings.load("settings/model/tiny.yaml", ModelConfig)
+    assert action_features(off, a) == (a, None) and off.action_inputs == 5
+
+
+def test_momentum_session_carries_it_through_steps_and_savestates():
+    """The Session feeds the model what action_features gives over the seed and every step since, and a
+    savestate (or a failed step) keeps it."""
+    from world_model.model import action_features
+    model = momentum_model()
+    s = session(model, sampler=SamplerConfig(kind="consistency", steps=1), fuse_reencode=True)
+    seed_a = seed_clip(model)[1]
+    run(s, 3)
+    _, expect = action_features(model.config, torch.cat([seed_a, torch.stack([ACTIONS[i % 2] for i in range(3)], 1)], 1))
+    assert torch.allclose(s.momentum, expect)
+    snap = s.snapshot()
+    first = run(s, 3)
+    s.restore(snap)
+    assert torch.allclose(s.momentum, expect)
+    for x, y in zip(first, run(s, 3)):
+        assert torch.equal(x, y)
+    # The momentum changes the frame: the same cache, forward against backward momentum.
+    a, b = session(model, seed=1), session(model, seed=1)
+    a.momentum = torch.tensor([[5.0, 0, 1.0]] * 2)
+    b.momentum = torch.tensor([[-5.0, 0, 1.0]] * 2)
+    assert not torch.allclose(a.step(ACTIONS[0]), b.step(ACTIONS[0]))
+
+
+def test_momentum_model_starts_from_a_plain_one_unchanged():
+    """load_weights_into: the two new action inputs start at zero weight, so the copy predicts what the
+    plain model does; other config differences are refused."""
+    from dataclasses import replace
+    from world_model.checkpoint import CheckpointError
+    from world_model.model import action_features, load_weights_into
+    plain = tiny_model()
+    moving = WorldModel(replace(plain.config, action_momentum=True))
+    load_weights_into(moving, plain)
+    assert torch.all(moving.action_embed[0].weight[:, 5:] == 0)
+    x, a = seed_clip(plain, T=4)
+    t = torch.rand(2, 4)
+    with torch.no_grad():
+        assert torch.allclose(moving(x, t, action_features(moving.config, a)[0]), plain(x, t, a), atol=1e-6)
+    with pytest.raises(CheckpointError, match="another model config"):
+        load_weights_into(WorldModel(replace(plain.config, depth=plain.config.depth + 1)), plain)
+    with pytest.raises(CheckpointError, match="another model config"):
+        load_weights_into(plain, moving)

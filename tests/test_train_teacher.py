@@ -1,5 +1,6 @@
 """The teacher recipe on CPU: tiny configs, real collector data, resume, and DDP over gloo."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -87,3 +88,16 @@ def test_recipe_trains_on_its_own_rollouts(tiny_ae, tmp_path):
     bad = settings.load(TINY, train_teacher.TrainConfig, {"autoencoder": str(tiny_ae), "rollout_rows": 3})
     with pytest.raises(ValueError, match="rollout_rows=3"):
         train_teacher.main(bad, tmp_path / "bad")
+
+
+def test_a_plain_teacher_continues_with_action_momentum(tiny_ae, tmp_path):
+    """--init from a teacher without action momentum into a config with it: the new inputs start at zero
+    (load_weights_into) and training runs on momentum features; the saved teacher carries the config."""
+    plain = settings.load(TINY, train_teacher.TrainConfig, {"autoencoder": str(tiny_ae), "steps": 4})
+    train_teacher.main(plain, tmp_path / "plain")
+    moving = settings.load(TINY, train_teacher.TrainConfig, {"autoencoder": str(tiny_ae), "steps": 8,
+                                                            "model.action_momentum": True})
+    summary = train_teacher.main(moving, tmp_path / "moving", init=tmp_path / "plain" / "teacher.safetensors")
+    assert summary["step"] == 8 and math.isfinite(summary["val_mse_tf"])
+    teacher = load_model(tmp_path / "moving" / "teacher.safetensors", kind="teacher")
+    assert teacher.config.action_momentum and teacher.action_embed[0].weight.shape[1] == 7

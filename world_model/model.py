@@ -50,6 +50,10 @@ class ModelConfig:
     heads: int = field(default=5, metadata={"min": 1})
     mlp_ratio: float = field(default=3.0, metadata={"min": 0.5})
     action_dim: int = field(default=5, metadata={"min": 1})
+    # Also condition each frame on the decayed average of the forward and strafe inputs up to it
+    # (action_features): Doom's walking has momentum, so the view's motion follows that sum, not the tick's
+    # own input (docs/EVALUATION.md, session 10). Adds 2 inputs to the action MLP.
+    action_momentum: bool = False
     rope_theta: float = field(default=100.0, metadata={"min": 2.0})  # positions stay below ~100 frames or rows
     temporal_rope_fraction: float = field(default=0.25, metadata={"min": 0.0, "max": 1.0})
 
@@ -61,6 +65,11 @@ class ModelConfig:
         if min(self.rope_dims) < 2:
             raise ValueError(f"head_dim {self.head_dim} too small to split into time/row/column RoPE "
                              f"slices {self.rope_dims}")
+
+    @property
+    def action_inputs(self) -> int:
+        """Width of the action MLP's input: the v1 action, plus its momentum where action_momentum is on."""
+        return self.action_dim + (len(MOMENTUM_AXES) if self.action_momentum else 0)
 
     @property
     def head_dim(self) -> int:
@@ -157,6 +166,32 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------------------
 #                                   Conditioning: noise level and action
 # ---------------------------------------------------------------------------------------------------------
+
+MOMENTUM_AXES = (0, 1)     # forward and strafe: the axes Doom moves through momentum (turning is immediate)
+MOVE_DECAY = 0.90625        # Doom's friction: a walking player keeps this share of its speed per tick
+                            # (world_model/recipes/move_physics.py measures it on the game)
+
+
+def action_features(cfg: ModelConfig, actions: Tensor, state: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """The model's action input from v1 actions (B, T, A) -> ((B, T, cfg.action_inputs), state).
+
+    Without cfg.action_momentum: the actions themselves. With it, each tick also gets the decayed average
+    of the forward and strafe inputs up to and including it, m_t = sum_k d^(t-k) a_k / sum_k d^(t-k) with
+    d = MOVE_DECAY: proportional to a walking player's velocity once a few dozen ticks are in, and dividing
+    by the weight makes the first ticks of a clip or a seed an average instead of a number near 0, so
+    training clips and the player's seeds, which both start mid-walk, see the same thing. `state` (B, 3):
+    the running weighted sums and total weight, carried from one call to the next (Session.step)."""
+    if not cfg.action_momentum:
+        return actions, None
+    B, T = actions.shape[:2]
+    axes = actions[..., list(MOMENTUM_AXES)].float()                                     # (B, T, 2)
+    state = actions.new_zeros(B, len(MOMENTUM_AXES) + 1, dtype=torch.float32) if state is None else state
+    out = []
+    for i in range(T):
+        state = torch.cat([MOVE_DECAY * state[:, :-1] + axes[:, i], MOVE_DECAY * state[:, -1:] + 1], dim=1)
+        out.append(state[:, :-1] / state[:, -1:])
+    return torch.cat([actions, torch.stack(out, 1).to(actions.dtype)], dim=-1), state
+
 
 class TimestepEmbedder(nn.Module):
     """Sinusoidal features of t * 1000, then an MLP (DiT)."""
@@ -263,7 +298,7 @@ class WorldModel(nn.Module):
         p, C = cfg.patch, cfg.latent_channels
         self.patch_embed = nn.Linear(C * p * p, cfg.dim)
         self.t_embed = TimestepEmbedder(cfg.dim)
-        self.action_embed = nn.Sequential(nn.Linear(cfg.action_dim, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
+        self.action_embed = nn.Sequential(nn.Linear(cfg.action_inputs, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
         self.null_action = nn.Parameter(torch.randn(cfg.dim) * 0.02)  # used where action_mask is False
         self.rope = Rope(cfg)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
@@ -308,7 +343,8 @@ class WorldModel(nn.Module):
         return x[..., :cfg.latent_h, :cfg.latent_w]
 
     def condition(self, t: Tensor, action: Tensor, action_mask: Tensor | None) -> Tensor:
-        """t (B, F), action (B, F, A), action_mask (B, F) bool or None -> c (B, F, D)."""
+        """t (B, F), action (B, F, cfg.action_inputs) from action_features, action_mask (B, F) bool or None
+        -> c (B, F, D)."""
         a = self.action_embed(action.to(self.null_action.dtype))                          # (B, F, D)
         if action_mask is not None:
             a = torch.where(action_mask[..., None], a, self.null_action.to(a.dtype))
@@ -395,6 +431,21 @@ class WorldModel(nn.Module):
         model = cls(config)
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, strict=True)
         return model
+
+
+def load_weights_into(model: WorldModel, src: WorldModel) -> None:
+    """Copy src's weights into model. Their configs must match, except that model may add action momentum:
+    its two new action inputs start with zero weights, so the copy predicts exactly what src does and
+    training decides what the momentum is worth."""
+    a, b = src.config_dict(), model.config_dict()
+    if {**a, "action_momentum": b["action_momentum"]} != b or (a["action_momentum"] and not b["action_momentum"]):
+        raise checkpoint.CheckpointError(f"weights of another model config: {a} against {b}")
+    state = src.state_dict()
+    w = state["action_embed.0.weight"]                                                    # (dim, inputs)
+    extra = model.config.action_inputs - w.shape[1]
+    if extra:
+        state["action_embed.0.weight"] = torch.cat([w, w.new_zeros(w.shape[0], extra)], dim=1)
+    model.load_state_dict(state)
 
 
 def save_model(path: str | Path, model: WorldModel, *, kind: str = "teacher",

@@ -107,7 +107,7 @@ def dit_example(model: WorldModel, *, batch: int, sink: int, window: int) -> tup
     cfg = model.config
     slots = sink + window
     cache_shape = (cfg.depth, batch, cfg.heads, slots * cfg.tokens_per_frame, cfg.head_dim)
-    return (torch.zeros(batch, 1, *cfg.latent_shape), torch.zeros(batch, 1), torch.zeros(batch, 1, cfg.action_dim),
+    return (torch.zeros(batch, 1, *cfg.latent_shape), torch.zeros(batch, 1), torch.zeros(batch, 1, cfg.action_inputs),
             torch.ones(batch, 1, dtype=torch.bool), torch.zeros(cache_shape), torch.zeros(cache_shape),
             torch.zeros(slots, dtype=torch.bool), torch.zeros(slots), torch.zeros(1))
 

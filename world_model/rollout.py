@@ -34,7 +34,7 @@ from torch import Tensor
 
 from world_model.actions import Action
 from world_model.kv_cache import CacheMode, CacheState, KVCache
-from world_model.model import WorldModel
+from world_model.model import WorldModel, action_features
 from world_model.sampler import SamplerConfig, renoise_count, sample, schedule_for
 
 
@@ -51,6 +51,7 @@ class SessionState:
     frame: int
     last_latent: Tensor
     pending: tuple[Tensor, Tensor] | None = None   # fused: clean latent (B, C, h, w) and action (B, A) to append
+    momentum: Tensor | None = None                 # action_features' running state (models with action_momentum)
 
 
 class Session:
@@ -75,6 +76,7 @@ class Session:
         self.frame = 0                  # frames produced by step() since reset
         self.last_latent: Tensor | None = None
         self.pending: tuple[Tensor, Tensor] | None = None  # clean (x0, action) the next step's first pass appends
+        self.momentum: Tensor | None = None   # action_features' running state: the seed's moves and every step's
         self.timer: Callable[[str], ContextManager[Any]] | None = None   # phase timer (benchmark)
 
     # ---- setup ----
@@ -114,6 +116,7 @@ class Session:
         B, T = latents.shape[:2]
         if actions.shape[:2] != (B, T):
             raise ValueError(f"actions {tuple(actions.shape)} do not match latents {tuple(latents.shape)}")
+        actions, self.momentum = action_features(self.model.config, actions)     # (B, T, action_inputs)
         if self.cache is None or self.cache.batch != B:
             self.cache = self.model.new_cache(batch=B, sink=self.sink, window=self.window,
                                               device=self.device, dtype=self.dtype)
@@ -156,7 +159,9 @@ class Session:
         if self.cache is None:
             raise RuntimeError("Session.step before reset")
         B = self.cache.batch
-        a = self._action_tensor(actions, B, None)                                         # (B, A)
+        a, momentum = action_features(self.model.config, self._action_tensor(actions, B, None)[:, None],
+                                      self.momentum)
+        a = a[:, 0]                                                                       # (B, action_inputs)
         times = schedule if schedule is not None else schedule_for(self.sampler, steps)
         C, h, w = self.model.config.latent_shape
         noise = [torch.randn((B, C, h, w), generator=self.generator, device=self.device)  # 1. noise
@@ -172,6 +177,7 @@ class Session:
             self.cache.advance_host(1)
         if self.check_finite and check and not bool(torch.isfinite(x0).all()):
             raise NonFiniteError(f"non-finite latent at frame {self.frame}; cache left unchanged")
+        self.momentum = momentum
         ctx = self._context(x0.detach())                                                  # 3. re-encode at t=0
         if self.fuse_reencode:                                    # (or at context_noise)
             self.pending = (ctx, a)                               # ... inside the next step's first pass
@@ -225,11 +231,12 @@ class Session:
         if not self.fuse_reencode:   # step re-encodes x0 at once, so it has to check it first
             x0 = self.step(actions, steps=steps)
             return x0, self.decode(x0)
-        last = self.last_latent
+        last, momentum = self.last_latent, self.momentum
         x0 = self.step(actions, steps=steps, check=False)
         frames = self.decode(x0)
         if self.check_finite and not bool(torch.isfinite(x0).all()):
             self.frame, self.last_latent, self.pending = self.frame - 1, last, None   # as if `step` had raised
+            self.momentum = momentum
             raise NonFiniteError(f"non-finite latent at frame {self.frame}; cache left unchanged")
         return x0, frames
 
@@ -249,7 +256,8 @@ class Session:
             raise RuntimeError("Session.snapshot before reset")
         pending = None if self.pending is None else tuple(x.clone() for x in self.pending)
         return SessionState(cache=self.cache.clone(), rng=self.generator.get_state(), frame=self.frame,
-                            last_latent=self.last_latent.clone(), pending=pending)
+                            last_latent=self.last_latent.clone(), pending=pending,
+                            momentum=None if self.momentum is None else self.momentum.clone())
 
     def restore(self, state: SessionState) -> None:
         if self.cache is not None and self.cache.k.shape == state.cache.k.shape:
@@ -261,6 +269,7 @@ class Session:
         self.last_latent = state.last_latent.clone()
         # A pending frame is appended by the next step's first pass, fused or not (see step).
         self.pending = None if state.pending is None else tuple(x.clone() for x in state.pending)
+        self.momentum = None if state.momentum is None else state.momentum.clone()
 
     def cache_state(self) -> CacheState | None:
         """The cache as the HUD shows it: a pending frame counts as stored (`pending` = 1 while it waits)."""

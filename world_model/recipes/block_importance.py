@@ -25,7 +25,7 @@ import torch
 from world_model.autoencoder import Autoencoder, frames_to_model
 from world_model.game import Game, GameConfig
 from world_model.losses import TeacherLoss
-from world_model.model import WorldModel, load_model
+from world_model.model import WorldModel, action_features, load_model
 from world_model.recipes.common import write_json
 from world_model.recipes.distill import keep_blocks
 from world_model.recipes.evaluate import play_trace
@@ -59,6 +59,7 @@ def clips_from_traces(names: Sequence[str], ae: Autoencoder, every: int, clip_le
 def tf_mse(model: WorldModel, x: torch.Tensor, a: torch.Tensor, reps: int, seed: int = 100) -> float:
     """Teacher-forcing velocity MSE, mean over `reps` noise draws (the same draws for every model)."""
     loss = TeacherLoss()
+    a = action_features(model.config, a)[0]                                       # (N, T, action_inputs)
     return float(np.mean([float(loss.teacher_forcing(model, x, a, torch.Generator().manual_seed(seed + r))[1])
                           for r in range(reps)]))
 

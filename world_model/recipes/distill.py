@@ -49,7 +49,7 @@ from world_model import checkpoint
 from world_model.autoencoder import Autoencoder
 from world_model.distill_losses import ConsistencyConfig, ConsistencyLoss, DMDConfig, DMDLoss, packed_velocity
 from world_model.graphs import GraphedSession
-from world_model.model import WorldModel, load_model
+from world_model.model import WorldModel, action_features, load_model
 from world_model.recipes.common import (Metrics, autocast, ema_update, load_state, lr_at, plot_csv,
                                         recipe_cli, save_state)
 from world_model.recipes.feeder import DataConfig, Feeder
@@ -186,6 +186,7 @@ def validate(model: WorldModel, feeder: Any, cfg: DistillConfig, device: torch.d
     out = {"val_mse_1step": [], "val_mse_2step": []}
     for _ in range(cfg.eval_batches):
         x, a = feeder.heldout.sample(min(cfg.batch, 16), clip, rng)
+        a = action_features(model.config, a)[0]                                       # (B, T, action_inputs)
         with autocast(device):
             for n, key in ((1, "val_mse_1step"), (2, "val_mse_2step")):
                 out[key].append(few_step_mse(model, x.float(), a, cfg.schedules[n], gen))
@@ -328,7 +329,7 @@ def critic_update(run: Run, loss_fn: DMDLoss, clean: Tensor, a: Tensor, cfg: Dis
                   gen: torch.Generator, device: torch.device) -> dict[str, Tensor]:
     """Flow matching of the fake score on the student's samples clean (B, ctx + K, ...)."""
     with autocast(device):
-        loss, parts = loss_fn.critic(run.critic, clean, a, cfg.rollout.frames, gen)
+        loss, parts = loss_fn.critic(run.critic, clean, action_features(run.critic.config, a)[0], cfg.rollout.frames, gen)
     grad_norm = _update(run.opts["opt_c"], run.critic, loss, cfg.grad_clip)
     run.critic_steps += 1
     run.iteration += 1
@@ -340,7 +341,8 @@ def generator_update(run: Run, loss_fn: DMDLoss, clean: Tensor, a: Tensor, cfg: 
     """The DMD step on a rollout that carries the student's gradient."""
     run.critic.requires_grad_(False)  # the critic only scores here; gradient goes to the student alone
     with autocast(device):
-        loss, parts = loss_fn.generator(run.teacher, run.critic, clean, a, cfg.rollout.frames, gen)
+        loss, parts = loss_fn.generator(run.teacher, run.critic, clean, action_features(run.teacher.config, a)[0],
+                                        cfg.rollout.frames, gen)
     run.critic.requires_grad_(True)
     grad_norm = _update(run.opts["opt_g"], run.student, loss, cfg.grad_clip)
     run.step += 1
@@ -418,6 +420,7 @@ def _loop(cfg: DistillConfig, run: Run, feeder: Any, metrics: Metrics, out: Path
         gen.manual_seed(cfg.seed * 104729 + run.iteration)
         if cfg.stage == "cm":
             x, a = feeder.train.sample(cfg.batch, cfg.clip_len, rng, cfg.move_weight)  # (B, T, C, h, w), (B, T, A)
+            a = action_features(run.teacher.config, a)[0]                              # (B, T, action_inputs)
             parts = {k: [v] for k, v in cm_step(run, cm_loss, x, a, cfg, gen, device, nets).items()}
         else:
             parts = dmd_cycle(run, dmd_loss, sessions, feeder, cfg, rng, gen, device)

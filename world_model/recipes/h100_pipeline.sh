@@ -225,6 +225,38 @@ if [ "$PART" = next ]; then
   exit 0
 fi
 
+# PART=momentum (prepared in session 10 for a machine of 4 GPUs, one job per GPU; nothing here has run yet):
+# does conditioning on the decayed average of the recent moves (ModelConfig.action_momentum, Doom's walking
+# momentum) give the forward/backward response that the tick's own input could not (docs/EVALUATION.md,
+# session 10)? Each teacher continues the shipped one for TEACHER_MIN (the momentum inputs start at zero
+# weight), is stored int8 and evaluated at 16 steps:
+#   GPU 0: momentum, move_weight MOVE_W (4);   GPU 1: momentum, move_weight 1;   GPU 2: control, move_weight 1;
+#   GPU 3: the background decoder compile's benchmark (runtime.compile_decoder, first run on a GPU), then Stage A
+#          at guidance 3 from GPU 0's teacher once it exists (CM_MIN), evaluated at 1 and 2 steps.
+if [ "$PART" = momentum ]; then
+  teacher_variant() {  # teacher_variant NAME ARGS...: train, int8, evaluate at 16 steps
+    local v=$1; shift
+    stage "teacher-$v" python3 -m world_model.recipes.train_teacher settings/train/teacher.yaml \
+      --out "runs/teacher-$v" --init "$T" --set max_minutes="$TEACHER_MIN" --set total_minutes="$TEACHER_TOTAL" \
+      --set compile=true --set data.collect.workers=12 "$@"
+    local src="runs/teacher-$v/teacher.safetensors"
+    [ -e "runs/teacher-$v/teacher.index.json" ] && src="runs/teacher-$v/teacher.index.json"
+    stage "teacher-$v-int8" python3 -m world_model.recipes.quantize "$src" --out "runs/teacher-$v-int8/teacher.safetensors"
+    evaluate "T16-$v" "runs/teacher-$v-int8/teacher.safetensors" --steps 16
+  }
+  ( export CUDA_VISIBLE_DEVICES=0; teacher_variant mom-move --set model.action_momentum=true --set move_weight="${MOVE_W:-4}" ) &
+  ( export CUDA_VISIBLE_DEVICES=1; teacher_variant mom --set model.action_momentum=true ) &
+  ( export CUDA_VISIBLE_DEVICES=2; teacher_variant control ) &
+  ( export CUDA_VISIBLE_DEVICES=3
+    stage bench-bg-decoder python3 main.py bench --device cuda --ticks 1000 --warmup 50 --variants student1,teacher \
+      --engines graphs-fused --compile-decoder --json runs/bench/bench-bg-decoder.json
+    while [ ! -e runs/done/teacher-mom-move-int8 ]; do sleep 10; done
+    T=runs/teacher-mom-move-int8/teacher.safetensors depth_student full 12 ) &
+  wait
+  echo "$(date +%T) momentum part done"
+  exit 0
+fi
+
 # PART=cm-pair: Stage A alone at the guidance scales in PAIR ("1 3"), side by side on one GPU (half the
 # collectors each), each then evaluated at 1 and 2 steps. Session 2's Stage A student beat Stage A+B.
 if [ "$PART" = cm-pair ]; then

@@ -30,7 +30,7 @@ from world_model import checkpoint, metrics
 from world_model.autoencoder import Autoencoder, frames_to_model
 from world_model.distill_losses import packed_velocity
 from world_model.game import Game
-from world_model.model import WorldModel, load_model
+from world_model.model import WorldModel, action_features, load_model
 from world_model.rollout import Session
 from world_model.sampler import SamplerConfig
 from world_model.trace import load as load_trace
@@ -62,7 +62,7 @@ def real_clip(trace_path: Path, ae: Autoencoder, ticks: int) -> tuple[np.ndarray
 def compare(ref: WorldModel, q: WorldModel, ae: Autoencoder, frames: np.ndarray, z: torch.Tensor,
             actions: torch.Tensor, steps: int, context: int = 8) -> dict[str, float]:
     g = torch.Generator().manual_seed(0)
-    x0, a = z[None], actions[None]                                                # (1, T, C, h, w)
+    x0, a = z[None], action_features(ref.config, actions[None])[0]               # (1, T, C, h, w), (1, T, A')
     rel = {}
     for t in (0.1, 0.5, 0.9, 1.0):
         eps = torch.randn(x0.shape, generator=g)

@@ -36,7 +36,7 @@ from world_model.autoencoder import Autoencoder
 from world_model.data import ClipBuffer
 from world_model.graphs import GraphedSession
 from world_model.losses import TeacherLoss, TeacherLossConfig
-from world_model.model import ModelConfig, WorldModel, load_model, save_model
+from world_model.model import ModelConfig, WorldModel, action_features, load_model, load_weights_into, save_model
 from world_model.recipes.common import (Metrics, autocast, ema_update, load_state, lr_at, plot_csv,
                                         recipe_cli, save_state)
 from world_model.recipes.feeder import DataConfig, Feeder
@@ -173,6 +173,7 @@ def validate(model: WorldModel, loss: TeacherLoss, buf: ClipBuffer, cfg: TrainCo
     tf, df = [], []
     for _ in range(batches):
         x, a = buf.sample(cfg.batch, cfg.clip_len, rng)
+        a = action_features(model.config, a)[0]                                       # (B, T, action_inputs)
         with autocast(device):
             tf.append(loss.teacher_forcing(model, x.float(), a, gen)[1].item())
             df.append(loss.diffusion_forcing(model, x.float(), a, gen)[1].item())
@@ -203,10 +204,11 @@ def main(cfg: TrainConfig, out: Path, resume: bool = False, init: Path | None = 
         log(f"resumed from {state_path} at step {step} ({minutes:.1f} min)")
     elif init is not None:
         src = load_model(init)
-        if src.config_dict() != model.config_dict():
-            raise checkpoint.CheckpointError(f"{init}: another model config than {cfg.model}")
-        model.load_state_dict(src.state_dict())
-        ema.load_state_dict(src.state_dict())
+        try:                                  # the same config, or the same plus action momentum (zero weights)
+            load_weights_into(model, src)
+        except checkpoint.CheckpointError as e:
+            raise checkpoint.CheckpointError(f"{init}: another model config than {cfg.model}: {e}") from None
+        ema.load_state_dict(model.state_dict())
         meta = checkpoint.load(init)[2]
         step, minutes = int(meta.get("step", 0)), float(meta.get("minutes", 0.0))
         rewarm_from = step
@@ -257,7 +259,7 @@ def main(cfg: TrainConfig, out: Path, resume: bool = False, init: Path | None = 
                                      x[n:].float()])                                       # (B, T, C, h, w)
                 timer.mark("rollout")
             with autocast(device):
-                loss, parts = step_fn(x.float(), a, gen, context)
+                loss, parts = step_fn(x.float(), action_features(model.config, a)[0], gen, context)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             timer.mark("fwd_bwd")
