@@ -96,3 +96,12 @@ def test_walking_has_momentum_and_turning_does_not():
     assert 0.5 < walk[0] < 1.0 and all(b > a for a, b in zip(walk, walk[1:]))      # thrust ~0.78 units, growing
     assert all(abs(b / a - 0.90625) < 0.01 for a, b in zip(coast, coast[1:]))      # friction 0xE800 / 0x10000
     assert abs(m["turn_degrees"] - TURN_DEGREES) < 0.05
+
+
+def test_forward_speed_follows_the_momentum_feature_on_a_trace():
+    """recipes/move_physics --trace: on a held-out trace replayed in the game, the player's forward speed
+    follows the model's momentum input (ModelConfig.action_momentum) more closely than the tick's input."""
+    from world_model.recipes.move_physics import trace_velocity
+    r = trace_velocity("assets/traces/heldout-10001.jsonl", ticks=300)
+    assert r["ticks"] > 250 and r["correlation"] > 0.8 and r["correlation"] > r["correlation_own_input"]
+    assert 3.0 < r["units_per_momentum"] < 9.0
