@@ -603,6 +603,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--batch", type=int, default=EvalConfig.batch)
     ap.add_argument("--max-windows", type=int, default=EvalConfig.max_windows,
                     help="autoregressive windows per trace, evenly spread (fewer is quicker)")
+    ap.add_argument("--tf-ticks", type=int, default=EvalConfig.tf_ticks,
+                    help="teacher-forced ticks per trace, evenly spread (fewer is quicker)")
     ap.add_argument("--parts", default=",".join(PARTS), help=f"comma list of {','.join(PARTS)} (default: all)")
     ap.add_argument("--quick", action="store_true", help="tiny counts everywhere, for CPU smoke tests")
     return ap.parse_args(argv)
@@ -619,7 +621,7 @@ def main(argv: Sequence[str] | None = None) -> None:
                      sampler=args.sampler, cfg_scale=args.cfg,
                      context_noise=args.context_noise, graphs=not args.no_graphs,
                      drift_ticks=args.drift_ticks, batch=args.batch, seed=args.seed, parts=parts,
-                     max_windows=args.max_windows)
+                     max_windows=args.max_windows, tf_ticks=args.tf_ticks)
     if args.quick:
         cfg = replace(cfg.quick(), drift_ticks=min(args.drift_ticks, cfg.quick().drift_ticks))
     try:
