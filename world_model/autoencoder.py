@@ -23,6 +23,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -130,6 +131,10 @@ class Autoencoder(nn.Module):
         # encode() returns raw * scale. 1.0 until the training recipe measures the latent std.
         self.register_buffer("scale", torch.ones(()))
         self.channels_last = False   # decoder weights and activations in channels_last (inference_copy)
+        # with_compiled_decoder(background=True): set when the worker is done, its time, why it failed
+        self.decoder_ready: threading.Event | None = None
+        self.decoder_compile_s: float | None = None
+        self.decoder_compile_error: BaseException | None = None
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -163,7 +168,7 @@ class Autoencoder(nn.Module):
         copy.channels_last = True
         return copy.eval()
 
-    def with_compiled_decoder(self, backend: str = "inductor", background: bool = False,
+    def with_compiled_decoder(self, backend: Any = "inductor", background: bool = False,
                               batch: int = 1) -> "Autoencoder":
         """A twin sharing these weights whose decoder runs through torch.compile (`backend` other than
         inductor only for tests).
@@ -187,10 +192,6 @@ class Autoencoder(nn.Module):
         threading.Thread(target=_compile_decoder, args=(twin, compiled, example), daemon=True,
                          name="compile-decoder").start()
         return twin.eval()
-
-    decoder_ready: threading.Event | None = None    # set by with_compiled_decoder(background=True)
-    decoder_compile_s: float | None = None
-    decoder_compile_error: BaseException | None = None
 
     def decode_uint8(self, z: torch.Tensor) -> torch.Tensor:
         """z (B, C, h, w) -> frames (B, H, W, 3) uint8 on z's device, contiguous for one copy to host."""
