@@ -220,6 +220,12 @@ def test_drift_check_passes_the_game_and_fails_frozen_and_gray_rollouts(game_pro
     assert frozen["collapsed"] and not frozen["checks"]["not_frozen"]
     gray = E.drift_stats(np.full_like(game, 128), game, actions, len(game))
     assert gray["collapsed"] and not gray["checks"]["in_range"]
+    assert real["mean_excess_max"] == 0 and real["longest_out_of_range_ticks"] == 0
+    assert gray["longest_out_of_range_ticks"] == len(game) and gray["mean_excess_max"] > 20
+    white = game.copy()
+    white[100:130] = 255                                               # a 30-tick blow-up to white
+    blown = E.drift_stats(white, game, actions, len(game))
+    assert blown["longest_out_of_range_ticks"] == 30 and blown["mean_excess_max"] > 100
     short = E.drift_stats(game[:50], game, actions, len(game))    # a NaN cut the rollout short
     assert short["collapsed"] and not short["checks"]["finite"]
 

@@ -99,7 +99,9 @@ def table(res: dict[str, Any]) -> str:
     lines.append(f"| drift over {dr['ticks']} ticks | {'collapsed' if dr['collapsed'] else 'no collapse'}: in range "
                  f"{fmt(100 * dr.get('in_range', float('nan')), '%', 1)}, histogram TV {fmt(dr.get('hist_tv_last_quarter', float('nan')), '', 3)}, "
                  f"motion ratio {fmt(dr.get('motion_ratio_last_quarter', float('nan')))}, frozen "
-                 f"{fmt(100 * dr.get('frozen_fraction_last_quarter', float('nan')), '%', 1)} | game | no collapse |")
+                 f"{fmt(100 * dr.get('frozen_fraction_last_quarter', float('nan')), '%', 1)}; mean up to "
+                 f"{fmt(dr.get('mean_excess_max', float('nan')), '', 1)} grey levels outside the game's range, longest "
+                 f"spell outside {dr.get('longest_out_of_range_ticks', 'n/a')} ticks | game | no collapse |")
     return "\n".join(lines) + "\n"
 
 

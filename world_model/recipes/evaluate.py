@@ -491,6 +491,12 @@ def drift_stats(model: np.ndarray, game: np.ndarray, actions: np.ndarray, ticks:
         inside &= (md[k] >= lo - margin) & (md[k] <= hi + margin)
         out[f"game_{k}_range"] = [lo, hi]
         out[f"model_{k}_range"] = [float(md[k].min()), float(md[k].max())]
+    # Not checks, for reading in_range: a blow-up to white and a steady brightness offset can leave the
+    # range equally often; how far the mean gets outside it and the longest spell outside tell them apart.
+    excess = torch.clamp(torch.maximum(md["mean"] - out["game_mean_range"][1], out["game_mean_range"][0] - md["mean"]), min=0)
+    spells = np.diff(np.flatnonzero(np.concatenate([[True], inside.numpy(), [True]])))   # gaps between inside ticks
+    out["mean_excess_max"] = float(excess.max())                       # grey levels beyond the game's range
+    out["longest_out_of_range_ticks"] = int(spells.max() - 1)
     q = slice(n - max(2, n // 4), n)                   # the last quarter
     moving = (np.abs(actions[1:n, :3]).max(1) > 0.1)   # diff i compares frames i and i+1; action i+1 made it
     dg, dm = M.mean_abs_diff(game[:n]).numpy(), M.mean_abs_diff(model).numpy()
