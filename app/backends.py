@@ -291,12 +291,13 @@ class ModelBackend:
         self.phases.clear()
         try:
             with torch.no_grad():
-                with self.phases("model"):   # denoise and decode, one host sync (Session.step_decoded)
+                # denoise, decode and the copy to host memory, one host sync (Session.step_decoded)
+                with self.phases("model"):
                     self.timer.start()
-                    _, frames = self.session.step_decoded(action, steps=self.steps)       # (1, H, W, 3) uint8
+                    _, frames = self.session.step_decoded(action, steps=self.steps, host=True)  # (1, H, W, 3)
                     self.timer.stop()
                 with self.phases("copy"):
-                    frame = frames[0].cpu().numpy()                                       # (H, W, 3) uint8
+                    frame = frames[0].cpu().numpy()              # (H, W, 3) uint8; already on the host
         except NonFiniteError:
             return self._recover()
         if self.timer.cuda:

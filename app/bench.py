@@ -11,10 +11,11 @@ request; eager-fused and graphs-fused: eager and graphs with runtime.fuse_reenco
 frame run inside the next frame's first pass, so their `reencode` phase is 0 and `dit` holds it), built by
 world_model.runtime.make_session as the player builds it, seeded with session.context random latents,
 warmed up, then timed tick by tick as the player runs a tick:
-    session.step(action) -> session.decode(latent) -> frame[0].cpu()
+    session.step_decoded(action, host=True): step, decode, and the frame back in host memory
 Phases per tick: dit (the denoising passes), reencode (the t=0 APPEND pass), decode (uint8 frame on the
-device), upload (the device->host copy of that frame), gl (moderngl texture write, with --gl) and tick (wall
-time of all of it, perf_counter). On CUDA the phases are GPU times from CUDA events; on the CPU perf_counter.
+device), upload (CUDA: the device->host copy of that frame and the finite flag through page-locked buffers,
+and the tick's one sync), gl (moderngl texture write, with --gl) and tick (wall time of all of it,
+perf_counter). On CUDA the phases are GPU times from CUDA events; on the CPU perf_counter.
 
 Honesty: weights are labelled with where they came from. Without a student checkpoint the student rows run
 the teacher's architecture and weights with the consistency schedule, and say so; without any checkpoint
@@ -272,9 +273,9 @@ def run_variant(v: Variant, models: dict[str, Any], cfg: PlayConfig, device: str
         action = torch.rand(1, 5, generator=g) * 2 - 1
         start = time.perf_counter()
         with torch.no_grad():
-            _, frame = session.step_decoded(action, steps=v.steps)       # as the player: one sync per tick
-            with timer("upload"):
-                host = frame[0].cpu()                                                   # (H, W, 3) uint8
+            # as the player: one sync per tick, the frame back in host memory (phase "upload" on CUDA)
+            _, frame = session.step_decoded(action, steps=v.steps, host=True)
+            host = frame[0].cpu()                                                       # (H, W, 3) uint8
         tick_ms = (time.perf_counter() - start) * 1000.0
         gl_ms = gl(host.numpy()) if gl is not None else None
         phases = timer.collect()

@@ -119,8 +119,8 @@ def test_captured_functions_have_no_host_sync_or_data_dependent_shape():
     assert Session._decode(s, x0).shape == (1, 40, 48, 3)
 
 
-@pytest.mark.parametrize("fuse", [False, True])
-def test_step_decoded_equals_step_then_decode_and_raises_like_step(fuse):
+@pytest.mark.parametrize("fuse,host", [(False, False), (True, False), (False, True), (True, True)])
+def test_step_decoded_equals_step_then_decode_and_raises_like_step(fuse, host):
     """The player's tick (one host sync: the finite check after the decode is queued) gives the frames of
     step + decode, and on a non-finite latent leaves the session exactly as `step` raising would."""
     model = tiny_model()
@@ -131,14 +131,14 @@ def test_step_decoded_equals_step_then_decode_and_raises_like_step(fuse):
     a.reset(*clip), b.reset(*clip)
     acts = [torch.rand(1, 5) * 2 - 1 for _ in range(5)]
     for act in acts[:3]:
-        x, frames = a.step_decoded(act, steps=1)
+        x, frames = a.step_decoded(act, steps=1, host=host)
         y = b.step(act, steps=1)
-        assert torch.equal(x, y) and torch.equal(frames, b.decode(y))
+        assert torch.equal(x, y) and torch.equal(frames, b.decode(y)) and frames.device.type == "cpu"
     with torch.no_grad():
         bias = model.final.linear.bias.clone()
         model.final.linear.bias.fill_(float("nan"))
         with pytest.raises(NonFiniteError):
-            a.step_decoded(acts[3], steps=1)
+            a.step_decoded(acts[3], steps=1, host=host)
         with pytest.raises(NonFiniteError):
             b.step(acts[3], steps=1)
         model.final.linear.bias.copy_(bias)

@@ -78,6 +78,11 @@ class Session:
         self.pending: tuple[Tensor, Tensor] | None = None  # clean (x0, action) the next step's first pass appends
         self.momentum: Tensor | None = None   # action_features' running state: the seed's moves and every step's
         self.timer: Callable[[str], ContextManager[Any]] | None = None   # phase timer (benchmark)
+        # Page-locked host buffers (CUDA): actions go up and frames come back without a blocking staged copy.
+        self._host_frames: Tensor | None = None
+        self._host_ok: Tensor | None = None
+        self._host_actions: Tensor | None = None
+        self._actions_copied: Any = None      # CUDA event: the last upload from _host_actions has run
 
     # ---- setup ----
 
@@ -220,25 +225,48 @@ class Session:
         """Append the clean latent x0 (B, C, h, w) with its action (B, A) to the cache."""
         self._append(x0[:, None], a[:, None])
 
-    def step_decoded(self, actions: Tensor | Action | Sequence[Action], *, steps: int | None = None
-                     ) -> tuple[Tensor, Tensor]:
+    def step_decoded(self, actions: Tensor | Action | Sequence[Action], *, steps: int | None = None,
+                     host: bool = False) -> tuple[Tensor, Tensor]:
         """One played tick: `step`, then `decode` -> (latent (B, C, h, w), uint8 frames (B, H, W, 3)).
 
         The non-finite check waits for the GPU, so it runs after the decode is queued: the GPU goes from the
         denoiser straight into the decoder instead of idling while the host wakes up and launches it (fused
         re-encode only: otherwise `step` appends x0 at once and has to check it first). A non-finite latent
-        undoes the step's bookkeeping and raises NonFiniteError, leaving the session as `step` would."""
+        undoes the step's bookkeeping and raises NonFiniteError, leaving the session as `step` would.
+        host=True returns the frames in host memory: they and the finite flag come back in one copy with one
+        sync (phase "upload"), where a separate check and `.cpu()` would wait for the GPU twice."""
         if not self.fuse_reencode:   # step re-encodes x0 at once, so it has to check it first
             x0 = self.step(actions, steps=steps)
-            return x0, self.decode(x0)
+            frames = self.decode(x0)
+            return x0, self._to_host(frames, None)[0] if host else frames
         last, momentum = self.last_latent, self.momentum
         x0 = self.step(actions, steps=steps, check=False)
         frames = self.decode(x0)
-        if self.check_finite and not bool(torch.isfinite(x0).all()):
+        ok = torch.isfinite(x0).all() if self.check_finite else None                     # () bool, on device
+        if host:
+            frames, ok = self._to_host(frames, ok)
+        if ok is not None and not bool(ok):
             self.frame, self.last_latent, self.pending = self.frame - 1, last, None   # as if `step` had raised
             self.momentum = momentum
             raise NonFiniteError(f"non-finite latent at frame {self.frame}; cache left unchanged")
         return x0, frames
+
+    def _to_host(self, frames: Tensor, ok: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Frames (B, H, W, 3) uint8 and a flag on the device -> host copies, one stream sync. On CUDA they go
+        through page-locked buffers, so the copies are asynchronous DMA and the one sync waits for both (a
+        pageable copy is staged through a driver buffer and waits on its own). The result is a fresh tensor:
+        the buffers are reused by the next tick."""
+        if self.device.type != "cuda":
+            return frames, ok
+        with self._phase("upload"):
+            if self._host_frames is None or self._host_frames.shape != frames.shape:
+                self._host_frames = torch.empty(frames.shape, dtype=frames.dtype, pin_memory=True)
+                self._host_ok = torch.ones((), dtype=torch.bool, pin_memory=True)
+            self._host_frames.copy_(frames, non_blocking=True)
+            if ok is not None:
+                self._host_ok.copy_(ok, non_blocking=True)
+            torch.cuda.current_stream(self.device).synchronize()
+        return self._host_frames.clone(), None if ok is None else self._host_ok.clone()
 
     def decode(self, latent: Tensor) -> Tensor:
         """(B, C, h, w) -> uint8 frames (B, H, W, 3) on the session's device."""
@@ -288,7 +316,8 @@ class Session:
             actions = [actions.to_list()]
         elif isinstance(actions, (list, tuple)) and actions and isinstance(actions[0], Action):
             actions = [a.to_list() for a in actions]
-        a = torch.as_tensor(actions, dtype=torch.float32, device=self.device)
+        on_device = isinstance(actions, Tensor) and actions.device.type != "cpu"   # (e.g. training batches)
+        a = torch.as_tensor(actions, dtype=torch.float32, device=actions.device if on_device else "cpu")
         dim = self.model.config.action_dim
         want = (batch, dim) if frames is None else (batch, frames, dim)
         if a.dim() == len(want) - 1:
@@ -297,4 +326,16 @@ class Session:
             a = a.expand(want)  # one action (sequence) shared by the whole batch
         if tuple(a.shape) != want:
             raise ValueError(f"actions have shape {tuple(a.shape)}, expected {want}")
-        return a
+        if on_device or self.device.type != "cuda":
+            return a.to(self.device)
+        # A tick's action through a page-locked buffer: an asynchronous copy, where a pageable one would make
+        # the host wait for it. The buffer is refilled only after the previous upload from it has run.
+        if self._host_actions is None or self._host_actions.shape != a.shape:
+            self._host_actions, self._actions_copied = torch.empty(a.shape, pin_memory=True), None
+        if self._actions_copied is not None:
+            self._actions_copied.synchronize()
+        self._host_actions.copy_(a)
+        out = self._host_actions.to(self.device, non_blocking=True)
+        self._actions_copied = torch.cuda.Event()
+        self._actions_copied.record(torch.cuda.current_stream(self.device))
+        return out

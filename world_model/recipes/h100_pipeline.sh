@@ -225,6 +225,17 @@ if [ "$PART" = next ]; then
   exit 0
 fi
 
+teacher_variant() {  # teacher_variant NAME ARGS...: train, int8, evaluate at 16 steps
+  local v=$1; shift
+  stage "teacher-$v" python3 -m world_model.recipes.train_teacher settings/train/teacher.yaml \
+    --out "runs/teacher-$v" --init "$T" --set max_minutes="$TEACHER_MIN" --set total_minutes="$TEACHER_TOTAL" \
+    --set compile=true --set data.collect.workers=12 "$@"
+  local src="runs/teacher-$v/teacher.safetensors"
+  [ -e "runs/teacher-$v/teacher.index.json" ] && src="runs/teacher-$v/teacher.index.json"
+  stage "teacher-$v-int8" python3 -m world_model.recipes.quantize "$src" --out "runs/teacher-$v-int8/teacher.safetensors"
+  evaluate "T16-$v" "runs/teacher-$v-int8/teacher.safetensors" --steps 16
+}
+
 # PART=momentum (prepared in session 10 for a machine of 4 GPUs, one job per GPU; nothing here has run yet):
 # does conditioning on the decayed average of the recent moves (ModelConfig.action_momentum, Doom's walking
 # momentum) give the forward/backward response that the tick's own input could not (docs/EVALUATION.md,
@@ -234,16 +245,6 @@ fi
 #   GPU 3: the background decoder compile's benchmark (runtime.compile_decoder, first run on a GPU), then Stage A
 #          at guidance 3 from GPU 0's teacher once it exists (CM_MIN), evaluated at 1 and 2 steps.
 if [ "$PART" = momentum ]; then
-  teacher_variant() {  # teacher_variant NAME ARGS...: train, int8, evaluate at 16 steps
-    local v=$1; shift
-    stage "teacher-$v" python3 -m world_model.recipes.train_teacher settings/train/teacher.yaml \
-      --out "runs/teacher-$v" --init "$T" --set max_minutes="$TEACHER_MIN" --set total_minutes="$TEACHER_TOTAL" \
-      --set compile=true --set data.collect.workers=12 "$@"
-    local src="runs/teacher-$v/teacher.safetensors"
-    [ -e "runs/teacher-$v/teacher.index.json" ] && src="runs/teacher-$v/teacher.index.json"
-    stage "teacher-$v-int8" python3 -m world_model.recipes.quantize "$src" --out "runs/teacher-$v-int8/teacher.safetensors"
-    evaluate "T16-$v" "runs/teacher-$v-int8/teacher.safetensors" --steps 16
-  }
   ( export CUDA_VISIBLE_DEVICES=0; teacher_variant mom-move --set model.action_momentum=true --set move_weight="${MOVE_W:-4}" ) &
   ( export CUDA_VISIBLE_DEVICES=1; teacher_variant mom --set model.action_momentum=true ) &
   ( export CUDA_VISIBLE_DEVICES=2; teacher_variant control ) &
@@ -254,6 +255,32 @@ if [ "$PART" = momentum ]; then
     T=runs/teacher-mom-move-int8/teacher.safetensors depth_student full 12 ) &
   wait
   echo "$(date +%T) momentum part done"
+  exit 0
+fi
+
+# PART=momentum2 (session 11, a machine of 2 GPUs): the two momentum teachers of PART=momentum (the control is
+# session 10's move_weight-4 teacher without momentum, docs/EVALUATION.md), and before the second one the tick
+# benchmark A/B: the code before the page-locked one-sync tick (a `git archive` of it carried as .carry/old.tgz,
+# run from /tmp/old) against this tree, alternating, twice each, with the decoder compiling in the background.
+if [ "$PART" = momentum2 ]; then
+  ( export CUDA_VISIBLE_DEVICES=0; teacher_variant mom-move --set model.action_momentum=true --set move_weight="${MOVE_W:-4}" ) &
+  ( export CUDA_VISIBLE_DEVICES=1
+    if [ -e .carry/old.tgz ]; then
+      rm -rf /tmp/old && mkdir -p /tmp/old && tar xzf .carry/old.tgz -C /tmp/old && ln -s "$PWD/assets" /tmp/old/assets
+    fi
+    ab() {  # ab NAME DIR: the shipped student and teacher, graphs-fused, decoder compiled in the background
+      stage "bench-$1" bash -c "cd $2 && PYTHONPATH=$2:/tmp/vz python3 main.py bench --device cuda --ticks 1000 \
+        --warmup 50 --variants student1,teacher --engines graphs-fused --compile-decoder auto --json $PWD/runs/bench/$1.json"
+    }
+    for r in 1 2; do
+      [ -d /tmp/old ] && ab "old-$r" /tmp/old
+      ab "new-$r" "$PWD"
+    done
+    stage bench-new-all python3 main.py bench --device cuda --ticks 1000 --warmup 50 --variants student1,student2,teacher \
+      --engines graphs-fused --compile-decoder auto --json runs/bench/new-all.json
+    teacher_variant mom --set model.action_momentum=true ) &
+  wait
+  echo "$(date +%T) momentum2 part done"
   exit 0
 fi
 
