@@ -5,6 +5,7 @@ against the plain one over rollouts, savestates, guidance, grad steps, NaN recov
 import copy
 import json
 import math
+import sys
 import threading
 from dataclasses import replace
 
@@ -283,6 +284,7 @@ def test_background_decoder_compile_swaps_in_mid_play_and_the_graphs_recapture()
     ae = Autoencoder(AutoencoderConfig(latent_channels=C, height=h * 8, width=w * 8, enc_channels=(8, 8, 8, 8),
                                        dec_channels=(8, 8, 8, 8))).eval()
     z = torch.randn(1, C, h, w, generator=torch.Generator().manual_seed(0))
+    switch = sys.getswitchinterval()
     with torch.no_grad():
         reference = ae.decode_uint8(z)
         gate = threading.Event()
@@ -294,11 +296,14 @@ def test_background_decoder_compile_swaps_in_mid_play_and_the_graphs_recapture()
         twin = ae.with_compiled_decoder(backend=slow_eager, background=True)
         s = GraphedSession(model, window=2, sink=1, device="cpu", seed=0, autoencoder=twin)
         assert not twin.decoder_ready.is_set() and twin.decoder is ae.decoder
+        assert twin.decoder_compile_pending is not None                     # not started before a frame
         assert torch.equal(s.decode(z), reference)                          # stock, before the compile
+        assert twin.decoder_compile_pending is None and sys.getswitchinterval() <= 0.0005   # started by it
         stale = [k for k in s._fns if k[0] == "decode"]
         gate.set()
         assert twin.decoder_ready.wait(60) and twin.decoder_compile_error is None
         assert twin.decoder._orig_mod is ae.decoder and twin.decoder_compile_s > 0
+        assert sys.getswitchinterval() == switch                            # restored when done
         assert torch.equal(s.decode(z), reference)                          # compiled, after the swap
         keys = [k for k in s._fns if k[0] == "decode"]
         assert len(keys) == 1 and keys != stale
@@ -308,6 +313,7 @@ def test_background_decoder_compile_swaps_in_mid_play_and_the_graphs_recapture()
 
         with pytest.warns(UserWarning, match="keeping the stock one"):
             failed = ae.with_compiled_decoder(backend=broken, background=True)
+            failed.start_decoder_compile()
             assert failed.decoder_ready.wait(60)
         assert failed.decoder is ae.decoder and "no compiler here" in repr(failed.decoder_compile_error)
         assert torch.equal(failed.decode_uint8(z), reference)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import threading
 import time
 import warnings
@@ -135,6 +136,7 @@ class Autoencoder(nn.Module):
         self.decoder_ready: threading.Event | None = None
         self.decoder_compile_s: float | None = None
         self.decoder_compile_error: BaseException | None = None
+        self.decoder_compile_pending: threading.Thread | None = None   # the worker, until started
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -177,7 +179,10 @@ class Autoencoder(nn.Module):
         inductor's on-disk cache warm). background=True: a worker thread compiles it on a latent batch of
         `batch` and swaps it in when it is ready (`decoder_ready` is then set, `decoder_compile_s` says how
         long it took, `decoder_compile_error` holds an exception that kept the stock decoder); until then
-        the twin decodes with the stock decoder, so the first frame does not wait."""
+        the twin decodes with the stock decoder, so the first frame does not wait. The worker starts at
+        `start_decoder_compile()`, which Session.decode calls once the first frame is decoded: started at
+        once, it held the GIL through the session's first tick and its CUDA-graph captures, and the first
+        frame came only as the compile ended (11-17 s on an H200, session 11)."""
         twin = Autoencoder(self.config).to(self.scale.device)
         twin.encoder, twin.scale, twin.channels_last = self.encoder, self.scale, self.channels_last
         compiled = torch.compile(self.decoder, dynamic=False, backend=backend)
@@ -189,9 +194,20 @@ class Autoencoder(nn.Module):
         example = torch.zeros(batch, *self.latent_shape, device=self.scale.device, dtype=self.decoder.stem.weight.dtype)
         if self.channels_last:
             example = example.contiguous(memory_format=torch.channels_last)   # as decode() hands it over
-        threading.Thread(target=_compile_decoder, args=(twin, compiled, example), daemon=True,
-                         name="compile-decoder").start()
+        twin.decoder_compile_pending = threading.Thread(target=_compile_decoder, args=(twin, compiled, example),
+                                                        daemon=True, name="compile-decoder")
         return twin.eval()
+
+    def start_decoder_compile(self) -> None:
+        """Start the background compile of with_compiled_decoder(background=True), once; otherwise nothing.
+
+        While it runs, the interpreter hands the GIL between threads every 0.5 ms instead of 5: the compile
+        is pure Python for seconds, and each time the player's thread gives the GIL up (a CUDA sync, a graph
+        replay) it would otherwise wait up to the full interval to get it back, every tick."""
+        worker, self.decoder_compile_pending = self.decoder_compile_pending, None
+        if worker is not None:
+            _short_switch_interval(+1)
+            worker.start()
 
     def decode_uint8(self, z: torch.Tensor) -> torch.Tensor:
         """z (B, C, h, w) -> frames (B, H, W, 3) uint8 on z's device, contiguous for one copy to host."""
@@ -244,7 +260,21 @@ def _compile_decoder(twin: Autoencoder, compiled: nn.Module, example: torch.Tens
         twin.decoder_compile_error = e
         warnings.warn(f"compiling the decoder failed, keeping the stock one: {e!r}")
     twin.decoder_compile_s = time.perf_counter() - t0
+    _short_switch_interval(-1)
     twin.decoder_ready.set()
+
+
+_compiles = {"running": 0, "interval": 0.005}   # background compiles under way; the interval before them
+_compiles_lock = threading.Lock()
+
+
+def _short_switch_interval(change: int) -> None:
+    """The GIL switch interval is 0.5 ms while any background compile runs (see start_decoder_compile)."""
+    with _compiles_lock:
+        if _compiles["running"] == 0:
+            _compiles["interval"] = sys.getswitchinterval()
+        _compiles["running"] += change
+        sys.setswitchinterval(min(_compiles["interval"], 0.0005) if _compiles["running"] else _compiles["interval"])
 
 
 def frames_to_model(frames: torch.Tensor) -> torch.Tensor:
