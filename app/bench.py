@@ -224,7 +224,8 @@ def build_session(v: Variant, models: dict[str, Any], cfg: PlayConfig, device: s
     name = v.engine.removesuffix("-compile")
     runtime = RuntimeConfig(engine=name.removesuffix("-fused"), fuse_reencode=name.endswith("-fused"),
                             compile_decoder=args.compile_decoder or cfg.runtime.compile_decoder,
-                            compile_decoder_wait=cfg.runtime.compile_decoder_wait)
+                            compile_decoder_wait=cfg.runtime.compile_decoder_wait,
+                            attention=args.attention or cfg.runtime.attention)
     return make_session(torch.compile(model, dynamic=False) if compiled else model, runtime=runtime,
                         onnx_dir=resolve(args.onnx_dir), **kw)
 
@@ -465,6 +466,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--random", action="store_true", help="ignore checkpoints: random weights of --model-config")
     p.add_argument("--model-config", default="settings/model/teacher.yaml", help="architecture for random weights")
     p.add_argument("--variants", default="student1,student2,teacher", help="comma list of student1,student2,teacher")
+    p.add_argument("--attention", choices=("auto", "cudnn", "efficient", "math"), default=None,
+                   help="runtime.attention for every torch engine (default: the settings'): the SDPA kernel")
     p.add_argument("--compile-decoder", nargs="?", const="on", choices=("auto", "on", "off"),
                    help="runtime.compile_decoder for every torch engine (default: the settings'; bare: on): the "
                         "decoder through torch.compile, in the background unless runtime.compile_decoder_wait")

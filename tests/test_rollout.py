@@ -308,3 +308,13 @@ def test_momentum_model_starts_from_a_plain_one_unchanged():
         load_weights_into(WorldModel(replace(plain.config, depth=plain.config.depth + 1)), plain)
     with pytest.raises(CheckpointError, match="another model config"):
         load_weights_into(plain, moving)
+
+
+def test_attention_kernel_choice_gives_the_same_frames_and_rejects_unknown_names():
+    """runtime.attention restricts the SDPA kernel of every pass; the math kernel matches torch's own choice."""
+    model = tiny_model()
+    a, b = session(model), session(model, attention="math")
+    for x, y in zip(run(a, 4, steps=2), run(b, 4, steps=2)):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="attention must be one of"):
+        Session(model, window=2, sink=1, device="cpu", attention="flash")

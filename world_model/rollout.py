@@ -31,11 +31,16 @@ from typing import Any, Callable, ContextManager, Sequence
 
 import torch
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from world_model.actions import Action
 from world_model.kv_cache import CacheMode, CacheState, KVCache
 from world_model.model import WorldModel, action_features
 from world_model.sampler import SamplerConfig, renoise_count, sample, schedule_for
+
+
+ATTENTION = {"auto": None, "cudnn": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+             "math": SDPBackend.MATH}
 
 
 class NonFiniteError(RuntimeError):
@@ -57,7 +62,8 @@ class SessionState:
 class Session:
     def __init__(self, model: WorldModel, *, window: int, sink: int, device: torch.device | str,
                  dtype: torch.dtype = torch.float32, seed: int = 0, autoencoder: Any = None,
-                 sampler: SamplerConfig = SamplerConfig(), check_finite: bool = True, fuse_reencode: bool = False):
+                 sampler: SamplerConfig = SamplerConfig(), check_finite: bool = True, fuse_reencode: bool = False,
+                 attention: str = "auto"):
         self.model = model
         self.window, self.sink = window, sink
         self.device = torch.device(device)
@@ -71,6 +77,9 @@ class Session:
         self.sampler = sampler
         self.check_finite = check_finite
         self.fuse_reencode = fuse_reencode
+        if attention not in ATTENTION:
+            raise ValueError(f"attention must be one of {sorted(ATTENTION)}, got {attention!r}")
+        self.attention = attention      # runtime.attention: the SDPA kernel the passes may use
         self.generator = torch.Generator(self.device).manual_seed(seed)  # noise drawn where it is used
         self.cache: KVCache | None = None
         self.frame = 0                  # frames produced by step() since reset
@@ -89,6 +98,14 @@ class Session:
             return torch.autocast("cuda", dtype=self.dtype)
         return contextlib.nullcontext()
 
+    def _kernels(self) -> contextlib.AbstractContextManager:
+        """Autocast (if any) and the attention kernel choice, around every model pass (and so in its graphs)."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(self._autocast())
+        if self.attention != "auto":
+            stack.enter_context(sdpa_kernel(ATTENTION[self.attention]))
+        return stack
+
     def _phase(self, name: str) -> ContextManager[Any]:
         return contextlib.nullcontext() if self.timer is None else self.timer(name)
 
@@ -100,7 +117,7 @@ class Session:
     def _append_device(self, latents: Tensor, actions: Tensor) -> None:
         """The device work of `_append` (the part a CUDA graph captures): the pass and the cache tables."""
         t = torch.full(latents.shape[:2], self.sampler.context_noise, device=self.device)
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), self._kernels():
             self.model(latents, t, actions, cache=self.cache, cache_mode=CacheMode.APPEND, commit=False)
         self.cache.advance_device(latents.shape[1])
 
@@ -216,7 +233,7 @@ class Session:
                 return v
             return self.model(x[:, None], tt, a[:, None], keep, cache=self.cache)[:, 0]   # READONLY pass
 
-        with self._autocast():
+        with self._kernels():
             return sample(velocity, noise[0], self.sampler, schedule=times, grad_last=grad, renoise=noise[1:])
 
     def _reencode(self, x0: Tensor, a: Tensor) -> None:

@@ -42,6 +42,11 @@ class RuntimeConfig:
     # (cold ~12 s on an H100, ~2 s with inductor's cache warm), so the first frame does not wait. True: the
     # first decode compiles it (the first frame waits that long).
     compile_decoder_wait: bool = False
+    # Which scaled_dot_product_attention kernel the model's passes may use (torch.nn.attention.sdpa_kernel).
+    # auto: torch's choice. At batch 1 a streaming pass's attention is 5 heads x 160 queries x ~1,400 keys with
+    # a mask, 27 us a call on the H100 (session 9's profile): the choice may matter there. (Flash attention
+    # takes no mask, so it is not offered.)
+    attention: Literal["auto", "cudnn", "efficient", "math"] = "auto"
 
     def decoder_compiled(self, device: Any) -> bool:
         """Whether sessions on `device` get a compiled decoder."""
@@ -72,6 +77,7 @@ def make_session(model: Any, *, runtime: RuntimeConfig, window: int, sink: int, 
         return OrtSession(model, window=window, sink=sink, device=device,
                           onnx_dir=onnx_dir or runtime.onnx_dir, **session_kw)
     session_kw["fuse_reencode"] = runtime.fuse_reencode
+    session_kw["attention"] = runtime.attention
     if runtime.decoder_compiled(device) and session_kw.get("autoencoder") is not None:
         session_kw["autoencoder"] = session_kw["autoencoder"].with_compiled_decoder(
             background=not runtime.compile_decoder_wait)
