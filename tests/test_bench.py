@@ -39,10 +39,10 @@ def test_bench_runs_end_to_end_and_writes_json(tmp_path, capsys):
             continue
         assert "error" not in v, v.get("error")
         assert v["ticks"] == 3 and v["first_frame_s"] > 0 and v["dtype"] == "float32"
-        for phase in (*PHASES, "tick"):
+        for phase in (*PHASES, "tick", "tick_phased"):
             s = v["ms"][phase]
             assert 0 <= s["p50"] <= s["p99"] <= s["max"], (v["name"], phase)
-        assert v["ms"]["tick"]["p50"] >= v["ms"]["dit"]["p50"]
+        assert v["ms"]["tick_phased"]["p50"] >= v["ms"]["dit"]["p50"]
         assert {"before_bytes", "after_warmup_bytes", "end_bytes", "growth_bytes", "peak_bytes"} <= set(v["memory"])
     assert r["variants"][0]["load_to_first_frame_s"] > 0
     steps = {v["variant"]: v["steps"] for v in r["variants"]}
@@ -134,3 +134,25 @@ def test_profile_tick_reports_both_variants_on_the_cpu(tmp_path):
     assert 0 < s["kernels_per_tick"] < t["kernels_per_tick"]          # 1 pass against 16
     assert s["top"] and all(row["ms_per_tick"] >= 0 for row in s["top"])
     assert r["command"].startswith("python -m world_model.recipes.profile_tick")
+
+
+def test_bench_alternates_plain_and_phased_ticks(monkeypatch, tmp_path):
+    """--ticks N runs 2N timed ticks: the even ones without the phase timer (tick), the odd ones with it
+    (tick_phased and the phases), N of each; the memory soak runs its N ticks all phased."""
+    seen = []
+    from world_model.rollout import Session
+    orig = Session.step_decoded
+
+    def spy(self, *a, **kw):
+        seen.append(self.timer is not None)
+        return orig(self, *a, **kw)
+
+    monkeypatch.setattr(Session, "step_decoded", spy)
+    out = tmp_path / "b.json"
+    assert cli.main(["bench", *TINY, "--variants", "student1", "--engines", "eager", "--memory-ticks", "4",
+                     "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["variants"][0]["ticks"] == 3
+    # the variant: 1 warm-up tick (phased), then 3 plain and 3 phased, alternating; the soak: 1 + 4 phased
+    assert seen == [True, False, True, False, True, False, True] + [True] * 5
+    assert r["memory_run"]["ticks"] == 4 and len(r["memory_run"]["memory"]["trace"]) == 4

@@ -185,17 +185,16 @@ class Autoencoder(nn.Module):
         frame came only as the compile ended (11-17 s on an H200, session 11)."""
         twin = Autoencoder(self.config).to(self.scale.device)
         twin.encoder, twin.scale, twin.channels_last = self.encoder, self.scale, self.channels_last
-        compiled = torch.compile(self.decoder, dynamic=False, backend=backend)
         if not background:
-            twin.decoder = compiled
+            twin.decoder = torch.compile(self.decoder, dynamic=False, backend=backend)
             return twin.eval()
         twin.decoder = self.decoder
         twin.decoder_ready = threading.Event()
         example = torch.zeros(batch, *self.latent_shape, device=self.scale.device, dtype=self.decoder.stem.weight.dtype)
         if self.channels_last:
             example = example.contiguous(memory_format=torch.channels_last)   # as decode() hands it over
-        twin.decoder_compile_pending = threading.Thread(target=_compile_decoder, args=(twin, compiled, example),
-                                                        daemon=True, name="compile-decoder")
+        twin.decoder_compile_pending = threading.Thread(target=_compile_decoder, daemon=True, name="compile-decoder",
+                                                        args=(twin, self.decoder, backend, example))
         return twin.eval()
 
     def start_decoder_compile(self) -> None:
@@ -239,8 +238,11 @@ class Autoencoder(nn.Module):
         return model.to(device=device, dtype=dtype).eval()
 
 
-def _compile_decoder(twin: Autoencoder, compiled: nn.Module, example: torch.Tensor) -> None:
+def _compile_decoder(twin: Autoencoder, decoder: nn.Module, backend: Any, example: torch.Tensor) -> None:
     """Worker thread of with_compiled_decoder(background=True): compile by calling, then swap.
+
+    Even `torch.compile(...)` itself runs here: its first call in a process imports dynamo, 5 s on the CPU
+    here, and done in the main thread it held back the first frame (8 s on an H200, session 11).
 
     Runs on its own CUDA stream so that its kernels do not queue behind (or between) the player's graph
     replays; the player's graph captures use capture_error_mode="thread_local" (graphs.py), which lets this
@@ -249,6 +251,7 @@ def _compile_decoder(twin: Autoencoder, compiled: nn.Module, example: torch.Tens
     sees another decoder object."""
     t0 = time.perf_counter()
     try:
+        compiled = torch.compile(decoder, dynamic=False, backend=backend)
         stream = torch.cuda.Stream(example.device) if example.is_cuda else None
         with torch.no_grad(), (torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()):
             for _ in range(2):                 # the second call checks the guards hold: no recompile later
