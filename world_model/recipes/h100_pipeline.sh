@@ -284,6 +284,22 @@ if [ "$PART" = momentum2 ]; then
   exit 0
 fi
 
+# PART=speed (prepared in session 11 for one quiet H100, issue 6's device): the benchmark alone on the GPU,
+# twice in fresh processes (the second with inductor's cache warm, as a player's second start), the decoder
+# compiled in the background after the first frame (runtime.compile_decoder auto); then the eager engine
+# for the graph speedup (300 ticks: the eager teacher takes ~145 ms a tick), and the decoder variants.
+if [ "$PART" = speed ]; then
+  for r in 1 2; do
+    stage "bench-speed-$r" python3 main.py bench --device cuda --ticks 1000 --warmup 50 \
+      --variants student1,student2,teacher --engines graphs-fused --compile-decoder auto --json "runs/bench/speed-$r.json"
+  done
+  stage bench-eager python3 main.py bench --device cuda --ticks 300 --warmup 20 --variants student1 \
+    --engines eager-fused,graphs-fused --compile-decoder auto --json runs/bench/speed-eager.json
+  stage decode-bench python3 -m world_model.recipes.decode_bench --json runs/bench/decode.json
+  echo "$(date +%T) speed part done"
+  exit 0
+fi
+
 # PART=cm-pair: Stage A alone at the guidance scales in PAIR ("1 3"), side by side on one GPU (half the
 # collectors each), each then evaluated at 1 and 2 steps. Session 2's Stage A student beat Stage A+B.
 if [ "$PART" = cm-pair ]; then
