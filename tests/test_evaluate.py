@@ -209,6 +209,9 @@ def test_the_game_scores_itself_perfectly_and_a_frozen_model_scores_zero(game_pr
                "backward": finals["forward"]}
     wrong, _ = E.action_response(swapped, finals, valid)     # a model that mixes up the directions
     assert wrong["combined"]["score"] == 0.0
+    # gain: how far the model moves, as a fraction of the game: 1 itself, 0 frozen, -1 the wrong way
+    for k in ("turn", "move"):
+        assert (perfect[k]["gain"], frozen[k]["gain"], wrong[k]["gain"]) == (1.0, 0.0, -1.0)
 
 
 def test_drift_check_passes_the_game_and_fails_frozen_and_gray_rollouts(game_probe_frames):

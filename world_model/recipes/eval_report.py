@@ -89,7 +89,8 @@ def table(res: dict[str, Any]) -> str:
                      f"(copy last frame); autoencoder ceiling {fmt(tf['autoencoder_psnr'], ' dB')} | >= 26 dB |")
     for k in ("turn", "move", "combined") if resp else ():
         v = resp[k]
-        lines.append(f"| action response, {k} | {fmt(100 * v['score'], '%', 1)} ({v['correct']}/{v['scored']}) "
+        gain = f"; gain {fmt(v['gain'], '', 2)}" if "gain" in v else ""   # (older metrics.json have none)
+        lines.append(f"| action response, {k} | {fmt(100 * v['score'], '%', 1)} ({v['correct']}/{v['scored']}{gain}) "
                      f"| 0% (frozen) | {'>= 90%' if k == 'combined' else ''} |")
     for h, v in (idle["horizons"] if idle else {}).items():
         lines.append(f"| idle PSNR @ {h} no-op ticks ({idle['states']} states) | {fmt(v['psnr'], ' dB')} | "

@@ -399,8 +399,12 @@ def action_response(model_finals: dict[str, np.ndarray], game_finals: dict[str, 
         scorable, correct = M.agreement(mod[k], ref[k], min_reference=lo_game, min_model=lo_model)
         scorable &= keep
         correct &= keep
+        # gain: the model's response as a fraction of the game's, median over the scorable states (negative:
+        # the wrong way). The score says whether the model moves the right way; the gain says how far.
+        gain = (mod[k][scorable] / ref[k][scorable]).median() if scorable.any() else torch.tensor(float("nan"))
         out[k] = {"score": float(correct.sum() / scorable.sum()) if scorable.any() else float("nan"),
-                  "correct": int(correct.sum()), "scored": int(scorable.sum()), "states": int(len(valid))}
+                  "correct": int(correct.sum()), "scored": int(scorable.sum()), "states": int(len(valid)),
+                  "gain": float(gain)}
         per.update({f"{k}_model": mod[k].cpu().numpy(), f"{k}_game": ref[k].cpu().numpy(),
                     f"{k}_scorable": scorable.cpu().numpy(), f"{k}_correct": correct.cpu().numpy()})
     scored = out["turn"]["scored"] + out["move"]["scored"]
