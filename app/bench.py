@@ -227,7 +227,8 @@ def build_session(v: Variant, models: dict[str, Any], cfg: PlayConfig, device: s
     runtime = RuntimeConfig(engine=name.removesuffix("-fused"), fuse_reencode=name.endswith("-fused"),
                             compile_decoder=args.compile_decoder or cfg.runtime.compile_decoder,
                             compile_decoder_wait=cfg.runtime.compile_decoder_wait,
-                            attention=args.attention or cfg.runtime.attention)
+                            attention=args.attention or cfg.runtime.attention,
+                            compile_decoder_mode=args.compile_decoder_mode or cfg.runtime.compile_decoder_mode)
     return make_session(torch.compile(model, dynamic=False) if compiled else model, runtime=runtime,
                         onnx_dir=resolve(args.onnx_dir), **kw)
 
@@ -476,6 +477,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--random", action="store_true", help="ignore checkpoints: random weights of --model-config")
     p.add_argument("--model-config", default="settings/model/teacher.yaml", help="architecture for random weights")
     p.add_argument("--variants", default="student1,student2,teacher", help="comma list of student1,student2,teacher")
+    p.add_argument("--compile-decoder-mode", choices=("default", "max-autotune-no-cudagraphs"), default=None,
+                   help="runtime.compile_decoder_mode (default: the settings'): torch.compile's mode for the decoder")
     p.add_argument("--attention", choices=("auto", "cudnn", "efficient", "math"), default=None,
                    help="runtime.attention for every torch engine (default: the settings'): the SDPA kernel")
     p.add_argument("--compile-decoder", nargs="?", const="on", choices=("auto", "on", "off"),

@@ -267,6 +267,12 @@ def test_runtime_compile_decoder_gives_the_session_a_compiled_twin():
     s = make_session(model, runtime=RuntimeConfig(engine="eager", compile_decoder="on", compile_decoder_wait=True),
                      window=2, sink=1, device="cpu", autoencoder=ae)
     assert s.autoencoder.decoder._orig_mod is ae.decoder and not hasattr(ae.decoder, "_orig_mod")
+    assert s.autoencoder.decoder_compile_mode is None                       # "default": torch.compile's own
+    tuned = make_session(model, runtime=RuntimeConfig(engine="eager", compile_decoder="on",
+                                                      compile_decoder_mode="max-autotune-no-cudagraphs"),
+                         window=2, sink=1, device="cpu", autoencoder=ae)
+    assert tuned.autoencoder.decoder_compile_mode == "max-autotune-no-cudagraphs"
+    assert tuned.autoencoder.decoder_compile_pending is not None            # background, waits for a frame
     z = torch.randn(1, C, h, w, generator=torch.Generator().manual_seed(0))
     diff = (s.decode(z).int() - plain.decode(z).int()).abs()                # inductor on the CPU, uint8 frames
     assert int(diff.max()) <= 1

@@ -137,6 +137,7 @@ class Autoencoder(nn.Module):
         self.decoder_compile_s: float | None = None
         self.decoder_compile_error: BaseException | None = None
         self.decoder_compile_pending: threading.Thread | None = None   # the worker, until started
+        self.decoder_compile_mode: str | None = None                    # torch.compile's mode, if any
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -171,9 +172,10 @@ class Autoencoder(nn.Module):
         return copy.eval()
 
     def with_compiled_decoder(self, backend: Any = "inductor", background: bool = False,
-                              batch: int = 1) -> "Autoencoder":
+                              batch: int = 1, mode: str | None = None) -> "Autoencoder":
         """A twin sharing these weights whose decoder runs through torch.compile (`backend` other than
-        inductor only for tests).
+        inductor only for tests; `mode` is torch.compile's, e.g. "max-autotune-no-cudagraphs": inductor
+        times candidate kernels for each convolution, which makes the compile minutes long).
 
         background=False: compiled on the first decode (the first frame waits ~12 s on an H100, ~2 s with
         inductor's on-disk cache warm). background=True: a worker thread compiles it on a latent batch of
@@ -185,8 +187,10 @@ class Autoencoder(nn.Module):
         frame came only as the compile ended (11-17 s on an H200, session 11)."""
         twin = Autoencoder(self.config).to(self.scale.device)
         twin.encoder, twin.scale, twin.channels_last = self.encoder, self.scale, self.channels_last
+        twin.decoder_compile_mode = mode
+        options = {"dynamic": False, "backend": backend, **({"mode": mode} if mode else {})}
         if not background:
-            twin.decoder = torch.compile(self.decoder, dynamic=False, backend=backend)
+            twin.decoder = torch.compile(self.decoder, **options)
             return twin.eval()
         twin.decoder = self.decoder
         twin.decoder_ready = threading.Event()
@@ -194,7 +198,7 @@ class Autoencoder(nn.Module):
         if self.channels_last:
             example = example.contiguous(memory_format=torch.channels_last)   # as decode() hands it over
         twin.decoder_compile_pending = threading.Thread(target=_compile_decoder, daemon=True, name="compile-decoder",
-                                                        args=(twin, self.decoder, backend, example))
+                                                        args=(twin, self.decoder, options, example))
         return twin.eval()
 
     def start_decoder_compile(self) -> None:
@@ -238,7 +242,7 @@ class Autoencoder(nn.Module):
         return model.to(device=device, dtype=dtype).eval()
 
 
-def _compile_decoder(twin: Autoencoder, decoder: nn.Module, backend: Any, example: torch.Tensor) -> None:
+def _compile_decoder(twin: Autoencoder, decoder: nn.Module, options: dict[str, Any], example: torch.Tensor) -> None:
     """Worker thread of with_compiled_decoder(background=True): compile by calling, then swap.
 
     Even `torch.compile(...)` itself runs here: its first call in a process imports dynamo, 5 s on the CPU
@@ -251,7 +255,7 @@ def _compile_decoder(twin: Autoencoder, decoder: nn.Module, backend: Any, exampl
     sees another decoder object."""
     t0 = time.perf_counter()
     try:
-        compiled = torch.compile(decoder, dynamic=False, backend=backend)
+        compiled = torch.compile(decoder, **options)
         stream = torch.cuda.Stream(example.device) if example.is_cuda else None
         with torch.no_grad(), (torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()):
             for _ in range(2):                 # the second call checks the guards hold: no recompile later

@@ -43,6 +43,10 @@ class RuntimeConfig:
     # (cold ~12 s on an H100, ~2 s with inductor's cache warm), so the first frame does not wait. True: the
     # first decode compiles it (the first frame waits that long).
     compile_decoder_wait: bool = False
+    # torch.compile's mode for the decoder: "default", or "max-autotune-no-cudagraphs" (inductor times several
+    # kernels for each convolution and keeps the fastest; minutes of compiling, in the background; our own
+    # CUDA graphs replay the result). Whether it pays is not measured yet (docs/BENCHMARKS.md, session 11).
+    compile_decoder_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
     # Which scaled_dot_product_attention kernel the model's passes may use (torch.nn.attention.sdpa_kernel).
     # auto: torch's choice. At batch 1 a streaming pass's attention is 5 heads x 160 queries x ~1,400 keys with
     # a mask, 27 us a call on the H100 (session 9's profile): the choice may matter there. (Flash attention
@@ -81,7 +85,8 @@ def make_session(model: Any, *, runtime: RuntimeConfig, window: int, sink: int, 
     session_kw["attention"] = runtime.attention
     if runtime.decoder_compiled(device) and session_kw.get("autoencoder") is not None:
         session_kw["autoencoder"] = session_kw["autoencoder"].with_compiled_decoder(
-            background=not runtime.compile_decoder_wait)
+            background=not runtime.compile_decoder_wait,
+            mode=None if runtime.compile_decoder_mode == "default" else runtime.compile_decoder_mode)
     if runtime.compile:
         import torch
         model = torch.compile(model, dynamic=False)

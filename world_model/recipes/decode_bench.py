@@ -9,6 +9,8 @@ Every variant is captured as a CUDA graph (as GraphedSession runs the decoder) a
   bf16-nhwc       bf16 weights and activations in channels_last (Autoencoder.inference_copy, the player now)
   bf16-nhwc-compile     the same decoder through torch.compile (inductor fuses GroupNorm, SiLU and the
                   residual adds around cuDNN's convolutions), then captured; --no-compile leaves it out
+  bf16-nhwc-autotune    the same with mode="max-autotune-no-cudagraphs" (runtime.compile_decoder_mode):
+                  inductor also times candidate kernels for each convolution (its build time is the compile)
 Each row also gives the PSNR of its frame against fp32-autocast's on the same latents. CUDA only.
 """
 from __future__ import annotations
@@ -65,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = {"fp32-autocast": autocast, "bf16": plain.decode_uint8, "bf16-nhwc": nhwc.decode_uint8}
     if not args.no_compile:
         variants["bf16-nhwc-compile"] = nhwc.with_compiled_decoder().decode_uint8   # runtime.compile_decoder
+        variants["bf16-nhwc-autotune"] = nhwc.with_compiled_decoder(mode="max-autotune-no-cudagraphs").decode_uint8
     rows, reference = [], None
     with torch.no_grad():
         for name, fn in variants.items():

@@ -286,13 +286,17 @@ fi
 
 # PART=speed (prepared in session 11 for one quiet H100, issue 6's device): the benchmark alone on the GPU,
 # twice in fresh processes (the second with inductor's cache warm, as a player's second start), the decoder
-# compiled in the background after the first frame (runtime.compile_decoder auto); then the eager engine
-# for the graph speedup (300 ticks: the eager teacher takes ~145 ms a tick), and the decoder variants.
+# compiled in the background after the first frame (runtime.compile_decoder auto); then the same with the
+# decoder autotuned (runtime.compile_decoder_mode), the eager engine for the graph speedup (300 ticks: the
+# eager teacher takes ~145 ms a tick), and the decoder variants (autotuned among them).
 if [ "$PART" = speed ]; then
   for r in 1 2; do
     stage "bench-speed-$r" python3 main.py bench --device cuda --ticks 1000 --warmup 50 \
       --variants student1,student2,teacher --engines graphs-fused --compile-decoder auto --json "runs/bench/speed-$r.json"
   done
+  stage bench-autotune python3 main.py bench --device cuda --ticks 1000 --warmup 50 --variants student1,teacher \
+    --engines graphs-fused --compile-decoder auto --compile-decoder-mode max-autotune-no-cudagraphs \
+    --json runs/bench/speed-autotune.json
   stage bench-eager python3 main.py bench --device cuda --ticks 300 --warmup 20 --variants student1 \
     --engines eager-fused,graphs-fused --compile-decoder auto --json runs/bench/speed-eager.json
   stage decode-bench python3 -m world_model.recipes.decode_bench --json runs/bench/decode.json
