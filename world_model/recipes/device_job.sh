@@ -43,8 +43,8 @@ watch() {
     [ $sent -lt 7 ] || break
     cp "$ckpt" "$OUT/$tag" && touch "runs/sent/$tag" && sent=$((sent + 1)) && echo "sent $ckpt"
   done
-  find runs -maxdepth 3 \( -name metrics.json -o -name windows.csv -o -name probes.csv -o -name table.md -o -name 'summary*.json' \
-      -o -path 'runs/bench/*.json' -o -name 'metrics.csv' -o -name '*.png' \) -size -2M 2>/dev/null \
+  find runs -maxdepth 3 \( -name metrics.json -o -name windows.csv -o -name probes.csv -o -name timing.csv -o -name table.md -o -name 'summary*.json' \
+      -o -path 'runs/bench/*.json' -o -path 'runs/logs/*.log' -o -name 'metrics.csv' -o -name '*.png' \) -size -2M 2>/dev/null \
     | tar czf "$OUT/results.tgz" -T - 2>/dev/null && echo "results.tgz: $(tar tzf "$OUT/results.tgz" | wc -l) files"
 }
 

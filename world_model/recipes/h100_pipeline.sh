@@ -294,6 +294,12 @@ if [ "$PART" = speed ]; then
     stage "bench-speed-$r" python3 main.py bench --device cuda --ticks 1000 --warmup 50 \
       --variants student1,student2,teacher --engines graphs-fused --compile-decoder auto --json "runs/bench/speed-$r.json"
   done
+  # Ticks while the decoder compiles (cold: a fresh inductor cache), unpaced, as `replay` runs them:
+  # timing.csv's step_ms over the first seconds against the rest.
+  stage replay-bg env TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-fresh python3 main.py replay \
+    assets/traces/heldout-10100-long.jsonl --out runs/replay-bg --device cuda --no-video
+  # The player's own loop, paced at 35 Hz, headless, also from a cold cache: its printed timing counts late ticks.
+  stage play-bg env TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-fresh2 python3 main.py play --headless --ticks 700 --device cuda
   stage bench-autotune python3 main.py bench --device cuda --ticks 1000 --warmup 50 --variants student1,teacher \
     --engines graphs-fused --compile-decoder auto --compile-decoder-mode max-autotune-no-cudagraphs \
     --json runs/bench/speed-autotune.json
