@@ -90,7 +90,7 @@ def test_runtime_setting_picks_the_engine(onnx_dir):
     from world_model.graphs import GraphedSession
     from world_model.runtime import RuntimeConfig, make_session
 
-    assert load_play("settings/play.yaml").runtime == RuntimeConfig(engine="auto", onnx_dir="out/onnx", compile_decoder="auto")
+    assert load_play("settings/play.yaml").runtime == RuntimeConfig(engine="auto", onnx_dir="out/onnx")
     model = tiny_model()
     kw = dict(window=3, sink=1, device="cpu")
     assert type(make_session(model, runtime=RuntimeConfig(), **kw)) is Session           # auto on the CPU

@@ -35,9 +35,10 @@ class RuntimeConfig:
     # torch.compile the decoder alone (eager and graphs engines): inductor fuses its GroupNorms, whose stock
     # kernel runs one thread block per group (8 blocks on 132 SMs) at batch 1. One frame: 0.21 ms against
     # 0.48-0.53 on an H100 and an H200 (docs/BENCHMARKS.md, sessions 9 and 10). auto: on CUDA only (on the
-    # CPU inductor's C++ build would compete with the player for a few cores, for no measured gain). The
-    # dataclass default stays off (tests, scripts); settings/play.yaml turns it to auto since session 11, when
-    # the background compile ran on GPUs (6 runs on H200s: swapped in each time, first frame 7.5-8.2 s).
+    # CPU inductor's C++ build would compete with the player for a few cores, for no measured gain). Off by
+    # default (here and in settings/play.yaml): the background compile works on GPUs (session 11: swapped in
+    # every time), but ticks during it are not yet measured there, and on 2 CPU cores they stalled up to 0.8 s.
+    # 0.3 ms is nothing against a 28 ms tick; the benchmark turns it on with --compile-decoder.
     compile_decoder: Literal["auto", "on", "off"] = "off"
     # False: a worker thread compiles the decoder while the session plays on the stock one, then swaps it in
     # (cold ~12 s on an H100, ~2 s with inductor's cache warm), so the first frame does not wait. True: the
