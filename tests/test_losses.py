@@ -104,3 +104,54 @@ def test_teacher_forcing_context_replaces_only_the_clean_frames():
     assert drifted.grad is None
     v_tf = lambda ctx: loss_fn.teacher_forcing(model, latents[:2], actions[:2], torch.Generator().manual_seed(1), ctx)
     assert v_tf(None)[0].item() != v_tf(shifted[:2].detach())[0].item()
+
+
+def test_blind_clips_keep_clean_context_before_a_split_and_noise_after_it():
+    """loss.blind_prob: a blind DF clip is clean context (t <= context_noise, no loss) up to a split point k >= 1,
+    then at most blind_ticks frames at t >= blind_t, all with loss; blind_prob 0 leaves DF as it was."""
+    model = tiny_model()
+    latents, actions = clip(model, B=64, T=6)
+    seen = {}
+
+    def spy(xt, t, a, keep, mask):
+        seen["t"] = t.clone()
+        return torch.zeros_like(xt)
+
+    cfg = TeacherLossConfig(tf_fraction=0.0, blind_prob=1.0, blind_ticks=3, blind_t=0.9)
+    TeacherLoss(cfg).diffusion_forcing(spy, latents, actions, torch.Generator().manual_seed(0))
+    t = seen["t"]
+    splits = set()
+    for row in t:
+        k = int((row >= cfg.blind_t).float().argmax())
+        assert k >= 6 - 3 and (row[:k] <= cfg.context_noise).all() and (row[k:] >= cfg.blind_t).all()
+        splits.add(k)
+    assert splits == {3, 4, 5}                                   # 1 to blind_ticks noisy frames
+    plain = TeacherLoss(TeacherLossConfig(tf_fraction=0.0))
+    for loss_fn, prob in ((TeacherLoss(cfg), 0.0), (plain, None)):
+        loss_fn.diffusion_forcing(spy, latents, actions, torch.Generator().manual_seed(0), blind_prob=prob)
+        seen[prob] = seen["t"]
+    assert torch.equal(seen[0.0], seen[None])                    # validation's blind_prob=0 is the plain DF
+    half = TeacherLoss(TeacherLossConfig(tf_fraction=0.0, blind_prob=0.5))
+    half.diffusion_forcing(spy, latents, actions, torch.Generator().manual_seed(0))
+    blind_rows = (seen["t"][:, -1] >= 0.9) & (seen["t"][:, 0] <= 0.1)
+    assert 0.2 < blind_rows.float().mean() < 0.95                # about half (plus plain rows that look so)
+
+
+def test_a_few_training_steps_lower_the_loss_with_blind_clips():
+    model = tiny_model()
+    latents, actions = clip(model)
+    loss_fn = TeacherLoss(TeacherLossConfig(blind_prob=0.5, blind_ticks=2))
+    evaluate = lambda: sum(loss_fn(model, latents, actions, torch.Generator().manual_seed(s))[0].item()
+                           for s in range(4)) / 4
+    with torch.no_grad():
+        before = evaluate()
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(100)
+    for _ in range(40):
+        loss, _ = loss_fn(model, latents, actions, g)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        after = evaluate()
+    assert after < 0.8 * before, (before, after)

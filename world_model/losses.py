@@ -31,6 +31,14 @@ class TeacherLossConfig:
     action_dropout: float = field(default=0.1, metadata={"min": 0.0, "max": 1.0})
     context_prob: float = field(default=0.25, metadata={"min": 0.0, "max": 0.9})   # DF frames made context
     context_noise: float = field(default=0.1, metadata={"min": 0.0, "max": 1.0})   # their max t
+    # Blind DF clips (share blind_prob of the DF rows): clean context up to a split point, then every frame,
+    # up to blind_ticks of them, nearly pure noise (t ~ U(blind_t, 1)), all with loss. Frame k + j then sees
+    # no real frame after k - 1, so the motion it must show comes from the actions k..k + j alone. Why: with
+    # real frames in context the model reads the walk from them and hardly steers it (docs/EVALUATION.md,
+    # session 11). 0 leaves DF, and its random stream, exactly as before.
+    blind_prob: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
+    blind_ticks: int = field(default=8, metadata={"min": 1})
+    blind_t: float = field(default=0.9, metadata={"min": 0.0, "max": 1.0})
 
 
 def uniform_shift(shape: tuple[int, ...], shift: float, generator: torch.Generator | None,
@@ -100,7 +108,10 @@ class TeacherLoss:
         return (bell_weight(t) * mse).mean(), mse.mean().detach()
 
     def diffusion_forcing(self, model: WorldModel, x0: Tensor, actions: Tensor,
-                          generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+                          generator: torch.Generator | None, blind_prob: float | None = None
+                          ) -> tuple[Tensor, Tensor]:
+        """blind_prob: share of blind clips (default cfg.blind_prob; validation passes 0, so its DF number
+        stays comparable across runs)."""
         B, T = x0.shape[:2]
         dev = x0.device
         eps = torch.randn(x0.shape, generator=generator, device=dev)
@@ -108,6 +119,9 @@ class TeacherLoss:
         context = torch.rand((B, T), generator=generator, device=dev) < self.cfg.context_prob
         t_ctx = torch.rand((B, T), generator=generator, device=dev) * self.cfg.context_noise
         t = torch.where(context, t_ctx, t)
+        blind_prob = self.cfg.blind_prob if blind_prob is None else blind_prob
+        if blind_prob > 0 and T > 1:
+            t, context = self._blind(t, t_ctx, context, blind_prob, generator)
         tb = t[..., None, None, None]
         xt = (1 - tb) * x0 + tb * eps
         v = model(xt, t, actions, self._keep_actions((B, T), generator, dev), mask=block_causal_mask(T, dev))
@@ -115,3 +129,16 @@ class TeacherLoss:
         target = (~context).float()
         loss = (mse * target).sum() / target.sum().clamp(min=1.0)  # target frames only
         return loss, loss.detach()
+
+    def _blind(self, t: Tensor, t_ctx: Tensor, context: Tensor, prob: float,
+               generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+        """Make a share `prob` of the clips blind (see TeacherLossConfig): t and context (B, T) -> new ones."""
+        B, T = t.shape
+        dev = t.device
+        blind = (torch.rand((B, 1), generator=generator, device=dev) < prob)                        # (B, 1)
+        span = min(self.cfg.blind_ticks, T - 1)                    # at least one clean frame stays before
+        k = T - 1 - torch.randint(0, span, (B, 1), generator=generator, device=dev)                # (B, 1)
+        after = torch.arange(T, device=dev)[None] >= k                                              # (B, T)
+        t_blind = self.cfg.blind_t + (1 - self.cfg.blind_t) * torch.rand((B, T), generator=generator, device=dev)
+        t = torch.where(blind, torch.where(after, t_blind, t_ctx), t)
+        return t, torch.where(blind, ~after, context)

@@ -284,6 +284,19 @@ if [ "$PART" = momentum2 ]; then
   exit 0
 fi
 
+# PART=blind2 (prepared in session 11 for a machine of 2 GPUs): does training on blind clips (loss.blind_prob:
+# clean context, then up to 8 frames of near-pure noise, so motion must come from the actions) raise the
+# forward/backward response and its gain? Each teacher continues the shipped one for TEACHER_MIN, is stored
+# int8 and evaluated at 16 steps (the evaluation now reports the response gain and sends probes.csv):
+#   GPU 0: blind clips on half the DF rows;   GPU 1: the control, the same slice without them.
+if [ "$PART" = blind2 ]; then
+  ( export CUDA_VISIBLE_DEVICES=0; teacher_variant blind --set loss.blind_prob="${BLIND:-0.5}" ) &
+  ( export CUDA_VISIBLE_DEVICES=1; teacher_variant control ) &
+  wait
+  echo "$(date +%T) blind2 part done"
+  exit 0
+fi
+
 # PART=speed (prepared in session 11 for one quiet H100, issue 6's device): the benchmark alone on the GPU,
 # twice in fresh processes (the second with inductor's cache warm, as a player's second start), the decoder
 # compiled in the background after the first frame (runtime.compile_decoder auto); then the same with the

@@ -176,7 +176,7 @@ def validate(model: WorldModel, loss: TeacherLoss, buf: ClipBuffer, cfg: TrainCo
         a = action_features(model.config, a)[0]                                       # (B, T, action_inputs)
         with autocast(device):
             tf.append(loss.teacher_forcing(model, x.float(), a, gen)[1].item())
-            df.append(loss.diffusion_forcing(model, x.float(), a, gen)[1].item())
+            df.append(loss.diffusion_forcing(model, x.float(), a, gen, blind_prob=0.0)[1].item())
     return {"val_mse_tf": float(np.mean(tf)), "val_mse_df": float(np.mean(df))}
 
 
