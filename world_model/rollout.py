@@ -100,10 +100,11 @@ class Session:
 
     def _kernels(self) -> contextlib.AbstractContextManager:
         """Autocast (if any) and the attention kernel choice, around every model pass (and so in its graphs)."""
+        if self.attention == "auto":
+            return self._autocast()
         stack = contextlib.ExitStack()
         stack.enter_context(self._autocast())
-        if self.attention != "auto":
-            stack.enter_context(sdpa_kernel(ATTENTION[self.attention]))
+        stack.enter_context(sdpa_kernel(ATTENTION[self.attention]))
         return stack
 
     def _phase(self, name: str) -> ContextManager[Any]:

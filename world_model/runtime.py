@@ -49,9 +49,8 @@ class RuntimeConfig:
     # CUDA graphs replay the result). Whether it pays is not measured yet (docs/BENCHMARKS.md, session 11).
     compile_decoder_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
     # Which scaled_dot_product_attention kernel the model's passes may use (torch.nn.attention.sdpa_kernel).
-    # auto: torch's choice. At batch 1 a streaming pass's attention is 5 heads x 160 queries x ~1,400 keys with
-    # a mask, 27 us a call on the H100 (session 9's profile): the choice may matter there. (Flash attention
-    # takes no mask, so it is not offered.)
+    # auto: torch's choice, which on an H200 times the same as cudnn (student DiT 1.24 ms); efficient was 33%
+    # slower (docs/BENCHMARKS.md, session 11). (Flash attention takes no mask, so it is not offered.)
     attention: Literal["auto", "cudnn", "efficient", "math"] = "auto"
 
     def decoder_compiled(self, device: Any) -> bool:
