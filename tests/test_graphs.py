@@ -117,16 +117,24 @@ def test_captured_functions_have_no_host_sync_or_data_dependent_shape():
     assert x0.shape == (1, *model.config.latent_shape) and x0.device.type == "meta"
     s._append_device(x0[:, None], a[:, None])
     assert Session._decode(s, x0).shape == (1, 40, 48, 3)
+    # the played tick's one function (fused denoise, decode, finite flag)
+    s.fuse_reencode, s._whole_tick = True, True
+    x0 = s._denoise(noise, a, [1.0, 0.5, 0.0], False, (x0, a))
+    assert [k[0] for k in s._fns] == ["tick"] and s._tick_out[1].shape == (1, 40, 48, 3)
+    assert s._finite(x0).shape == () and s._decode(x0).device.type == "meta"
 
 
+@pytest.mark.parametrize("graphed", [False, True])
 @pytest.mark.parametrize("fuse,host", [(False, False), (True, False), (False, True), (True, True)])
-def test_step_decoded_equals_step_then_decode_and_raises_like_step(fuse, host):
+def test_step_decoded_equals_step_then_decode_and_raises_like_step(fuse, host, graphed):
     """The player's tick (one host sync: the finite check after the decode is queued) gives the frames of
-    step + decode, and on a non-finite latent leaves the session exactly as `step` raising would."""
+    step + decode, and on a non-finite latent leaves the session exactly as `step` raising would. Graphed
+    and fused, that tick is one function ("tick": denoise, decode and check) instead of two."""
     model = tiny_model()
     ae = tiny_autoencoder(model.config.latent_channels)
-    a, b = (Session(model, window=2, sink=1, device="cpu", seed=3, autoencoder=ae, fuse_reencode=fuse)
-            for _ in range(2))
+    a = (GraphedSession if graphed else Session)(model, window=2, sink=1, device="cpu", seed=3, autoencoder=ae,
+                                                 fuse_reencode=fuse, **({"capture": False} if graphed else {}))
+    b = Session(model, window=2, sink=1, device="cpu", seed=3, autoencoder=ae, fuse_reencode=fuse)
     clip = (torch.randn(1, 3, *model.config.latent_shape), torch.zeros(1, 3, 5))
     a.reset(*clip), b.reset(*clip)
     acts = [torch.rand(1, 5) * 2 - 1 for _ in range(5)]
@@ -146,3 +154,36 @@ def test_step_decoded_equals_step_then_decode_and_raises_like_step(fuse, host):
     assert torch.equal(a.last_latent, b.last_latent)
     x, _ = a.step_decoded(acts[4], steps=1)
     assert torch.equal(x, b.step(acts[4], steps=1))
+    if graphed:
+        kinds = {k[0] for k in a._fns}
+        assert ("tick" in kinds) == fuse and "dit-fused" not in kinds   # (after the NaN: "dit" and "decode")
+        assert a._tick_out is None                 # nothing of a tick outlives it
+
+
+def test_tick_function_follows_the_phase_timer_and_a_swapped_decoder():
+    """Phase-timed ticks run the passes as separate functions (each timed on its own); a decoder swapped in
+    mid-play (runtime.compile_decoder) gets its own tick function, which replaces the old one."""
+    import contextlib
+    import copy
+
+    model = tiny_model()
+    ae = tiny_autoencoder(model.config.latent_channels)
+    s = GraphedSession(model, window=2, sink=1, device="cpu", seed=3, autoencoder=ae, fuse_reencode=True,
+                       capture=False)
+    ref = Session(model, window=2, sink=1, device="cpu", seed=3, autoencoder=ae, fuse_reencode=True)
+    clip = (torch.randn(1, 3, *model.config.latent_shape), torch.zeros(1, 3, 5))
+    s.reset(*clip), ref.reset(*clip)
+    acts = [torch.rand(1, 5) * 2 - 1 for _ in range(4)]
+    timed = []
+    s.timer = lambda name: (timed.append(name), contextlib.nullcontext())[1]
+    for act in acts[:2]:
+        assert all(torch.equal(x, y) for x, y in zip(s.step_decoded(act, steps=1), ref.step_decoded(act, steps=1)))
+    assert {"dit", "decode"} <= set(timed) and {k[0] for k in s._fns} == {"dit-fused", "decode"}
+    s.timer = None
+    s.step_decoded(acts[2], steps=1), ref.step_decoded(acts[2], steps=1)
+    ae.decoder = copy.deepcopy(ae.decoder)                   # what the background compile's swap does
+    x, frames = s.step_decoded(acts[3], steps=1)
+    y, ref_frames = ref.step_decoded(acts[3], steps=1)
+    assert torch.equal(x, y) and torch.equal(frames, ref_frames)
+    ticks = [k for k in s._fns if k[0] == "tick"]
+    assert len(ticks) == 1 and ticks[0][-1] == id(ae.decoder)

@@ -8,14 +8,16 @@ What lets one graph serve every tick:
   indices and the frame counter are device tensors that the graph reads, and the re-encode graph also runs
   the device half of `advance` (kv_cache.py). Fill level and evictions change only buffer contents;
 - inputs are copied into static buffers before each replay. Noise is drawn eagerly from the session's
-  generator in Session.step, so the random stream is exactly the eager one;
+  generator in Session.step (straight into those buffers once the graph exists), so the random stream is
+  exactly the eager one;
 - outputs are the graph's static tensors, cloned before they are handed out;
 - one graph per (pass, schedule, sampler): the schedule's times are constants inside it.
 
-With fuse_reencode (rollout.py) a tick replays one graph, "dit-fused": the FUSED first pass (which appends
-the previous frame and advances the cache's device tables), then the schedule's remaining READONLY passes.
-The plain "dit" graph serves only a step with nothing pending (e.g. after a NonFiniteError); "reencode" only
-a grad step or a session without fusion.
+With fuse_reencode (rollout.py) a played tick (step_decoded) replays one graph, "tick": the FUSED first
+pass (which appends the previous frame and advances the cache's device tables), the schedule's remaining
+READONLY passes, the decoder and the finite check. `step` alone (the evaluation's rollouts) replays
+"dit-fused", the same without decoding. The plain "dit" graph serves only a step with nothing pending (e.g.
+after a NonFiniteError); "reencode" only a grad step or a session without fusion; "decode" the rest.
 
 On the CPU (or capture=False) the very same functions run eagerly on the static buffers; the tests compare
 that path against Session.step at every fill level and across evictions. Graphs that point at a cache are
@@ -69,7 +71,8 @@ class StaticFn:
 
     def __call__(self, *inputs: Tensor) -> Any:
         for buf, x in zip(self.inputs, inputs, strict=True):
-            buf.copy_(x)
+            if x is not buf:                 # an input written straight into its buffer needs no copy
+                buf.copy_(x)
         if self.graph is None:
             return self.fn(*self.inputs)
         self.graph.replay()
@@ -90,6 +93,8 @@ class GraphedSession(Session):
         self._pool = torch.cuda.graph_pool_handle() if self.capture else None  # one pool for all graphs
         self._fns: dict[Hashable, StaticFn] = {}
         self._graphed_cache: Any = None
+        self._whole_tick = False          # inside step_decoded: the fused pass also decodes (see step_decoded)
+        self._tick_out: tuple[Tensor, Tensor, Tensor] | None = None   # that pass's (x0, frames, finite flag)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         # No autocast weight cache: the casts are replayed inside the graph, nothing may outlive it.
@@ -111,26 +116,68 @@ class GraphedSession(Session):
                 self.cache.copy_from(saved)
         return self._fns[key]
 
+    # ---- one graph per played tick ----
+
+    def step_decoded(self, actions: Any, *, steps: int | None = None, host: bool = False) -> tuple[Tensor, Tensor]:
+        """Session.step_decoded, with the tick in one graph where it can be: with fused re-encode and a
+        pending frame, the denoising graph also decodes the frame and computes the finite flag ("tick"), and
+        `decode` and `_finite` then hand out what it made. One launch instead of the decode graph's and the
+        copies and checks around it, which at batch 1 keep the GPU idle between the two graphs. With a phase
+        timer (the benchmark's phased ticks) the passes run as separate graphs, so each can be timed."""
+        self._whole_tick = self.fuse_reencode and self.timer is None and self.autoencoder is not None
+        try:
+            return super().step_decoded(actions, steps=steps, host=host)
+        finally:
+            self._whole_tick, self._tick_out = False, None
+
+    def _dit_key(self, times: list[float], count: int, fused: bool) -> tuple:
+        if not fused:
+            return ("dit", tuple(times), self.sampler, count)
+        if self._whole_tick:   # the decoder is part of the graph: a compiled one swapped in needs a new capture
+            return ("tick", tuple(times), self.sampler, count, id(self._require_autoencoder().decoder))
+        return ("dit-fused", tuple(times), self.sampler, count)
+
+    def _noise(self, count: int, times: list[float], *, fused: bool, grad: bool) -> list[Tensor]:
+        # Drawn straight into the graph's input buffers (the same numbers: torch.randn is normal_ on a new
+        # tensor): no copies to launch before the graph. Not under grad, where the pass keeps them for backward.
+        fn = None if grad else self._fns.get(self._dit_key(times, count, fused))
+        if fn is None:
+            return super()._noise(count, times, fused=fused, grad=grad)
+        return [buf.normal_(generator=self.generator) for buf in fn.inputs[:count]]
+
     # ---- the three passes (Session.step and Session.decode call these) ----
 
     def _denoise(self, noise: list[Tensor], a: Tensor, times: list[float], grad: bool,
                  pending: tuple[Tensor, Tensor] | None = None) -> Tensor:
         if grad:
             return super()._denoise(noise, a, times, grad, pending)
+        key = self._dit_key(times, len(noise), pending is not None)
         if pending is None:
             def denoise(*xs: Tensor) -> Tensor:      # xs = (*noise, a)
                 return Session._denoise(self, list(xs[:-1]), xs[-1], times, False)
 
-            fn = self._static(("dit", tuple(times), self.sampler, len(noise)), denoise, [*noise, a])
-            return fn(*noise, a).clone()
-
-        def fused(*xs: Tensor) -> Tensor:            # xs = (*noise, a, pending x0, pending a)
-            return Session._denoise(self, list(xs[:-3]), xs[-3], times, False, (xs[-2], xs[-1]))
+            return self._static(key, denoise, [*noise, a])(*noise, a).clone()
 
         # The FUSED first pass appends the pending frame (and runs the device half of advance) in the graph.
-        fn = self._static(("dit-fused", tuple(times), self.sampler, len(noise)), fused, [*noise, a, *pending],
-                          writes_cache=True)
-        return fn(*noise, a, *pending).clone()
+        if key[0] == "dit-fused":
+            def fused(*xs: Tensor) -> Tensor:        # xs = (*noise, a, pending x0, pending a)
+                return Session._denoise(self, list(xs[:-3]), xs[-3], times, False, (xs[-2], xs[-1]))
+
+            return self._static(key, fused, [*noise, a, *pending], writes_cache=True)(*noise, a, *pending).clone()
+
+        def tick(*xs: Tensor) -> tuple[Tensor, Tensor, Tensor]:     # the same, then decode and check
+            x0 = Session._denoise(self, list(xs[:-3]), xs[-3], times, False, (xs[-2], xs[-1]))
+            return x0, Session._decode(self, x0), torch.isfinite(x0).all()
+
+        self._fns = {k: f for k, f in self._fns.items() if k[0] != "tick" or k[:4] != key[:4] or k == key}
+        x0, frames, ok = self._static(key, tick, [*noise, a, *pending], writes_cache=True)(*noise, a, *pending)
+        self._tick_out = (x0 := x0.clone(), frames, ok)
+        return x0
+
+    def _finite(self, x0: Tensor) -> Tensor:
+        if self._tick_out is not None and self._tick_out[0] is x0:
+            return self._tick_out[2]       # the graph's own buffer: read before the next replay (step_decoded)
+        return super()._finite(x0)
 
     def _reencode(self, x0: Tensor, a: Tensor) -> None:
         def reencode(x: Tensor, act: Tensor) -> None:
@@ -140,6 +187,8 @@ class GraphedSession(Session):
         self.cache.advance_host(1)
 
     def _decode(self, latent: Tensor) -> Tensor:
+        if self._tick_out is not None and self._tick_out[0] is latent:
+            return self._tick_out[1].clone()       # decoded inside the tick's graph
         # The decoder object is part of the key: a decoder compiled in the background (runtime.compile_decoder)
         # replaces the stock one mid-play, and its graph is captured then; the stale graph is dropped.
         key = ("decode", tuple(latent.shape), id(self._require_autoencoder().decoder))

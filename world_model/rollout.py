@@ -184,9 +184,8 @@ class Session:
                                       self.momentum)
         a = a[:, 0]                                                                       # (B, action_inputs)
         times = schedule if schedule is not None else schedule_for(self.sampler, steps)
-        C, h, w = self.model.config.latent_shape
-        noise = [torch.randn((B, C, h, w), generator=self.generator, device=self.device)  # 1. noise
-                 for _ in range(1 + renoise_count(self.sampler, times))]
+        fused = self.pending is not None and not grad                                     # 1. noise
+        noise = self._noise(1 + renoise_count(self.sampler, times), times, fused=fused, grad=grad)
         pending, self.pending = self.pending, None
         if pending is not None and grad:      # no fused pass under grad: append it on its own, no grad
             with self._phase("reencode"):
@@ -208,6 +207,12 @@ class Session:
         self.frame += 1
         self.last_latent = x0.detach()
         return x0
+
+    def _noise(self, count: int, times: list[float], *, fused: bool, grad: bool) -> list[Tensor]:
+        """The step's noise: `count` tensors (B, C, h, w) from the session's generator, start noise first.
+        (graphs.GraphedSession draws them straight into its graph's input buffers.)"""
+        shape = (self.cache.batch, *self.model.config.latent_shape)
+        return [torch.randn(shape, generator=self.generator, device=self.device) for _ in range(count)]
 
     def _denoise(self, noise: list[Tensor], a: Tensor, times: list[float], grad: bool,
                  pending: tuple[Tensor, Tensor] | None = None) -> Tensor:
@@ -258,7 +263,7 @@ class Session:
         last, momentum = self.last_latent, self.momentum
         x0 = self.step(actions, steps=steps, check=False)
         frames = self.decode(x0)
-        ok = torch.isfinite(x0).all() if self.check_finite else None                     # () bool, on device
+        ok = self._finite(x0) if self.check_finite else None                              # () bool, on device
         if host:
             frames, ok = self._to_host(frames, ok)
         if ok is not None and not bool(ok):
@@ -266,6 +271,10 @@ class Session:
             self.momentum = momentum
             raise NonFiniteError(f"non-finite latent at frame {self.frame}; cache left unchanged")
         return x0, frames
+
+    def _finite(self, x0: Tensor) -> Tensor:
+        """() bool on the device: whether every value of the latent x0 is finite."""
+        return torch.isfinite(x0).all()
 
     def _to_host(self, frames: Tensor, ok: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """Frames (B, H, W, 3) uint8 and a flag on the device -> host copies, one stream sync. On CUDA they go
@@ -337,6 +346,7 @@ class Session:
             actions = [actions.to_list()]
         elif isinstance(actions, (list, tuple)) and actions and isinstance(actions[0], Action):
             actions = [a.to_list() for a in actions]
+        # (A page-locked upload was slower here: 25-46 us against 16, docs/BENCHMARKS.md, session 11.)
         a = torch.as_tensor(actions, dtype=torch.float32, device=self.device)
         dim = self.model.config.action_dim
         want = (batch, dim) if frames is None else (batch, frames, dim)

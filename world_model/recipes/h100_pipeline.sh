@@ -323,6 +323,29 @@ if [ "$PART" = speed ]; then
   exit 0
 fi
 
+# PART=tickab (session 12, one H100): the played tick as one CUDA graph (denoise, decode and finite check;
+# noise drawn straight into the graph's input buffers) against the code before
+# it (a `git archive` of 73a9032 carried as .carry/old.tgz, run from /tmp/old), alternating, twice each, the
+# decoder compiled in the background as in PART=speed; then the new tick's kernel profile.
+if [ "$PART" = tickab ]; then
+  rm -rf /tmp/old && mkdir -p /tmp/old && tar xzf .carry/old.tgz -C /tmp/old && ln -s "$PWD/assets" /tmp/old/assets
+  ab() {  # ab NAME DIR
+    stage "bench-$1" bash -c "cd $2 && PYTHONPATH=$2:/tmp/vz python3 main.py bench --device cuda --ticks ${TICKS:-600} \
+      --warmup 50 --variants student1,teacher --engines graphs-fused --compile-decoder auto --json $PWD/runs/bench/$1.json"
+  }
+  for r in 1 2; do
+    ab "old-$r" /tmp/old
+    ab "new-$r" "$PWD"
+  done
+  stage profile-new python3 -m world_model.recipes.profile_tick --json runs/bench/profile-new.json
+  # Ticks while the decoder compiles in the background (cold inductor cache), unpaced: timing.csv's step_ms.
+  sed 's/^\( *compile_decoder:\).*/\1 auto/' settings/play.yaml > runs/play-compile.yaml
+  stage replay-compile env TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-cold python3 main.py replay \
+    assets/traces/heldout-10100-long.jsonl --settings runs/play-compile.yaml --out runs/replay-compile --device cuda --no-video
+  echo "$(date +%T) tickab part done"
+  exit 0
+fi
+
 # PART=cm-pair: Stage A alone at the guidance scales in PAIR ("1 3"), side by side on one GPU (half the
 # collectors each), each then evaluated at 1 and 2 steps. Session 2's Stage A student beat Stage A+B.
 if [ "$PART" = cm-pair ]; then
