@@ -36,17 +36,20 @@ class RuntimeConfig:
     # kernel runs one thread block per group (8 blocks on 132 SMs) at batch 1. One frame: 0.21 ms against
     # 0.48-0.53 on an H100 and an H200 (docs/BENCHMARKS.md, sessions 9 and 10). auto: on CUDA only (on the
     # CPU inductor's C++ build would compete with the player for a few cores, for no measured gain). Off by
-    # default (here and in settings/play.yaml): the background compile works on GPUs (session 11: swapped in
-    # every time), but ticks during it are not yet measured there, and on 2 CPU cores they stalled up to 0.8 s.
-    # 0.3 ms is nothing against a 28 ms tick; the benchmark turns it on with --compile-decoder.
+    # default (here and in settings/play.yaml): the background compile works on GPUs (sessions 11-12: swapped
+    # in every time), but while it runs the ticks stall. Session 12, one H100, cold cache: for about 14 s the
+    # ticks took 15-23 ms, up to 327 ms, against 2.3 ms, and 89 ticks were late for a 35 Hz frame. On 2 CPU
+    # cores they stalled up to 0.8 s. 0.3 ms is nothing against a 28 ms tick; the benchmark turns it on with
+    # --compile-decoder.
     compile_decoder: Literal["auto", "on", "off"] = "off"
     # False: a worker thread compiles the decoder while the session plays on the stock one, then swaps it in
-    # (cold ~12 s on an H100, ~2 s with inductor's cache warm), so the first frame does not wait. True: the
+    # (cold 12-34 s on an H100, 2-15 s with inductor's cache warm), so the first frame does not wait. True: the
     # first decode compiles it (the first frame waits that long).
     compile_decoder_wait: bool = False
     # torch.compile's mode for the decoder: "default", or "max-autotune-no-cudagraphs" (inductor times several
     # kernels for each convolution and keeps the fastest; minutes of compiling, in the background; our own
-    # CUDA graphs replay the result). Whether it pays is not measured yet (docs/BENCHMARKS.md, session 11).
+    # CUDA graphs replay the result). It does not pay: 0.229 ms against 0.218 for the default mode, after
+    # 87 s of compiling instead of 34 (one H100, docs/BENCHMARKS.md, session 12).
     compile_decoder_mode: Literal["default", "max-autotune-no-cudagraphs"] = "default"
     # Which scaled_dot_product_attention kernel the model's passes may use (torch.nn.attention.sdpa_kernel).
     # auto: torch's choice, which on an H200 times the same as cudnn (student DiT 1.24 ms); efficient was 33%

@@ -1,0 +1,101 @@
+"""Where the host's time goes in a played tick on CUDA: the student as the player runs it (CUDA graphs, fused
+re-encode, bf16 weights, `step_decoded(host=True)`), each tick cut into host segments.
+
+    python -m world_model.recipes.tick_host [--ticks 1000] [--json FILE]
+
+Segments (median over the ticks, perf_counter): from the tick's start to the first graph replay call
+("pre-replay": Python and the action's upload, while the GPU idles), the replay calls themselves (input
+copies and the graph launches), from there to the stream sync, the sync's wait (the GPU's work still
+queued), and from the sync to the return. Only "pre-replay", the part of the replay call before the launch,
+and "after" add to the tick on top of the GPU's time. It wraps `graphs.StaticFn.__call__` and
+`torch.cuda.Stream.synchronize` to take the times, so it measures exactly the player's code path.
+
+Why (docs/BENCHMARKS.md, session 12): the benchmark's student tick on an H100 is 0.2-0.35 ms longer than its
+GPU phases, which decides whether the teacher/student ratio reaches 10x.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from world_model import graphs
+from world_model.autoencoder import Autoencoder
+from world_model.model import load_model
+from world_model.recipes.common import write_json
+from world_model.runtime import RuntimeConfig, cast_for_inference, make_session
+from world_model.sampler import SamplerConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+SEGMENTS = ("tick", "pre_replay", "replay_calls", "to_sync", "sync_wait", "after")
+
+
+def timed_ticks(session: Any, n: int, action: Callable[[], torch.Tensor]) -> dict[str, float]:
+    """n played ticks -> median microseconds per segment."""
+    marks: dict[str, float] = {}
+    replay, sync = graphs.StaticFn.__call__, torch.cuda.Stream.synchronize
+
+    def call(self: graphs.StaticFn, *xs: torch.Tensor) -> Any:
+        marks.setdefault("replay0", time.perf_counter())
+        out = replay(self, *xs)
+        marks["replayed"] = time.perf_counter()
+        return out
+
+    def synchronize(self: torch.cuda.Stream) -> None:
+        marks["sync0"] = time.perf_counter()
+        sync(self)
+        marks["sync1"] = time.perf_counter()
+
+    rows = []
+    graphs.StaticFn.__call__, torch.cuda.Stream.synchronize = call, synchronize
+    try:
+        for _ in range(n):
+            a = action()
+            marks.clear()
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                session.step_decoded(a, steps=1, host=True)
+            t1 = time.perf_counter()
+            rows.append((t1 - t0, marks["replay0"] - t0, marks["replayed"] - marks["replay0"],
+                         marks["sync0"] - marks["replayed"], marks["sync1"] - marks["sync0"], t1 - marks["sync1"]))
+    finally:
+        graphs.StaticFn.__call__, torch.cuda.Stream.synchronize = replay, sync
+    return {k: statistics.median(c) * 1e6 for k, c in zip(SEGMENTS, zip(*rows))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=str(ROOT / "assets/checkpoints/student.safetensors"))
+    p.add_argument("--autoencoder", default=str(ROOT / "assets/checkpoints/autoencoder.safetensors"))
+    p.add_argument("--ticks", type=int, default=1000)
+    p.add_argument("--json")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("tick_host: needs a CUDA device (the graphs engine)")
+        return 1
+    rt = RuntimeConfig(engine="graphs", compile_decoder="off")
+    model = load_model(args.model).to("cuda").eval()
+    ae = Autoencoder.load(args.autoencoder).to("cuda").eval()
+    m, a = cast_for_inference(model, ae, runtime=rt, device="cuda", dtype=torch.bfloat16)
+    session = make_session(m, runtime=rt, window=14, sink=1, device="cuda", dtype=torch.bfloat16, seed=0,
+                           autoencoder=a, sampler=SamplerConfig(kind="consistency"))
+    session.reset(torch.randn(1, 8, *model.config.latent_shape), torch.zeros(1, 8, 5))  # play.yaml: context 8
+    g = torch.Generator().manual_seed(0)
+    on_host = lambda: torch.rand(1, 5, generator=g) * 2 - 1          # as the player and the benchmark pass it
+    on_gpu = torch.zeros(1, 5, device="cuda")
+    timed_ticks(session, 100, on_host)                                 # capture and warm-up
+    report: dict[str, Any] = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": {}}
+    for name, act in (("action from the host (as the player)", on_host), ("action already on the GPU", lambda: on_gpu),
+                      ("action from the host, again", on_host)):
+        r = report["rows"][name] = timed_ticks(session, args.ticks, act)
+        print(f"{name:38s} tick {r['tick']:6.0f} us | " + ", ".join(f"{k} {r[k]:.0f}" for k in SEGMENTS[1:]), flush=True)
+    write_json(args.json, report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
