@@ -187,3 +187,31 @@ def test_tick_function_follows_the_phase_timer_and_a_swapped_decoder():
     assert torch.equal(x, y) and torch.equal(frames, ref_frames)
     ticks = [k for k in s._fns if k[0] == "tick"]
     assert len(ticks) == 1 and ticks[0][-1] == id(ae.decoder)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph capture needs a GPU")
+@pytest.mark.parametrize("host", [False, True])
+def test_captured_tick_equals_eager_session_on_cuda(host):
+    """On a GPU the played tick replays one captured graph that uploads the action itself (from a page-locked
+    buffer) and leaves the next pending frame in its own inputs. Its frames and latents must be the eager
+    Session's, tick after tick, with a new action every tick and across evictions."""
+    model = tiny_model().cuda()
+    ae = tiny_autoencoder(model.config.latent_channels).cuda()
+    kw = dict(window=3, sink=1, device="cuda", seed=3, autoencoder=ae, fuse_reencode=True,
+              sampler=SamplerConfig(kind="consistency"))
+    graphed, eager = GraphedSession(model, **kw), Session(model, **kw)
+    assert graphed.capture
+    clip = (torch.randn(1, 3, *model.config.latent_shape), torch.zeros(1, 3, 5))
+    graphed.reset(*clip), eager.reset(*clip)
+    g = torch.Generator().manual_seed(11)
+    for i in range(12):
+        act = torch.rand(1, 5, generator=g) * 2 - 1                  # on the host, as the player passes it
+        x, frames = graphed.step_decoded(act, steps=1, host=host)
+        y, ref = eager.step_decoded(act, steps=1, host=host)
+        assert torch.allclose(x, y, atol=1e-4, rtol=1e-4), f"tick {i}: {(x - y).abs().max()}"
+        assert (frames.int() - ref.int()).abs().max() <= 1, f"tick {i}"
+        assert frames.device.type == ("cpu" if host else "cuda")
+    tick = next(f for k, f in graphed._fns.items() if k[0] == "tick")
+    assert graphed.pending[0] is tick.inputs[-2] and graphed.pending[1] is tick.inputs[-1]
+    assert tick.inputs[-3].is_pinned() and tick.graph is not None
+    assert graphed.cache_state() == eager.cache_state() and graphed.cache_state().evictions > 0

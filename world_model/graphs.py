@@ -44,7 +44,10 @@ class StaticFn:
     def __init__(self, fn: Callable[..., Any], example: Sequence[Tensor], *, capture: bool,
                  pool: Any = None, warmup: int = 2):
         self.fn = fn
-        self.inputs = [x.detach().clone() for x in example]
+        # A host input of a captured graph lives in page-locked memory: the graph's copy node reads it at
+        # every replay, so writing the buffer (__call__) is how the next replay gets new values.
+        self.inputs = [x.detach().clone().pin_memory() if capture and x.device.type == "cpu" else x.detach().clone()
+                       for x in example]
         self.graph: torch.cuda.CUDAGraph | None = None
         if capture:
             # Lazy initialisation (cuBLAS handles, kernel selection) must happen outside the capture.
@@ -93,8 +96,11 @@ class GraphedSession(Session):
         self._pool = torch.cuda.graph_pool_handle() if self.capture else None  # one pool for all graphs
         self._fns: dict[Hashable, StaticFn] = {}
         self._graphed_cache: Any = None
-        self._whole_tick = False          # inside step_decoded: the fused pass also decodes (see step_decoded)
-        self._tick_out: tuple[Tensor, Tensor, Tensor] | None = None   # that pass's (x0, frames, finite flag)
+        # Inside step_decoded (see there): the fused pass also decodes; the action goes up inside that graph;
+        # the frames go to the host (no clone needed); and what the tick's graph made: (x0, frames, finite
+        # flag, the next tick's pending frame where the graph left it, or None).
+        self._whole_tick = self._action_in_graph = self._frames_to_host = False
+        self._tick_out: tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor] | None] | None = None
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         # No autocast weight cache: the casts are replayed inside the graph, nothing may outlive it.
@@ -121,14 +127,33 @@ class GraphedSession(Session):
     def step_decoded(self, actions: Any, *, steps: int | None = None, host: bool = False) -> tuple[Tensor, Tensor]:
         """Session.step_decoded, with the tick in one graph where it can be: with fused re-encode and a
         pending frame, the denoising graph also decodes the frame and computes the finite flag ("tick"), and
-        `decode` and `_finite` then hand out what it made. One launch instead of the decode graph's and the
-        copies and checks around it, which at batch 1 keep the GPU idle between the two graphs. With a phase
-        timer (the benchmark's phased ticks) the passes run as separate graphs, so each can be timed."""
+        `decode` and `_finite` then hand out what it made. With a phase timer (the benchmark's phased ticks)
+        the passes run as separate graphs, so each can be timed.
+
+        Why: at batch 1 the GPU idles through every host step before the graph's launch (docs/BENCHMARKS.md,
+        session 12: 50-160 us a tick on an H100 host). So the tick's graph also does what was launched
+        around it: it copies the action up from a page-locked buffer (a pageable upload holds the host
+        17-50 us), and it leaves this frame and action in its own pending-frame inputs for the next tick,
+        which then copies nothing. The action buffer may be rewritten only once the last replay has read
+        it; every tick here ends in a sync (the finite check, or the copy to host), so that holds."""
         self._whole_tick = self.fuse_reencode and self.timer is None and self.autoencoder is not None
+        self._action_in_graph = (self._whole_tick and self.capture and (host or self.check_finite)
+                                 and self.sampler.context_noise == 0.0 and not self.model.config.action_momentum)
+        self._frames_to_host = host and self.device.type == "cuda"
         try:
-            return super().step_decoded(actions, steps=steps, host=host)
+            x0, frames = super().step_decoded(actions, steps=steps, host=host)
+            if self._tick_out is not None and self._tick_out[3] is not None:
+                self.pending = self._tick_out[3]      # the same values step set, already where the graph reads
+            return x0, frames
         finally:
-            self._whole_tick, self._tick_out = False, None
+            self._whole_tick = self._action_in_graph = self._frames_to_host = False
+            self._tick_out = None
+
+    def _action_tensor(self, actions: Any, batch: int, frames: int | None,
+                       device: torch.device | None = None) -> Tensor:
+        if self._action_in_graph and frames is None:     # stays on the host: the tick's graph uploads it
+            return super()._action_tensor(actions, batch, frames, torch.device("cpu"))
+        return super()._action_tensor(actions, batch, frames, device)
 
     def _dit_key(self, times: list[float], count: int, fused: bool) -> tuple:
         if not fused:
@@ -165,13 +190,25 @@ class GraphedSession(Session):
 
             return self._static(key, fused, [*noise, a, *pending], writes_cache=True)(*noise, a, *pending).clone()
 
+        # With clean context (context_noise 0) the next pending frame is x0 itself, so the graph can leave it
+        # (and the action) in its own pending inputs.
+        stage = self.sampler.context_noise == 0.0
+
         def tick(*xs: Tensor) -> tuple[Tensor, Tensor, Tensor]:     # the same, then decode and check
-            x0 = Session._denoise(self, list(xs[:-3]), xs[-3], times, False, (xs[-2], xs[-1]))
-            return x0, Session._decode(self, x0), torch.isfinite(x0).all()
+            noise, act, (px, pa) = list(xs[:-3]), xs[-3], xs[-2:]
+            if act.device != px.device:                 # the action's upload, as a copy node of the graph
+                act = act.to(px.device, non_blocking=True)
+            x0 = Session._denoise(self, noise, act, times, False, (px, pa))
+            frames, ok = Session._decode(self, x0), torch.isfinite(x0).all()
+            if stage:                                   # after the fused pass has read them
+                px.copy_(x0)
+                pa.copy_(act)
+            return x0, frames, ok
 
         self._fns = {k: f for k, f in self._fns.items() if k[0] != "tick" or k[:4] != key[:4] or k == key}
-        x0, frames, ok = self._static(key, tick, [*noise, a, *pending], writes_cache=True)(*noise, a, *pending)
-        self._tick_out = (x0 := x0.clone(), frames, ok)
+        fn = self._static(key, tick, [*noise, a, *pending], writes_cache=True)
+        x0, frames, ok = fn(*noise, a, *pending)
+        self._tick_out = (x0 := x0.clone(), frames, ok, (fn.inputs[-2], fn.inputs[-1]) if stage else None)
         return x0
 
     def _finite(self, x0: Tensor) -> Tensor:
@@ -187,8 +224,9 @@ class GraphedSession(Session):
         self.cache.advance_host(1)
 
     def _decode(self, latent: Tensor) -> Tensor:
-        if self._tick_out is not None and self._tick_out[0] is latent:
-            return self._tick_out[1].clone()       # decoded inside the tick's graph
+        if self._tick_out is not None and self._tick_out[0] is latent:   # decoded inside the tick's graph
+            # Going to the host, the frames are copied out before the next replay; else a copy to hand out.
+            return self._tick_out[1] if self._frames_to_host else self._tick_out[1].clone()
         # The decoder object is part of the key: a decoder compiled in the background (runtime.compile_decoder)
         # replaces the stock one mid-play, and its graph is captured then; the stale graph is dropped.
         key = ("decode", tuple(latent.shape), id(self._require_autoencoder().decoder))

@@ -276,7 +276,7 @@ class Session:
         """() bool on the device: whether every value of the latent x0 is finite."""
         return torch.isfinite(x0).all()
 
-    def _to_host(self, frames: Tensor, ok: Tensor | None) -> tuple[Tensor, Tensor | None]:
+    def _to_host(self, frames: Tensor, ok: Tensor | None) -> tuple[Tensor, Tensor | bool | None]:
         """Frames (B, H, W, 3) uint8 and a flag on the device -> host copies, one stream sync. On CUDA they go
         through page-locked buffers, so the copies are asynchronous DMA and the one sync waits for both (a
         pageable copy is staged through a driver buffer and waits on its own). The frames come back in a
@@ -293,7 +293,7 @@ class Session:
                 self._host_ok.copy_(ok, non_blocking=True)
             torch.cuda.current_stream(self.device).synchronize()
         host = torch.from_numpy(self._host_frames.numpy().copy())
-        return host, None if ok is None else torch.tensor(bool(self._host_ok))
+        return host, None if ok is None else bool(self._host_ok)
 
     def decode(self, latent: Tensor) -> Tensor:
         """(B, C, h, w) -> uint8 frames (B, H, W, 3) on the session's device."""
@@ -340,14 +340,16 @@ class Session:
             raise RuntimeError("this Session has no autoencoder; pass autoencoder= to use frames")
         return self.autoencoder
 
-    def _action_tensor(self, actions: Any, batch: int, frames: int | None) -> Tensor:
-        """Action, [Action], nested lists or a tensor -> float tensor (B, A) or (B, T, A) on the device."""
+    def _action_tensor(self, actions: Any, batch: int, frames: int | None,
+                       device: torch.device | None = None) -> Tensor:
+        """Action, [Action], nested lists or a tensor -> float tensor (B, A) or (B, T, A) on the device
+        (or on `device`)."""
         if isinstance(actions, Action):
             actions = [actions.to_list()]
         elif isinstance(actions, (list, tuple)) and actions and isinstance(actions[0], Action):
             actions = [a.to_list() for a in actions]
         # (A page-locked upload was slower here: 25-46 us against 16, docs/BENCHMARKS.md, session 11.)
-        a = torch.as_tensor(actions, dtype=torch.float32, device=self.device)
+        a = torch.as_tensor(actions, dtype=torch.float32, device=device or self.device)
         dim = self.model.config.action_dim
         want = (batch, dim) if frames is None else (batch, frames, dim)
         if a.dim() == len(want) - 1:

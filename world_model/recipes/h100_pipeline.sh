@@ -324,11 +324,14 @@ if [ "$PART" = speed ]; then
 fi
 
 # PART=tickab (session 12, one H100): the played tick as one CUDA graph (denoise, decode and finite check;
-# noise drawn straight into the graph's input buffers) against the code before
+# noise drawn straight into the graph's input buffers; the action uploaded and the next pending frame kept by
+# the graph itself) against the code before
 # it (a `git archive` of 73a9032 carried as .carry/old.tgz, run from /tmp/old), alternating, twice each, the
 # decoder compiled in the background as in PART=speed; then the new tick's kernel profile.
 if [ "$PART" = tickab ]; then
   rm -rf /tmp/old && mkdir -p /tmp/old && tar xzf .carry/old.tgz -C /tmp/old && ln -s "$PWD/assets" /tmp/old/assets
+  # The CUDA-only tests first (pytest carried as .carry/pyt where the machine has none).
+  stage pytest-cuda env PYTHONPATH="$PYTHONPATH:$PWD/.carry/pyt" python3 -m pytest -q tests/test_graphs.py -k cuda
   ab() {  # ab NAME DIR
     stage "bench-$1" bash -c "cd $2 && PYTHONPATH=$2:/tmp/vz python3 main.py bench --device cuda --ticks ${TICKS:-600} \
       --warmup 50 --variants student1,teacher --engines graphs-fused --compile-decoder auto --json $PWD/runs/bench/$1.json"
@@ -337,6 +340,7 @@ if [ "$PART" = tickab ]; then
     ab "old-$r" /tmp/old
     ab "new-$r" "$PWD"
   done
+  stage tick-host python3 -m world_model.recipes.tick_host --json runs/bench/tick-host.json
   stage profile-new python3 -m world_model.recipes.profile_tick --json runs/bench/profile-new.json
   # Ticks while the decoder compiles in the background (cold inductor cache), unpaced: timing.csv's step_ms.
   sed 's/^\( *compile_decoder:\).*/\1 auto/' settings/play.yaml > runs/play-compile.yaml
