@@ -151,7 +151,8 @@ class GraphedSession(Session):
 
     def _action_tensor(self, actions: Any, batch: int, frames: int | None,
                        device: torch.device | None = None) -> Tensor:
-        if self._action_in_graph and frames is None:     # stays on the host: the tick's graph uploads it
+        on_device = isinstance(actions, Tensor) and actions.device.type != "cpu"
+        if self._action_in_graph and frames is None and not on_device:   # the tick's graph uploads it
             return super()._action_tensor(actions, batch, frames, torch.device("cpu"))
         return super()._action_tensor(actions, batch, frames, device)
 
