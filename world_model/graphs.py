@@ -9,7 +9,8 @@ What lets one graph serve every tick:
   the device half of `advance` (kv_cache.py). Fill level and evictions change only buffer contents;
 - inputs are copied into static buffers before each replay. Noise is drawn eagerly from the session's
   generator in Session.step (straight into those buffers once the graph exists), so the random stream is
-  exactly the eager one;
+  exactly the eager one. A host input (the played tick's action) has a page-locked buffer that the graph
+  copies to the device itself;
 - outputs are the graph's static tensors, cloned before they are handed out;
 - one graph per (pass, schedule, sampler): the schedule's times are constants inside it.
 
