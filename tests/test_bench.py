@@ -156,3 +156,18 @@ def test_bench_alternates_plain_and_phased_ticks(monkeypatch, tmp_path):
     # the variant: 1 warm-up tick (phased), then 3 plain and 3 phased, alternating; the soak: 1 + 4 phased
     assert seen == [True, False, True, False, True, False, True] + [True] * 5
     assert r["memory_run"]["ticks"] == 4 and len(r["memory_run"]["memory"]["trace"]) == 4
+
+
+def test_tick_host_splits_the_played_tick_on_the_cpu(tmp_path):
+    """world_model/recipes/tick_host.py runs its segments uncaptured on the CPU (the script's check; the
+    numbers that matter come from CUDA)."""
+    import json
+
+    from world_model.recipes import tick_host
+
+    out = tmp_path / "host.json"
+    assert tick_host.main(["--device", "cpu", "--ticks", "2", "--warmup", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 3
+    for r in rows.values():
+        assert set(r) == set(tick_host.SEGMENTS) and r["tick"] > 0 and r["pre_replay"] > 0 and r["sync_wait"] == 0

@@ -1,7 +1,7 @@
 """Where the host's time goes in a played tick on CUDA: the student as the player runs it (CUDA graphs, fused
 re-encode, bf16 weights, `step_decoded(host=True)`), each tick cut into host segments.
 
-    python -m world_model.recipes.tick_host [--ticks 1000] [--json FILE]
+    python -m world_model.recipes.tick_host [--ticks 1000] [--json FILE] [--device cpu]
 
 Segments (median over the ticks, perf_counter): from the tick's start to the first graph replay call
 ("pre-replay": Python and the action's upload, while the GPU idles), the replay calls themselves (input
@@ -9,6 +9,8 @@ copies and the graph launches), from there to the stream sync, the sync's wait (
 queued), and from the sync to the return. Only "pre-replay", the part of the replay call before the launch,
 and "after" add to the tick on top of the GPU's time. It wraps `graphs.StaticFn.__call__` and
 `torch.cuda.Stream.synchronize` to take the times, so it measures exactly the player's code path.
+`--device cpu` runs the same session uncaptured (the graphs' functions, eagerly; no sync, so those two
+segments read 0): to check the script, not to measure anything.
 
 Why (docs/BENCHMARKS.md, session 12): the benchmark's student tick on an H100 is 0.2-0.35 ms longer than its
 GPU phases, which decides whether the teacher/student ratio reaches 10x.
@@ -60,6 +62,8 @@ def timed_ticks(session: Any, n: int, action: Callable[[], torch.Tensor]) -> dic
             with torch.no_grad():
                 session.step_decoded(a, steps=1, host=True)
             t1 = time.perf_counter()
+            marks.setdefault("sync0", marks["replayed"])        # the CPU has no stream to sync
+            marks.setdefault("sync1", marks["sync0"])
             rows.append((t1 - t0, marks["replay0"] - t0, marks["replayed"] - marks["replay0"],
                          marks["sync0"] - marks["replayed"], marks["sync1"] - marks["sync0"], t1 - marks["sync1"]))
     finally:
@@ -72,24 +76,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=str(ROOT / "assets/checkpoints/student.safetensors"))
     p.add_argument("--autoencoder", default=str(ROOT / "assets/checkpoints/autoencoder.safetensors"))
     p.add_argument("--ticks", type=int, default=1000)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--device", default="cuda", help="cuda, or cpu (uncaptured: to check the script)")
     p.add_argument("--json")
     args = p.parse_args(argv)
-    if not torch.cuda.is_available():
-        print("tick_host: needs a CUDA device (the graphs engine)")
+    dev = args.device
+    if dev == "cuda" and not torch.cuda.is_available():
+        print("tick_host: no CUDA device (--device cpu runs it uncaptured)")
         return 1
+    dtype = torch.bfloat16 if dev == "cuda" else torch.float32
     rt = RuntimeConfig(engine="graphs", compile_decoder="off")
-    model = load_model(args.model).to("cuda").eval()
-    ae = Autoencoder.load(args.autoencoder).to("cuda").eval()
-    m, a = cast_for_inference(model, ae, runtime=rt, device="cuda", dtype=torch.bfloat16)
-    session = make_session(m, runtime=rt, window=14, sink=1, device="cuda", dtype=torch.bfloat16, seed=0,
-                           autoencoder=a, sampler=SamplerConfig(kind="consistency"))
+    model = load_model(args.model).to(dev).eval()
+    ae = Autoencoder.load(args.autoencoder).to(dev).eval()
+    m, a = cast_for_inference(model, ae, runtime=rt, device=dev, dtype=dtype)
+    kw = dict(window=14, sink=1, device=dev, dtype=dtype, seed=0, autoencoder=a, sampler=SamplerConfig(kind="consistency"))
+    session = (make_session(m, runtime=rt, **kw) if dev == "cuda"     # what the player builds on CUDA
+               else graphs.GraphedSession(m, capture=False, fuse_reencode=rt.fuse_reencode, **kw))
     session.reset(torch.randn(1, 8, *model.config.latent_shape), torch.zeros(1, 8, 5))  # play.yaml: context 8
     g = torch.Generator().manual_seed(0)
     on_host = lambda: torch.rand(1, 5, generator=g) * 2 - 1          # as the player and the benchmark pass it
-    on_gpu = torch.zeros(1, 5, device="cuda")
-    timed_ticks(session, 100, on_host)                                 # capture and warm-up
-    report: dict[str, Any] = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": {}}
-    for name, act in (("action from the host (as the player)", on_host), ("action already on the GPU", lambda: on_gpu),
+    on_device = torch.zeros(1, 5, device=dev)
+    timed_ticks(session, args.warmup, on_host)                         # capture and warm-up
+    report: dict[str, Any] = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu",
+                              "torch": torch.__version__, "rows": {}}
+    for name, act in (("action from the host (as the player)", on_host), ("action already on the GPU", lambda: on_device),
                       ("action from the host, again", on_host)):
         r = report["rows"][name] = timed_ticks(session, args.ticks, act)
         print(f"{name:38s} tick {r['tick']:6.0f} us | " + ", ".join(f"{k} {r[k]:.0f}" for k in SEGMENTS[1:]), flush=True)
