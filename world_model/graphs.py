@@ -132,7 +132,7 @@ class GraphedSession(Session):
         the passes run as separate graphs, so each can be timed.
 
         Why: at batch 1 the GPU idles through every host step before the graph's launch (docs/BENCHMARKS.md,
-        session 12: 50-160 us a tick on an H100 host). So the tick's graph also does what was launched
+        session 12: 50-200 us a tick on an H100 host). So the tick's graph also does what was launched
         around it: it copies the action up from a page-locked buffer (a pageable upload holds the host
         17-50 us), and it leaves this frame and action in its own pending-frame inputs for the next tick,
         which then copies nothing. The action buffer may be rewritten only once the last replay has read
@@ -207,7 +207,8 @@ class GraphedSession(Session):
                 pa.copy_(act)
             return x0, frames, ok
 
-        self._fns = {k: f for k, f in self._fns.items() if k[0] != "tick" or k[:4] != key[:4] or k == key}
+        if key not in self._fns:   # a tick graph with another decoder in it is stale (see _dit_key)
+            self._fns = {k: f for k, f in self._fns.items() if k[0] != "tick" or k[:4] != key[:4]}
         fn = self._static(key, tick, [*noise, a, *pending], writes_cache=True)
         x0, frames, ok = fn(*noise, a, *pending)
         self._tick_out = (x0 := x0.clone(), frames, ok, (fn.inputs[-2], fn.inputs[-1]) if stage else None)

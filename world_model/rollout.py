@@ -348,7 +348,8 @@ class Session:
             actions = [actions.to_list()]
         elif isinstance(actions, (list, tuple)) and actions and isinstance(actions[0], Action):
             actions = [a.to_list() for a in actions]
-        # (A page-locked upload was slower here: 25-46 us against 16, docs/BENCHMARKS.md, session 11.)
+        # (An event-guarded page-locked upload here was slower: 25-46 us against 16, docs/BENCHMARKS.md,
+        # session 11. graphs.GraphedSession uploads the played tick's action inside its graph instead.)
         a = torch.as_tensor(actions, dtype=torch.float32, device=device or self.device)
         dim = self.model.config.action_dim
         want = (batch, dim) if frames is None else (batch, frames, dim)
