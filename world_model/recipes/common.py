@@ -177,3 +177,23 @@ def recipe_cli(argv: list[str] | None, doc: str, config_cls: type, run, *, init_
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def player_session(model: nn.Module, autoencoder: nn.Module, device: str, sampler: Any, *,
+                   cpu_graphed: bool = False, seed: int = 0) -> Any:
+    """A Session as the player builds it, seeded with 8 random latents (play.yaml: window 14 + sink 1,
+    context 8): on CUDA bf16 weights, CUDA graphs and fused re-encode (runtime.make_session); on the CPU
+    float32, eager, or with cpu_graphed the graphs' functions uncaptured. For the timing recipes."""
+    from world_model.graphs import GraphedSession
+    from world_model.runtime import RuntimeConfig, cast_for_inference, make_session
+
+    rt = RuntimeConfig()
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    m, a = cast_for_inference(model, autoencoder, runtime=rt, device=device, dtype=dtype)
+    kw = dict(window=14, sink=1, device=device, dtype=dtype, seed=seed, autoencoder=a, sampler=sampler)
+    session = (GraphedSession(m, capture=False, fuse_reencode=rt.fuse_reencode, **kw)
+               if cpu_graphed and device != "cuda" else make_session(m, runtime=rt, **kw))
+    g = torch.Generator().manual_seed(seed)
+    session.reset(torch.randn(1, 8, *model.config.latent_shape, generator=g), torch.zeros(1, 8, 5))
+    return session
+

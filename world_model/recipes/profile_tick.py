@@ -23,8 +23,7 @@ import torch
 
 from world_model.autoencoder import Autoencoder
 from world_model.model import load_model
-from world_model.recipes.common import write_json
-from world_model.runtime import RuntimeConfig, cast_for_inference, make_session
+from world_model.recipes.common import player_session, write_json
 from world_model.sampler import SamplerConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,27 +71,20 @@ def main(argv: list[str] | None = None) -> int:
     if dev == "cuda" and not torch.cuda.is_available():
         print("profile_tick: no CUDA device (--device cpu runs it eagerly)", file=sys.stderr)
         return 1
-    dtype = torch.bfloat16 if dev == "cuda" else torch.float32
     ae = Autoencoder.load(args.autoencoder, device=dev)
     report: dict[str, Any] = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "torch": torch.__version__,
                               "command": "python -m world_model.recipes.profile_tick " + " ".join(
                                   sys.argv[1:] if argv is None else argv), "variants": {}}
     for name, path, steps, kind in (("student1", args.model, 1, "consistency"), ("teacher16", args.teacher, 16, "euler")):
         model = load_model(path).to(dev)
-        m, a = cast_for_inference(model, ae, runtime=RuntimeConfig(), device=dev, dtype=dtype)
-        session = make_session(m, runtime=RuntimeConfig(), window=14, sink=1, device=dev,
-                               dtype=dtype, seed=0, autoencoder=a,
-                               sampler=SamplerConfig(kind=kind, steps=16))
-        C, h, w = model.config.latent_shape
-        g = torch.Generator().manual_seed(0)
-        session.reset(torch.randn(1, 8, C, h, w, generator=g), torch.zeros(1, 8, 5))   # play.yaml: context 8
+        session = player_session(model, ae, dev, SamplerConfig(kind=kind, steps=16))
         r = profile_session(session, steps, args.ticks, args.warmup)
         report["variants"][name] = r
         print(f"\n{name}: wall {r['wall_ms_per_tick']:.3f} ms/tick, kernels {r['kernel_ms_per_tick']:.3f} ms/tick "
               f"in {r['kernels_per_tick']:.0f} kernels", flush=True)
         for row in r["top"][:20]:
             print(f"  {row['ms_per_tick']:7.4f} ms  x{row['count_per_tick']:5.1f}  {row['kernel']}")
-        del session, m, a, model
+        del session, model
         if dev == "cuda":
             torch.cuda.empty_cache()
     write_json(args.json, report)

@@ -28,8 +28,7 @@ import torch
 from world_model import graphs
 from world_model.autoencoder import Autoencoder
 from world_model.model import load_model
-from world_model.recipes.common import write_json
-from world_model.runtime import RuntimeConfig, cast_for_inference, make_session
+from world_model.recipes.common import player_session, write_json
 from world_model.sampler import SamplerConfig
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,15 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     if dev == "cuda" and not torch.cuda.is_available():
         print("tick_host: no CUDA device (--device cpu runs it uncaptured)")
         return 1
-    dtype = torch.bfloat16 if dev == "cuda" else torch.float32
-    rt = RuntimeConfig(engine="graphs", compile_decoder="off")
     model = load_model(args.model).to(dev).eval()
     ae = Autoencoder.load(args.autoencoder).to(dev).eval()
-    m, a = cast_for_inference(model, ae, runtime=rt, device=dev, dtype=dtype)
-    kw = dict(window=14, sink=1, device=dev, dtype=dtype, seed=0, autoencoder=a, sampler=SamplerConfig(kind="consistency"))
-    session = (make_session(m, runtime=rt, **kw) if dev == "cuda"     # what the player builds on CUDA
-               else graphs.GraphedSession(m, capture=False, fuse_reencode=rt.fuse_reencode, **kw))
-    session.reset(torch.randn(1, 8, *model.config.latent_shape), torch.zeros(1, 8, 5))  # play.yaml: context 8
+    session = player_session(model, ae, dev, SamplerConfig(kind="consistency"), cpu_graphed=True)
     g = torch.Generator().manual_seed(0)
     on_host = lambda: torch.rand(1, 5, generator=g) * 2 - 1          # as the player and the benchmark pass it
     on_device = torch.zeros(1, 5, device=dev)
