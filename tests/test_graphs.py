@@ -189,6 +189,59 @@ def test_tick_function_follows_the_phase_timer_and_a_swapped_decoder():
     assert len(ticks) == 1 and ticks[0][-1] == id(ae.decoder)
 
 
+def test_warm_tick_skips_session_step_and_stays_the_eager_session(monkeypatch):
+    """Once a host tick's graph exists, the player's ticks replay it with only the bookkeeping around it
+    (_replay_tick). Tick by tick it must stay the eager Session: across evictions, a snapshot restored, a
+    phase-timed tick between (the pending frame then comes from elsewhere), a reset, and a non-finite frame."""
+    import contextlib
+
+    model = tiny_model()
+    ae = tiny_autoencoder(model.config.latent_channels)
+    kw = dict(window=2, sink=1, device="cpu", seed=3, autoencoder=ae, fuse_reencode=True,
+              sampler=SamplerConfig(kind="consistency"))
+    s, ref = GraphedSession(model, capture=False, **kw), Session(model, **kw)
+    clip = (torch.randn(1, 3, *model.config.latent_shape), torch.zeros(1, 3, 5))
+    s.reset(*clip), ref.reset(*clip)
+    slow = []
+    step = Session.step
+    monkeypatch.setattr(Session, "step", lambda self, *a, **k: (slow.append(1), step(self, *a, **k))[1])
+    g = torch.Generator().manual_seed(5)
+
+    def tick(i: int, act=None) -> None:
+        act = torch.rand(1, 5, generator=g) * 2 - 1 if act is None else act
+        x, frames = s.step_decoded(act, steps=1, host=True)
+        y, ref_frames = ref.step_decoded(act, steps=1, host=True)
+        assert torch.equal(x, y) and torch.equal(frames, ref_frames), f"tick {i}"
+        assert (s.frame, s.cache_state()) == (ref.frame, ref.cache_state()) and torch.equal(s.last_latent, x)
+
+    for i in range(8):                                   # fills the window, then evicts
+        tick(i)
+    assert s.cache_state().evictions > 0 and len(slow) == 1 + 8   # the reference 8 times, s only on its first tick
+    snap, ref_snap = s.snapshot(), ref.snapshot()
+    tick(8), tick(9)
+    s.restore(snap), ref.restore(ref_snap)
+    tick(10, torch.tensor([[1.0, 0, 0, 0, 0]]))          # the restored pending frame is copied in
+    s.timer = ref.timer = lambda name: contextlib.nullcontext()
+    tick(11)                                             # phased: separate passes
+    s.timer = ref.timer = None
+    tick(12)
+    s.reset(*clip), ref.reset(*clip)
+    tick(13)
+    slow.clear()
+    tick(14)
+    assert len(slow) == 1                                # the reference's only
+    with torch.no_grad():
+        bias = model.final.linear.bias.clone()
+        model.final.linear.bias.fill_(float("nan"))
+        for sess in (s, ref):
+            with pytest.raises(NonFiniteError):
+                sess.step_decoded(torch.zeros(1, 5), steps=1, host=True)
+        model.final.linear.bias.copy_(bias)
+    assert (s.frame, s.pending, s.cache_state()) == (ref.frame, ref.pending, ref.cache_state())
+    assert torch.equal(s.last_latent, ref.last_latent)
+    tick(15), tick(16)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph capture needs a GPU")
 @pytest.mark.parametrize("host", [False, True])
 def test_captured_tick_equals_eager_session_on_cuda(host):
@@ -214,4 +267,19 @@ def test_captured_tick_equals_eager_session_on_cuda(host):
     tick = next(f for k, f in graphed._fns.items() if k[0] == "tick")
     assert graphed.pending[0] is tick.inputs[-2] and graphed.pending[1] is tick.inputs[-1]
     assert tick.inputs[-3].is_pinned() and tick.graph is not None
+    assert all(t.is_pinned() for t in tick.output.host)           # frames and flag copied down by the graph
+    assert list(graphed._warm) == ([1] if host else [])           # host ticks after the first: _replay_tick
     assert graphed.cache_state() == eager.cache_state() and graphed.cache_state().evictions > 0
+    with torch.no_grad():                                          # a non-finite frame, then play goes on
+        bias = model.final.linear.bias.clone()
+        model.final.linear.bias.fill_(float("nan"))
+        for sess in (graphed, eager):
+            with pytest.raises(NonFiniteError):
+                sess.step_decoded(torch.zeros(1, 5), steps=1, host=host)
+        model.final.linear.bias.copy_(bias)
+    assert (graphed.frame, graphed.pending, graphed.cache_state()) == (eager.frame, eager.pending, eager.cache_state())
+    for i in range(3):
+        act = torch.rand(1, 5, generator=g) * 2 - 1
+        x, _ = graphed.step_decoded(act, steps=1, host=host)
+        y, _ = eager.step_decoded(act, steps=1, host=host)
+        assert torch.allclose(x, y, atol=1e-4, rtol=1e-4), f"after the error, tick {i}"

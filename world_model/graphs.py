@@ -28,12 +28,26 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from typing import Any, Callable, Hashable, Sequence
+from typing import Any, Callable, Hashable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
 
-from world_model.rollout import Session
+from world_model.rollout import NonFiniteError, Session
+from world_model.sampler import SamplerConfig
+
+
+class TickOut(NamedTuple):
+    """What a tick graph makes: latent (B, C, h, w), frames (B, H, W, 3) uint8 and the finite flag () on the
+    device, and (CUDA) page-locked copies of the frames and the flag. step_decoded adds the graph, its noise
+    count and whether it left the next pending frame in its own inputs."""
+    x0: Tensor
+    frames: Tensor
+    ok: Tensor
+    host: tuple[Tensor, ...] = ()
+    fn: Any = None
+    count: int = 0
+    staged: bool = False
 
 
 class StaticFn:
@@ -77,6 +91,10 @@ class StaticFn:
         for buf, x in zip(self.inputs, inputs, strict=True):
             if x is not buf:                 # an input written straight into its buffer needs no copy
                 buf.copy_(x)
+        return self.run()
+
+    def run(self) -> Any:
+        """Replay on whatever the input buffers hold now."""
         if self.graph is None:
             return self.fn(*self.inputs)
         self.graph.replay()
@@ -98,10 +116,13 @@ class GraphedSession(Session):
         self._fns: dict[Hashable, StaticFn] = {}
         self._graphed_cache: Any = None
         # Inside step_decoded (see there): the fused pass also decodes; the action goes up inside that graph;
-        # the frames go to the host (no clone needed); and what the tick's graph made: (x0, frames, finite
-        # flag, the next tick's pending frame where the graph left it, or None).
+        # the frames go to the host (no clone needed); and what the tick's graph made (TickOut).
         self._whole_tick = self._action_in_graph = self._frames_to_host = False
-        self._tick_out: tuple[Tensor, Tensor, Tensor, tuple[Tensor, Tensor] | None] | None = None
+        self._tick_out: TickOut | None = None
+        self._tick_steps: int | None = None
+        # Tick graphs a played tick can replay straight away (_replay_tick): steps -> (graph, noise count,
+        # the decoder and sampler it was built with). Emptied whenever graphs are dropped.
+        self._warm: dict[int | None, tuple[StaticFn, int, Any, SamplerConfig]] = {}
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         # No autocast weight cache: the casts are replayed inside the graph, nothing may outlive it.
@@ -114,6 +135,7 @@ class GraphedSession(Session):
         if self._graphed_cache is not self.cache:   # graphs read the old cache's storage: rebuild them
             self._fns = {k: f for k, f in self._fns.items() if k[0] == "decode"}
             self._graphed_cache = self.cache
+            self._warm.clear()
         if key not in self._fns:
             # The warm-up runs before capture execute for real; undo what they write into the cache.
             saved = self.cache.clone() if writes_cache and self.capture else None
@@ -134,21 +156,68 @@ class GraphedSession(Session):
         Why: at batch 1 the GPU idles through every host step before the graph's launch (docs/BENCHMARKS.md,
         session 12: 50-200 us a tick on an H100 host). So the tick's graph also does what was launched
         around it: it copies the action up from a page-locked buffer (a pageable upload holds the host
-        17-50 us), and it leaves this frame and action in its own pending-frame inputs for the next tick,
-        which then copies nothing. The action buffer may be rewritten only once the last replay has read
-        it; every tick here ends in a sync (the finite check, or the copy to host), so that holds."""
+        17-50 us), leaves this frame and action in its own pending-frame inputs for the next tick, and copies
+        the frames and the flag down into page-locked buffers. The action buffer may be rewritten only once
+        the last replay has read it; every tick here ends in a sync (the finite check, or the copy to host),
+        so that holds. Once a host tick's graph exists, the next ones skip Session.step's layers
+        (_replay_tick)."""
+        warm = self._warm.get(steps) if host and self.timer is None else None
+        if warm is not None and self._can_replay(warm, actions):
+            return self._replay_tick(warm[0], warm[1], actions)
         self._whole_tick = self.fuse_reencode and self.timer is None and self.autoencoder is not None
-        self._action_in_graph = (self._whole_tick and self.capture and (host or self.check_finite)
+        self._action_in_graph = (self._whole_tick and (host or self.check_finite)
                                  and self.sampler.context_noise == 0.0 and not self.model.config.action_momentum)
         self._frames_to_host = host and self.device.type == "cuda"
+        self._tick_steps = steps
         try:
             x0, frames = super().step_decoded(actions, steps=steps, host=host)
-            if self._tick_out is not None and self._tick_out[3] is not None:
-                self.pending = self._tick_out[3]      # the same values step set, already where the graph reads
+            out = self._tick_out
+            if out is not None and out.staged:
+                self.pending = (out.fn.inputs[-2], out.fn.inputs[-1])   # the values step set, where the graph reads
+                if host and self._action_in_graph:
+                    self._warm[steps] = (out.fn, out.count, self.autoencoder.decoder, self.sampler)
             return x0, frames
         finally:
             self._whole_tick = self._action_in_graph = self._frames_to_host = False
             self._tick_out = None
+
+    def _can_replay(self, warm: tuple[StaticFn, int, Any, SamplerConfig], actions: Any) -> bool:
+        """Whether the tick graph `warm` still does exactly what Session.step_decoded would now."""
+        fn, _, decoder, sampler = warm
+        return (self.pending is not None and self.fuse_reencode and self._graphed_cache is self.cache
+                and sampler is self.sampler and self.autoencoder is not None and self.autoencoder.decoder is decoder
+                and not (isinstance(actions, Tensor) and actions.device.type != "cpu"))
+
+    def _replay_tick(self, fn: StaticFn, count: int, actions: Any) -> tuple[Tensor, Tensor]:
+        """One played tick on an existing tick graph, with only the host work a tick needs: what
+        Session.step_decoded(host=True) does (fused pass, clean context, no momentum), bookkept here and
+        computed in the graph. The same noise draws, cache, counters and error behaviour; the tests compare
+        it with the eager Session tick by tick.
+
+        Why: the layers of Session.step cost 50-150 us of Python per tick on the H100 hosts, all of it before
+        the launch while the GPU idles (docs/BENCHMARKS.md, session 12), and the student's tick is 1.5 ms."""
+        act, px, pa = fn.inputs[count:]                                # (B, A) page-locked, pending frame
+        act.copy_(actions if isinstance(actions, Tensor) and actions.shape == act.shape
+                  else self._action_tensor(actions, act.shape[0], None, act.device))
+        for buf in fn.inputs[:count]:
+            buf.normal_(generator=self.generator)                      # Session._noise's draws, in place
+        if self.pending[0] is not px:                                  # after a reset, restore or timed tick
+            px.copy_(self.pending[0])
+            pa.copy_(self.pending[1])
+        out = fn.run()
+        # Host work the GPU need not wait for, while it runs the graph:
+        self.cache.advance_host(1)                                     # the fused pass appended the pending frame
+        x0 = out.x0.clone()                                            # the graph's buffer is overwritten next tick
+        if getattr(self.autoencoder, "decoder_compile_pending", None) is not None:
+            self.autoencoder.start_decoder_compile()                   # as Session.decode
+        if out.host:
+            torch.cuda.current_stream(self.device).synchronize()
+        if self.check_finite and not bool(out.host[1] if out.host else out.ok):
+            self.pending = None                                        # frame and latent unchanged: as step raising
+            raise NonFiniteError(f"non-finite latent at frame {self.frame}; cache left unchanged")
+        self.pending, self.frame, self.last_latent = (px, pa), self.frame + 1, x0
+        frames = torch.from_numpy(out.host[0].numpy().copy()) if out.host else out.frames.cpu()
+        return x0, frames
 
     def _action_tensor(self, actions: Any, batch: int, frames: int | None,
                        device: torch.device | None = None) -> Tensor:
@@ -195,29 +264,44 @@ class GraphedSession(Session):
         # With clean context (context_noise 0) the next pending frame is x0 itself, so the graph can leave it
         # (and the action) in its own pending inputs.
         stage = self.sampler.context_noise == 0.0
+        host: list[Tensor] = []    # page-locked copies of the frames and the flag, written by the graph (CUDA)
 
-        def tick(*xs: Tensor) -> tuple[Tensor, Tensor, Tensor]:     # the same, then decode and check
+        def tick(*xs: Tensor) -> TickOut:     # the same, then decode and check
             noise, act, (px, pa) = list(xs[:-3]), xs[-3], xs[-2:]
             if act.device != px.device:                 # the action's upload, as a copy node of the graph
                 act = act.to(px.device, non_blocking=True)
             x0 = Session._denoise(self, noise, act, times, False, (px, pa))
             frames, ok = Session._decode(self, x0), torch.isfinite(x0).all()
+            if self.capture:                            # made by the first warm-up run, before the capture
+                host[:] = host or [torch.empty(t.shape, dtype=t.dtype, pin_memory=True) for t in (frames, ok)]
+                host[0].copy_(frames, non_blocking=True)
+                host[1].copy_(ok, non_blocking=True)
             if stage:                                   # after the fused pass has read them
                 px.copy_(x0)
                 pa.copy_(act)
-            return x0, frames, ok
+            return TickOut(x0, frames, ok, tuple(host))
 
         if key not in self._fns:   # a tick graph with another decoder in it is stale (see _dit_key)
             self._fns = {k: f for k, f in self._fns.items() if k[0] != "tick" or k[:4] != key[:4]}
+            self._warm.clear()
         fn = self._static(key, tick, [*noise, a, *pending], writes_cache=True)
-        x0, frames, ok = fn(*noise, a, *pending)
-        self._tick_out = (x0 := x0.clone(), frames, ok, (fn.inputs[-2], fn.inputs[-1]) if stage else None)
+        out = fn(*noise, a, *pending)
+        x0 = out.x0.clone()
+        self._tick_out = out._replace(x0=x0, fn=fn, count=len(noise), staged=stage)
         return x0
 
     def _finite(self, x0: Tensor) -> Tensor:
-        if self._tick_out is not None and self._tick_out[0] is x0:
-            return self._tick_out[2]       # the graph's own buffer: read before the next replay (step_decoded)
+        if self._tick_out is not None and self._tick_out.x0 is x0:
+            return self._tick_out.ok       # the graph's own buffer: read before the next replay (step_decoded)
         return super()._finite(x0)
+
+    def _to_host(self, frames: Tensor, ok: Tensor | None) -> tuple[Tensor, Tensor | bool | None]:
+        out = self._tick_out
+        if out is None or not out.host or frames is not out.frames:
+            return super()._to_host(frames, ok)
+        with self._phase("upload"):                 # the graph has copied them down: wait for it
+            torch.cuda.current_stream(self.device).synchronize()
+        return torch.from_numpy(out.host[0].numpy().copy()), None if ok is None else bool(out.host[1])
 
     def _reencode(self, x0: Tensor, a: Tensor) -> None:
         def reencode(x: Tensor, act: Tensor) -> None:
@@ -227,9 +311,9 @@ class GraphedSession(Session):
         self.cache.advance_host(1)
 
     def _decode(self, latent: Tensor) -> Tensor:
-        if self._tick_out is not None and self._tick_out[0] is latent:   # decoded inside the tick's graph
+        if self._tick_out is not None and self._tick_out.x0 is latent:   # decoded inside the tick's graph
             # Going to the host, the frames are copied out before the next replay; else a copy to hand out.
-            return self._tick_out[1] if self._frames_to_host else self._tick_out[1].clone()
+            return self._tick_out.frames if self._frames_to_host else self._tick_out.frames.clone()
         # The decoder object is part of the key: a decoder compiled in the background (runtime.compile_decoder)
         # replaces the stock one mid-play, and its graph is captured then; the stale graph is dropped.
         key = ("decode", tuple(latent.shape), id(self._require_autoencoder().decoder))

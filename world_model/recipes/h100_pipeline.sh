@@ -336,11 +336,11 @@ if [ "$PART" = driftseeds ]; then
   exit 0
 fi
 
-# PART=tickab (session 12, one H100): the played tick as one CUDA graph (denoise, decode and finite check;
-# noise drawn straight into the graph's input buffers; the action uploaded and the next pending frame kept by
-# the graph itself) against the code before
-# it (a `git archive` of 73a9032 carried as .carry/old.tgz, run from /tmp/old), alternating, twice each, the
-# decoder compiled in the background as in PART=speed; then the new tick's kernel profile.
+# PART=tickab (one H100): the played tick against the code before it, carried as .carry/old.tgz (a `git
+# archive` of the commit before the change; run from /tmp/old), alternating, RUNS pairs, the decoder compiled
+# in the background as in PART=speed. Session 12: the tick as one CUDA graph, old = 73a9032. Session 13: warm
+# ticks replay that graph straight from step_decoded (graphs._replay_tick), old = faca9b5. Then the host
+# segments of the new tick; EXTRAS=1 adds the kernel profile and the replay while the decoder compiles.
 if [ "$PART" = tickab ]; then
   rm -rf /tmp/old && mkdir -p /tmp/old && tar xzf .carry/old.tgz -C /tmp/old && ln -s "$PWD/assets" /tmp/old/assets
   # The CUDA-only tests first (pytest carried as .carry/pyt where the machine has none).
@@ -349,16 +349,22 @@ if [ "$PART" = tickab ]; then
     stage "bench-$1" bash -c "cd $2 && PYTHONPATH=$2:/tmp/vz python3 main.py bench --device cuda --ticks ${TICKS:-600} \
       --warmup 50 --variants student1,teacher --engines graphs-fused --compile-decoder auto --json $PWD/runs/bench/$1.json"
   }
-  for r in 1 2; do
+  for r in ${RUNS:-1 2}; do
     ab "old-$r" /tmp/old
     ab "new-$r" "$PWD"
   done
   stage tick-host python3 -m world_model.recipes.tick_host --json runs/bench/tick-host.json
-  stage profile-new python3 -m world_model.recipes.profile_tick --json runs/bench/profile-new.json
-  # Ticks while the decoder compiles in the background (cold inductor cache), unpaced: timing.csv's step_ms.
-  sed 's/^\( *compile_decoder:\).*/\1 auto/' settings/play.yaml > runs/play-compile.yaml
-  stage replay-compile env TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-cold python3 main.py replay \
-    assets/traces/heldout-10100-long.jsonl --settings runs/play-compile.yaml --out runs/replay-compile --device cuda --no-video
+  # The player's own loop, unpaced, stock decoder (play.yaml): timing.csv's step_ms, old then new.
+  stage replay-old bash -c "cd /tmp/old && PYTHONPATH=/tmp/old:/tmp/vz python3 main.py replay \
+    assets/traces/heldout-10100-long.jsonl --out $PWD/runs/replay-old --device cuda --no-video"
+  stage replay-new python3 main.py replay assets/traces/heldout-10100-long.jsonl --out runs/replay-new --device cuda --no-video
+  if [ "${EXTRAS:-0}" = 1 ]; then
+    stage profile-new python3 -m world_model.recipes.profile_tick --json runs/bench/profile-new.json
+    # Ticks while the decoder compiles in the background (cold inductor cache), unpaced: timing.csv's step_ms.
+    sed 's/^\( *compile_decoder:\).*/\1 auto/' settings/play.yaml > runs/play-compile.yaml
+    stage replay-compile env TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-cold python3 main.py replay \
+      assets/traces/heldout-10100-long.jsonl --settings runs/play-compile.yaml --out runs/replay-compile --device cuda --no-video
+  fi
   echo "$(date +%T) tickab part done"
   exit 0
 fi

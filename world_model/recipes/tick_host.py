@@ -3,11 +3,12 @@ re-encode, bf16 weights, `step_decoded(host=True)`), each tick cut into host seg
 
     python -m world_model.recipes.tick_host [--ticks 1000] [--json FILE] [--device cpu]
 
-Segments (median over the ticks, perf_counter): from the tick's start to the first graph replay call
-("pre-replay": Python and the action's upload, while the GPU idles), the replay calls themselves (input
-copies and the graph launches), from there to the stream sync, the sync's wait (the GPU's work still
-queued), and from the sync to the return. Only "pre-replay", the part of the replay call before the launch,
-and "after" add to the tick on top of the GPU's time. It wraps `graphs.StaticFn.__call__` and
+Segments (median over the ticks, perf_counter): from the tick's start to the first graph launch
+("pre-replay": Python, the noise draw and the input copies, while the GPU idles), the launches themselves
+(`StaticFn.run`), from there to the stream sync, the sync's wait (the GPU's work still queued), and from the
+sync to the return. Only "pre-replay", the launch before the GPU starts, and "after" add to the tick on top
+of the GPU's time. (Session 12's rows timed `StaticFn.__call__`, whose input copies now count as
+"pre-replay".) It wraps `graphs.StaticFn.run` and
 `torch.cuda.Stream.synchronize` to take the times, so it measures exactly the player's code path.
 `--device cpu` runs the same session uncaptured (the graphs' functions, eagerly; no sync, so those two
 segments read 0): to check the script, not to measure anything.
@@ -38,11 +39,11 @@ SEGMENTS = ("tick", "pre_replay", "replay_calls", "to_sync", "sync_wait", "after
 def timed_ticks(session: Any, n: int, action: Callable[[], torch.Tensor]) -> dict[str, float]:
     """n played ticks -> median microseconds per segment."""
     marks: dict[str, float] = {}
-    replay, sync = graphs.StaticFn.__call__, torch.cuda.Stream.synchronize
+    replay, sync = graphs.StaticFn.run, torch.cuda.Stream.synchronize
 
-    def call(self: graphs.StaticFn, *xs: torch.Tensor) -> Any:
+    def call(self: graphs.StaticFn) -> Any:
         marks.setdefault("replay0", time.perf_counter())
-        out = replay(self, *xs)
+        out = replay(self)
         marks["replayed"] = time.perf_counter()
         return out
 
@@ -52,7 +53,7 @@ def timed_ticks(session: Any, n: int, action: Callable[[], torch.Tensor]) -> dic
         marks["sync1"] = time.perf_counter()
 
     rows = []
-    graphs.StaticFn.__call__, torch.cuda.Stream.synchronize = call, synchronize
+    graphs.StaticFn.run, torch.cuda.Stream.synchronize = call, synchronize
     try:
         for _ in range(n):
             a = action()
@@ -66,7 +67,7 @@ def timed_ticks(session: Any, n: int, action: Callable[[], torch.Tensor]) -> dic
             rows.append((t1 - t0, marks["replay0"] - t0, marks["replayed"] - marks["replay0"],
                          marks["sync0"] - marks["replayed"], marks["sync1"] - marks["sync0"], t1 - marks["sync1"]))
     finally:
-        graphs.StaticFn.__call__, torch.cuda.Stream.synchronize = replay, sync
+        graphs.StaticFn.run, torch.cuda.Stream.synchronize = replay, sync
     return {k: statistics.median(c) * 1e6 for k, c in zip(SEGMENTS, zip(*rows))}
 
 
