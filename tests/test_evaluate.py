@@ -68,6 +68,8 @@ def test_recipe_runs_end_to_end_and_writes_every_output(tmp_path):
     header = (out / "idle.csv").read_text().splitlines()[0]
     assert header == "trace,tick,valid,psnr_1,frozen_psnr_1,psnr_3,frozen_psnr_3"
     assert res["drift"]["ticks"] == 12 and len((out / "drift.csv").read_text().splitlines()) == 13
+    assert res["drift"]["rollouts"] == 2 and len(res["drift"]["per_rollout"]) == 2   # quick: two, one batch
+    assert "rollouts collapsed" in (out / "table.md").read_text()
     assert "| autoregressive PSNR @ 1 ticks |" in (out / "table.md").read_text()
     windows = (out / "windows.csv").read_text().splitlines()
     assert len(windows) == 1 + res["autoregressive"]["windows"]
@@ -231,6 +233,12 @@ def test_drift_check_passes_the_game_and_fails_frozen_and_gray_rollouts(game_pro
     assert blown["longest_out_of_range_ticks"] == 30 and blown["mean_excess_max"] > 100
     short = E.drift_stats(game[:50], game, actions, len(game))    # a NaN cut the rollout short
     assert short["collapsed"] and not short["checks"]["finite"]
+    # Several rollouts: one collapsing is enough to fail; shares are averaged, the worst spell kept.
+    both = E.drift_summary([real, gray])
+    assert both["collapsed"] and both["collapsed_rollouts"] == 1 and both["rollouts"] == 2
+    assert both["in_range"] == 0.5 and (both["in_range_min"], both["in_range_max"]) == (0.0, 1.0)
+    assert both["longest_out_of_range_ticks"] == len(game) and both["per_rollout"] == [real, gray]
+    assert not E.drift_summary([real, real])["collapsed"]
 
 
 def test_idle_stability_scores_the_game_perfectly_and_a_last_frame_model_as_the_frozen_baseline(game_probe_frames):

@@ -97,8 +97,13 @@ def table(res: dict[str, Any]) -> str:
                      f"{fmt(v['frozen_psnr'], ' dB')} (frozen frame) | |")
     if not dr:
         return "\n".join(lines) + "\n"
-    lines.append(f"| drift over {dr['ticks']} ticks | {'collapsed' if dr['collapsed'] else 'no collapse'}: in range "
-                 f"{fmt(100 * dr.get('in_range', float('nan')), '%', 1)}, histogram TV {fmt(dr.get('hist_tv_last_quarter', float('nan')), '', 3)}, "
+    runs = dr.get("rollouts", 1)
+    verdict = ('collapsed' if dr['collapsed'] else 'no collapse') if runs == 1 else \
+        f"{dr['collapsed_rollouts']} of {runs} rollouts collapsed"
+    spread = (f" ({fmt(100 * dr['in_range_min'], '', 1)}-{fmt(100 * dr['in_range_max'], '%', 1)})"
+              if runs > 1 and "in_range_min" in dr else "")
+    lines.append(f"| drift over {dr['ticks']} ticks | {verdict}: in range "
+                 f"{fmt(100 * dr.get('in_range', float('nan')), '%', 1)}{spread}, histogram TV {fmt(dr.get('hist_tv_last_quarter', float('nan')), '', 3)}, "
                  f"motion ratio {fmt(dr.get('motion_ratio_last_quarter', float('nan')))}, frozen "
                  f"{fmt(100 * dr.get('frozen_fraction_last_quarter', float('nan')), '%', 1)}; mean up to "
                  f"{fmt(dr.get('mean_excess_max', float('nan')), '', 1)} grey levels outside the game's range, longest "
