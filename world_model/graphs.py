@@ -165,7 +165,9 @@ class GraphedSession(Session):
         if warm is not None and self._can_replay(warm, actions):
             return self._replay_tick(warm[0], warm[1], actions)
         self._whole_tick = self.fuse_reencode and self.timer is None and self.autoencoder is not None
-        self._action_in_graph = (self._whole_tick and (host or self.check_finite)
+        # (Only where the tick graph runs, i.e. with a pending frame: the plain "dit" graph after a
+        # NonFiniteError takes its action on the device.)
+        self._action_in_graph = (self._whole_tick and self.pending is not None and (host or self.check_finite)
                                  and self.sampler.context_noise == 0.0 and not self.model.config.action_momentum)
         self._frames_to_host = host and self.device.type == "cuda"
         self._tick_steps = steps
