@@ -323,6 +323,29 @@ if [ "$PART" = speed ]; then
   exit 0
 fi
 
+# PART=rollout13 (session 13, one H100, about 20 minutes): the CUDA tests and three benchmarks of the code as
+# it is (no old code), then the session-9 rollout teacher again with the rollout started at frame ROLL_FROM
+# (2) instead of 8: the shipped teacher failed all 12 of its 2,000-tick drift rollouts in PART=driftseeds
+# (session 13), brightening like its 128-tick windows, which session 9's rollout rows had cured up to 128
+# ticks. Evaluated in full at 16 steps (drift: 4 rollouts).
+if [ "$PART" = rollout13 ]; then
+  stage pytest-cuda env PYTHONPATH="$PYTHONPATH:$PWD/.carry/pyt" python3 -m pytest -q tests/test_graphs.py -k cuda
+  for r in ${RUNS:-1 2 3}; do
+    stage "bench-new-$r" python3 main.py bench --device cuda --ticks ${TICKS:-600} --warmup 50 \
+      --variants student1,teacher --engines graphs-fused --compile-decoder auto --json "runs/bench/new-$r.json"
+  done
+  name=teacher-r8f${ROLL_FROM:-2}
+  stage "$name" python3 -m world_model.recipes.train_teacher settings/train/teacher.yaml --out "runs/$name" --init "$T" \
+    --set max_minutes="$TEACHER_MIN" --set total_minutes="$TEACHER_TOTAL" --set compile=true --set data.collect.workers=14 \
+    --set rollout_rows=8 --set rollout_from="${ROLL_FROM:-2}"
+  src="runs/$name/teacher.safetensors"
+  [ -e "runs/$name/teacher.index.json" ] && src="runs/$name/teacher.index.json"
+  stage "$name-int8" python3 -m world_model.recipes.quantize "$src" --out "runs/$name-int8/teacher.safetensors"
+  evaluate "T16-$name" "runs/$name-int8/teacher.safetensors" --steps 16
+  echo "$(date +%T) rollout13 part done"
+  exit 0
+fi
+
 # PART=driftseeds (prepared in session 12 for one H100, about 5 minutes): is the 2,000-tick drift check a
 # property of the model or the luck of its one rollout? Eight teachers continued from the shipped one failed
 # it (sessions 9-12, the unchanged control too), while the shipped one passed with 92.3% in range at seed 0.
