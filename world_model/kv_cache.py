@@ -29,9 +29,15 @@ All slot and eviction arithmetic lives in this file; the model only calls `read`
 FUSED `read_fused` and `fused_tables`).
 
 CUDA graphs (world_model/graphs.py): the frame counter exists twice, as a Python int (`position`, for the HUD,
-`slot_of` and error checks) and as a device scalar (`_pos`) from which `_sync` computes every read-time
+`slot_of` and error checks) and as a device scalar (`_pos`) from which `_sync` refreshes every read-time
 table with tensor ops. A captured step therefore reads and updates only fixed device buffers: it works at
 every fill level and after evictions, with no host sync and no Python slot arithmetic baked into it.
+
+The tables depend on the counter n only through its phase: n itself while the window fills (n < slots + W),
+then slots + (n - slots) % W, because a full ring repeats every W frames. They are computed once per phase
+at construction (`_tables_at`) and `_sync` copies the current phase's row, one copy per dtype. Why: at batch 1
+a pass is launch-bound, and computing them anew took about 50 small kernels per played tick (H100: ~2.5 us
+each), the student's tick paying them once in 1.5 ms, the 16-step teacher's once in 16 ms.
 """
 from __future__ import annotations
 
@@ -77,17 +83,30 @@ class KVCache:
         shape = (layers, batch, heads, self.slots * tokens_per_frame, head_dim)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
-        # Read-time tables, updated in place by _sync() so their storage never moves.
-        self.valid = torch.zeros(self.slots, device=device, dtype=torch.bool)      # (slots,)
-        self.slot_pos = torch.zeros(self.slots, device=device, dtype=torch.float32)  # (slots,) temporal position
-        self._query_pos = torch.zeros(self.slots, device=device, dtype=torch.float32)  # next positions, (slots,)
-        self._write_tok = torch.zeros(self.slots * tokens_per_frame, device=device, dtype=torch.long)
-        self._slot_idx = torch.arange(self.slots, device=device)                      # constants for _sync
+        self._slot_idx = torch.arange(self.slots, device=device)                      # constants
         self._tok_idx = torch.arange(self.slots * tokens_per_frame, device=device)
         self._pos = torch.zeros((), device=device, dtype=torch.long)  # `position` on the device
-        self._next_slot = torch.zeros((), device=device, dtype=torch.long)  # slot the next frame goes to
         self.position = 0
+        # Read-time tables of every phase (module docstring), one row per phase and one tensor per dtype;
+        # the current row lives in fixed buffers that _sync overwrites, and the tables are views into them.
+        rows = [self._tables_at(torch.tensor(n, device=device)) for n in range(self.slots + window)]
+        self._lut = [torch.stack(col) for col in zip(*rows)]                          # 3 x (phases, width)
+        self._cur = [t[0].clone() for t in self._lut]
+        self._bind_views()
         self._sync()
+
+    def _bind_views(self) -> None:
+        """The named tables as views into the current-row buffers (layout of `_tables_at`)."""
+        S, N, P = self.sink, self.slots, self.tokens_per_frame
+        b, f, i = self._cur
+        self.valid = b[:N]                                                   # (slots,) bool
+        self._fused_mask = b[N:].view(2, N + S)                              # (2, slots + S) bool
+        self.slot_pos = f[:N]                                                # (slots,) temporal position
+        self._query_pos = f[N:2 * N]                                         # (slots,) next positions
+        self._fused_q = f[2 * N:2 * N + 2]                                   # (2,)
+        self._fused_key_pos = f[2 * N + 2:]                                  # (slots + S,)
+        self._write_tok = i[:N * P]                                          # (slots * P,) token slots to write
+        self._next_slot = i[N * P]                                           # () slot the next frame goes to
 
     # ---- slot arithmetic (all of it; unit-tested) ----
 
@@ -104,10 +123,11 @@ class KVCache:
     def evictions(self) -> int:
         return max(0, self.position - self.slots)
 
-    def frames_in_slots(self) -> Tensor:
-        """(slots,) absolute frame held by each slot, -1 where empty. Ring slot j holds the frames
-        sink + j + k * W; the newest such frame below `position` is the one still there."""
-        S, W, n = self.sink, self.window, self._pos           # n: device scalar, no host value used
+    def frames_in_slots(self, n: Tensor | None = None) -> Tensor:
+        """(slots,) absolute frame held by each slot after n frames (default: now), -1 where empty. Ring slot
+        j holds the frames sink + j + k * W; the newest such frame below n is the one still there."""
+        S, W = self.sink, self.window
+        n = self._pos if n is None else n                     # a device scalar: no host value used
         slot = self._slot_idx
         last = n - 1 - slot                                   # ring: (n - 1 - S - j) with j = slot - S
         ring = slot + W * torch.div(last, W, rounding_mode="floor")
@@ -117,20 +137,36 @@ class KVCache:
     def frame_in_slot(self, slot: int) -> int:
         return int(self.frames_in_slots()[slot])
 
-    def _sync(self) -> None:
-        """Recompute the read-time tables from the device counter `_pos` into their fixed buffers, with
-        tensor ops only (no host round trip; capturable). Window positions are S + (frame - oldest window
-        frame); the next frame goes to slot_of(n)."""
-        S, W, n = self.sink, self.window, self._pos
-        frame = self.frames_in_slots()
+    def _tables_at(self, n: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Every read-time table for counter n (a device scalar), packed by dtype: bool [valid | FUSED mask],
+        float [slot positions | query positions | FUSED query positions | FUSED key positions], long
+        [token write indices | next slot]. Window positions are S + (frame - oldest window frame); the next
+        frame goes to slot_of(n). FUSED (module docstring): keys [slots | sink slots again]."""
+        S, W = self.sink, self.window
+        frame = self.frames_in_slots(n)
         oldest = (n - W).clamp_min(S)
-        pos = torch.where(frame < S, frame, S + frame - oldest)
-        self.valid.copy_(frame >= 0)
-        self.slot_pos.copy_(torch.where(frame >= 0, pos, 0))
-        self._query_pos.copy_(n.clamp_max(self.slots) + self._slot_idx)
+        valid = frame >= 0
+        slot_pos = torch.where(valid, torch.where(frame < S, frame, S + frame - oldest), 0).float()
+        query_pos = (n.clamp_max(self.slots) + self._slot_idx).float()
         next_slot = torch.where(n < S, n, S + (n - S).remainder(W))
-        self._write_tok.copy_(next_slot * self.tokens_per_frame + self._tok_idx)
-        self._next_slot.copy_(next_slot)
+        write_tok = next_slot * self.tokens_per_frame + self._tok_idx
+        evicting = n >= self.slots                                # frame n overwrites the oldest window frame
+        moved_sink = (self._slot_idx < S) & evicting              # sink slots the noisy frame reads from the copy
+        noisy = valid & (self._slot_idx != next_slot) & ~moved_sink                                 # (slots,)
+        mask = torch.stack([torch.cat([valid, torch.zeros_like(valid[:S])]),                         # clean
+                            torch.cat([noisy, valid[:S] & evicting])])                               # noisy
+        fused_q = query_pos[:1] + torch.arange(2, device=n.device)
+        key_pos = torch.cat([slot_pos, slot_pos[:S] + 1])
+        return (torch.cat([valid, mask.flatten()]), torch.cat([slot_pos, query_pos, fused_q, key_pos]),
+                torch.cat([write_tok, next_slot[None]]))
+
+    def _sync(self) -> None:
+        """Copy the tables of the counter's phase into the current-row buffers: tensor ops only (no host
+        round trip; capturable)."""
+        n, N = self._pos, self.slots
+        phase = torch.where(n < N, n, N + (n - N).remainder(self.window)).view(1)
+        for cur, lut in zip(self._cur, self._lut):
+            torch.index_select(lut, 0, phase, out=cur.view(1, -1))   # (lut[phase] would read phase on the host)
 
     # ---- what the model calls ----
 
@@ -141,16 +177,8 @@ class KVCache:
     def fused_tables(self) -> tuple[Tensor, Tensor, Tensor]:
         """For a FUSED pass (module docstring): query positions (2,) of the clean and the noisy frame,
         context key positions (slots + S,) and context mask (2, slots + S) over [slots | sink slots again].
-        Tensor ops on the tables only (capturable), computed per pass so unfused steps never pay for them."""
-        S = self.sink
-        evicting = self._pos >= self.slots                        # frame n overwrites the oldest window frame
-        moved_sink = (self._slot_idx < S) & evicting              # sink slots the noisy frame reads from the copy
-        noisy = self.valid & (self._slot_idx != self._next_slot) & ~moved_sink                     # (slots,)
-        mask = torch.stack([torch.cat([self.valid, torch.zeros_like(self.valid[:S])]),              # clean
-                            torch.cat([noisy, self.valid[:S] & evicting])])                         # noisy
-        key_pos = torch.cat([self.slot_pos, self.slot_pos[:S] + 1])
-        q = self._query_pos[:1]
-        return torch.cat([q, q + 1]), key_pos, mask
+        Views of the current tables (`_tables_at`)."""
+        return self._fused_q, self._fused_key_pos, self._fused_mask
 
     def read(self, layer: int) -> tuple[Tensor, Tensor]:
         """All slots of one layer, pre-RoPE: k, v each (B, heads, slots * P, head_dim). Mask with `valid`."""
@@ -203,9 +231,11 @@ class KVCache:
     def clone(self) -> "KVCache":
         """Deep copy (for savestates)."""
         other = KVCache.__new__(KVCache)
-        other.__dict__.update(self.__dict__)
-        for name in ("k", "v", "valid", "slot_pos", "_query_pos", "_write_tok", "_pos", "_next_slot"):
+        other.__dict__.update(self.__dict__)       # the per-phase tables are constants: shared
+        for name in ("k", "v", "_pos"):
             setattr(other, name, getattr(self, name).clone())
+        other._cur = [t.clone() for t in self._cur]
+        other._bind_views()
         return other
 
     def copy_from(self, other: "KVCache") -> None:

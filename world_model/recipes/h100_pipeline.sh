@@ -330,7 +330,7 @@ fi
 # ticks. Evaluated in full at 16 steps (drift: 4 rollouts).
 if [ "$PART" = rollout13 ]; then
   stage pytest-cuda env PYTHONPATH="$PYTHONPATH:$PWD/.carry/pyt" python3 -m pytest -q tests/test_graphs.py -k cuda
-  for r in ${RUNS:-1 2 3}; do
+  for r in ${RUNS-1 2 3}; do      # RUNS= (empty) skips the benchmarks
     stage "bench-new-$r" python3 main.py bench --device cuda --ticks ${TICKS:-600} --warmup 50 \
       --variants student1,teacher --engines graphs-fused --compile-decoder auto --json "runs/bench/new-$r.json"
   done
@@ -362,7 +362,8 @@ fi
 # PART=tickab (one H100): the played tick against the code before it, carried as .carry/old.tgz (a `git
 # archive` of the commit before the change; run from /tmp/old), alternating, RUNS pairs, the decoder compiled
 # in the background as in PART=speed. Session 12: the tick as one CUDA graph, old = 73a9032. Session 13: warm
-# ticks replay that graph straight from step_decoded (graphs._replay_tick), old = faca9b5. Then the host
+# ticks replay that graph straight from step_decoded (graphs._replay_tick), old = faca9b5; then the KV
+# cache's read-time tables copied from per-phase rows (kv_cache._sync), old = d2d2bb5. Then the host
 # segments of the new tick; EXTRAS=1 adds the kernel profile and the replay while the decoder compiles.
 if [ "$PART" = tickab ]; then
   rm -rf /tmp/old && mkdir -p /tmp/old && tar xzf .carry/old.tgz -C /tmp/old && ln -s "$PWD/assets" /tmp/old/assets
