@@ -58,7 +58,8 @@ case "$cmd" in
     python3 -c "import vizdoom" || exit 1
     nvidia-smi -L
     mkdir -p runs/logs
-    (env "$@" setsid nohup bash world_model/recipes/h100_pipeline.sh > runs/logs/pipeline.log 2>&1 < /dev/null &)
+    : > runs/logs/pipeline.log   # before the launch: the watch below checks for it at once (session 13 raced it)
+    (env "$@" setsid nohup bash world_model/recipes/h100_pipeline.sh >> runs/logs/pipeline.log 2>&1 < /dev/null &)
     watch 60 ;;
   watch) watch "${1:-240}" ;;
   *) echo "usage: device_job.sh start|watch JOB ..."; exit 2 ;;
