@@ -103,3 +103,27 @@ def test_reset_clone_and_copy_from():
 def test_bad_sizes_rejected(sink, window):
     with pytest.raises(ValueError):
         make(sink, window)
+
+
+def test_writes_are_stored_at_advance_all_layers_at_once():
+    """`write` stages; `advance` stores every layer's keys and values (one copy for all layers), so a pass
+    that overwrites an evicted slot reads the old frame in every layer until it is done."""
+    cache = make(1, 2, layers=3)
+    for f in range(3):                                   # full: the next frame evicts frame 1 from slot 1
+        append_frame(cache, f)
+    slot = cache.slot_of(3)
+    k = torch.full((1, 2, P, 4), 3.0)
+    for layer in range(3):
+        cache.write(layer, k * (layer + 1), -k)
+        assert int(cache.read(layer)[0][0, 0, slot * P, 0]) == 1        # still frame 1's, in every layer
+    cache.advance(1)
+    for layer in range(3):
+        assert torch.equal(cache.read(layer)[0][:, :, slot * P:(slot + 1) * P], k * (layer + 1))
+        assert torch.equal(cache.read(layer)[1][:, :, slot * P:(slot + 1) * P], -k)
+    other = make(1, 2, layers=3)                         # a layer missing: stored one by one, the same way
+    other.write(1, k, k)
+    other.advance(1)
+    assert torch.equal(other.read(1)[0][:, :, :P], k) and not other.read(0)[0].any()
+    cache.write(0, k, k)
+    cache.reset()                                        # nothing staged survives a reset
+    assert not cache._staged

@@ -9,9 +9,10 @@ Layout and rules (recipe.md section 2):
   therefore stay below S + W + chunk however long play lasts (LongLive "infinity", Reward-Forcing port).
 - Frame n (absolute) lives in slot n if n < S, else in ring slot S + (n - S) % W. Writing frame n when the
   window is full overwrites (evicts) frame n - W.
-- Three modes. APPEND: the t=0 re-encode pass reads the cache and writes its own keys after attention.
-  READONLY: denoising passes read the cache and write nothing. FUSED: one pass over [clean frame n | noisy
-  frame n+1] that appends frame n and denoises frame n+1 as if n were already stored (see below).
+- Three modes. APPEND: the t=0 re-encode pass reads the cache and writes its own keys (stored, all layers
+  at once, at `advance`). READONLY: denoising passes read the cache and write nothing. FUSED: one pass over
+  [clean frame n | noisy frame n+1] that appends frame n and denoises frame n+1 as if n were already stored
+  (see below).
 
 FUSED (the re-encode of frame n folded into frame n+1's first denoising pass, Session(fuse_reencode=True)).
 Queries: the clean frame at the next position q = min(n, slots), the noisy frame at q + 1. The clean frame
@@ -87,6 +88,7 @@ class KVCache:
         self._tok_idx = torch.arange(self.slots * tokens_per_frame, device=device)
         self._pos = torch.zeros((), device=device, dtype=torch.long)  # `position` on the device
         self.position = 0
+        self._staged: dict[int, tuple[Tensor, Tensor]] = {}           # layer -> (k, v) written, not yet stored
         # Read-time tables of every phase (module docstring), one row per phase and one tensor per dtype;
         # the current row lives in fixed buffers that _sync overwrites, and the tables are views into them.
         rows = [self._tables_at(torch.tensor(n, device=device)) for n in range(self.slots + window)]
@@ -200,10 +202,27 @@ class KVCache:
                              f"(capacity {self.slots}); append one frame at a time once the window rolls")
 
     def write(self, layer: int, k: Tensor, v: Tensor) -> None:
-        """Store the pre-RoPE keys/values (B, heads, frames * P, head_dim) of the frames being appended."""
-        idx = self._write_tok[:k.shape[2]]
-        self.k[layer].index_copy_(2, idx, k.to(self.k.dtype))
-        self.v[layer].index_copy_(2, idx, v.to(self.v.dtype))
+        """Stage the pre-RoPE keys/values (B, heads, frames * P, head_dim) of the frames being appended; the
+        next `advance` stores every layer's at once. Why: one copy for all layers instead of one per layer
+        and tensor (16 small kernels for the shipped 8 layers, in every played tick). Until then the cache
+        reads as before the pass, which is what every layer of the pass must see anyway."""
+        self._staged[layer] = (k, v)
+
+    def _store_staged(self) -> None:
+        """Store the staged keys/values (`write`) at the slots of the frames being appended."""
+        if not self._staged:
+            return
+        n = next(iter(self._staged.values()))[0].shape[2]
+        idx = self._write_tok[:n]
+        if len(self._staged) == self.layers:                   # all layers: one stack and one copy each
+            for store, j in ((self.k, 0), (self.v, 1)):
+                new = torch.stack([self._staged[i][j] for i in range(self.layers)])  # (layers, B, H, n, Dh)
+                store.index_copy_(3, idx, new.to(store.dtype))
+        else:
+            for layer, (k, v) in self._staged.items():
+                self.k[layer].index_copy_(2, idx, k.to(self.k.dtype))
+                self.v[layer].index_copy_(2, idx, v.to(self.v.dtype))
+        self._staged.clear()
 
     def advance(self, frames: int) -> None:
         """Commit `frames` appended frames (after every layer has written them)."""
@@ -217,6 +236,7 @@ class KVCache:
     def advance_device(self, frames: int) -> None:
         """The device half of `advance`: counter and tables. No host values, so a CUDA graph can capture it
         (graphs.py replays it and calls `advance_host` itself)."""
+        self._store_staged()
         self._pos.add_(frames)
         self._sync()
 
@@ -225,6 +245,7 @@ class KVCache:
     def reset(self) -> None:
         """Forget every frame. Storage is kept; stale values are masked out by `valid`."""
         self.position = 0
+        self._staged.clear()
         self._pos.zero_()
         self._sync()
 
@@ -234,6 +255,7 @@ class KVCache:
         other.__dict__.update(self.__dict__)       # the per-phase tables are constants: shared
         for name in ("k", "v", "_pos"):
             setattr(other, name, getattr(self, name).clone())
+        other._staged = dict(self._staged)
         other._cur = [t.clone() for t in self._cur]
         other._bind_views()
         return other

@@ -246,7 +246,7 @@ class Attention(nn.Module):
                                              attn_mask=mask)                              # (B, H, N, Dh)
         if cache is not None and cache_mode is not CacheMode.READONLY:
             n = P if fused else n_frames * P   # FUSED stores only its first (clean) frame
-            # after attention: this may overwrite the slot of a frame just attended
+            # stored at the next advance (kv_cache.write): it may overwrite the slot of a frame just attended
             cache.write(layer, k[:, :, :n], v[:, :, :n])
         return self.proj(out.transpose(1, 2).reshape(B, n_frames, P, D))
 
