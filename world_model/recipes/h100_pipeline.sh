@@ -363,7 +363,8 @@ fi
 # archive` of the commit before the change; run from /tmp/old), alternating, RUNS pairs, the decoder compiled
 # in the background as in PART=speed. Session 12: the tick as one CUDA graph, old = 73a9032. Session 13: warm
 # ticks replay that graph straight from step_decoded (graphs._replay_tick), old = faca9b5; then the KV
-# cache's read-time tables copied from per-phase rows (kv_cache._sync), old = d2d2bb5. Then the host
+# cache's read-time tables copied from per-phase rows (kv_cache._sync), old = d2d2bb5; then all layers' keys
+# stored with one copy at advance (kv_cache.write stages them), old = 0c43272. Then the host
 # segments of the new tick; EXTRAS=1 adds the kernel profile and the replay while the decoder compiles.
 if [ "$PART" = tickab ]; then
   rm -rf /tmp/old && mkdir -p /tmp/old && tar xzf .carry/old.tgz -C /tmp/old && ln -s "$PWD/assets" /tmp/old/assets
