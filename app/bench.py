@@ -276,9 +276,10 @@ def run_variant(v: Variant, models: dict[str, Any], cfg: PlayConfig, device: str
     # Timed ticks alternate: one as the player runs it ("tick"), one with the phase timer's CUDA events
     # ("tick_phased", and the phases). The events cost host time inside the tick (four phases, two events
     # each), which would count against the student's short tick 16 times more than against the teacher's.
-    # (alternate=False, the memory soak: every tick phased, as many as asked.)
+    # (alternate=False, the memory soak: as many ticks as asked, all as the player runs them, so the soak
+    # covers the player's own path: since session 13 a warm tick replays its graph without Session.step.)
     for i in range(args.warmup + (2 if alternate else 1) * n_ticks):
-        phased = i < args.warmup or (i - args.warmup) % 2 == 1 or not alternate
+        phased = i < args.warmup or (alternate and (i - args.warmup) % 2 == 1)
         session.timer = timer if phased else None
         action = torch.rand(1, 5, generator=g) * 2 - 1
         start = time.perf_counter()
@@ -527,7 +528,9 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 if k in r["ms"])
     memory_run = None
     if args.memory_ticks:
-        v = Variant("student1", "student", 1, SamplerConfig(kind="consistency"), "graphs" if cuda else "eager")
+        # The player's engine (runtime.fuse_reencode is on by default), so the soak covers its tick graph.
+        engine = ("graphs" if cuda else "eager") + ("-fused" if cfg.runtime.fuse_reencode else "")
+        v = Variant("student1", "student", 1, SamplerConfig(kind="consistency"), engine)
         memory_run = safe_run(v, models, cfg, device, args, None, ticks=args.memory_ticks,
                               memory_every=max(1, args.memory_ticks // 20), alternate=False)
     try:

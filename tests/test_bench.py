@@ -138,7 +138,7 @@ def test_profile_tick_reports_both_variants_on_the_cpu(tmp_path):
 
 def test_bench_alternates_plain_and_phased_ticks(monkeypatch, tmp_path):
     """--ticks N runs 2N timed ticks: the even ones without the phase timer (tick), the odd ones with it
-    (tick_phased and the phases), N of each; the memory soak runs its N ticks all phased."""
+    (tick_phased and the phases), N of each; the memory soak runs its N ticks as the player does (plain)."""
     seen = []
     from world_model.rollout import Session
     orig = Session.step_decoded
@@ -153,8 +153,8 @@ def test_bench_alternates_plain_and_phased_ticks(monkeypatch, tmp_path):
                      "--json", str(out)]) == 0
     r = json.loads(out.read_text())
     assert r["variants"][0]["ticks"] == 3
-    # the variant: 1 warm-up tick (phased), then 3 plain and 3 phased, alternating; the soak: 1 + 4 phased
-    assert seen == [True, False, True, False, True, False, True] + [True] * 5
+    # the variant: 1 warm-up tick (phased), then 3 plain and 3 phased, alternating; the soak: 1 phased + 4 plain
+    assert seen == [True, False, True, False, True, False, True] + [True] + [False] * 4
     assert r["memory_run"]["ticks"] == 4 and len(r["memory_run"]["memory"]["trace"]) == 4
 
 

@@ -346,6 +346,15 @@ if [ "$PART" = rollout13 ]; then
   exit 0
 fi
 
+# PART=final13 (session 13, one H100, about 6 minutes): issue 6's targets in one run of the final code: eager
+# against graphs-fused for the student and the teacher, and a 100k-tick memory soak of the player's engine.
+if [ "$PART" = final13 ]; then
+  stage bench-final python3 main.py bench --device cuda --ticks ${TICKS:-600} --warmup 50 --variants student1,teacher \
+    --engines eager,graphs-fused --compile-decoder auto --memory-ticks ${MEMORY_TICKS:-100000} --json runs/bench/final.json
+  echo "$(date +%T) final13 part done"
+  exit 0
+fi
+
 # PART=driftseeds (prepared in session 12 for one H100, about 5 minutes): is the 2,000-tick drift check a
 # property of the model or the luck of its one rollout? Eight teachers continued from the shipped one failed
 # it (sessions 9-12, the unchanged control too), while the shipped one passed with 92.3% in range at seed 0.
