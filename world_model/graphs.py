@@ -119,7 +119,6 @@ class GraphedSession(Session):
         # the frames go to the host (no clone needed); and what the tick's graph made (TickOut).
         self._whole_tick = self._action_in_graph = self._frames_to_host = False
         self._tick_out: TickOut | None = None
-        self._tick_steps: int | None = None
         # Tick graphs a played tick can replay straight away (_replay_tick): steps -> (graph, noise count,
         # the decoder and sampler it was built with). Emptied whenever graphs are dropped.
         self._warm: dict[int | None, tuple[StaticFn, int, Any, SamplerConfig]] = {}
@@ -170,7 +169,6 @@ class GraphedSession(Session):
         self._action_in_graph = (self._whole_tick and self.pending is not None and (host or self.check_finite)
                                  and self.sampler.context_noise == 0.0 and not self.model.config.action_momentum)
         self._frames_to_host = host and self.device.type == "cuda"
-        self._tick_steps = steps
         try:
             x0, frames = super().step_decoded(actions, steps=steps, host=host)
             out = self._tick_out
