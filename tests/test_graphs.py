@@ -29,6 +29,19 @@ def tiny_autoencoder(channels: int) -> Autoencoder:
     return Autoencoder(cfg).eval()
 
 
+def nonfinite_tick(model, sessions, *, host: bool) -> None:
+    """One played tick with the model's output bias set to NaN: each session must raise NonFiniteError."""
+    with torch.no_grad():
+        bias = model.final.linear.bias.clone()
+        model.final.linear.bias.fill_(float("nan"))
+        try:
+            for sess in sessions:
+                with pytest.raises(NonFiniteError):
+                    sess.step_decoded(torch.zeros(1, 5), steps=1, host=host)   # a host action, as played
+        finally:
+            model.final.linear.bias.copy_(bias)
+
+
 def pair(model, sampler, *, sink=1, window=3, B=2):
     g = torch.Generator().manual_seed(3)
     seed = (torch.randn((B, 2, *model.config.latent_shape), generator=g), torch.rand((B, 2, 5), generator=g))
@@ -230,13 +243,7 @@ def test_warm_tick_skips_session_step_and_stays_the_eager_session(monkeypatch):
     slow.clear()
     tick(14)
     assert len(slow) == 1                                # the reference's only
-    with torch.no_grad():
-        bias = model.final.linear.bias.clone()
-        model.final.linear.bias.fill_(float("nan"))
-        for sess in (s, ref):
-            with pytest.raises(NonFiniteError):
-                sess.step_decoded(torch.zeros(1, 5), steps=1, host=True)
-        model.final.linear.bias.copy_(bias)
+    nonfinite_tick(model, (s, ref), host=True)
     assert (s.frame, s.pending, s.cache_state()) == (ref.frame, ref.pending, ref.cache_state())
     assert torch.equal(s.last_latent, ref.last_latent)
     tick(15), tick(16)
@@ -270,13 +277,7 @@ def test_captured_tick_equals_eager_session_on_cuda(host):
     assert all(t.is_pinned() for t in tick.output.host)           # frames and flag copied down by the graph
     assert list(graphed._warm) == ([1] if host else [])           # host ticks after the first: _replay_tick
     assert graphed.cache_state() == eager.cache_state() and graphed.cache_state().evictions > 0
-    with torch.no_grad():                                          # a non-finite frame, then play goes on
-        bias = model.final.linear.bias.clone()
-        model.final.linear.bias.fill_(float("nan"))
-        for sess in (graphed, eager):
-            with pytest.raises(NonFiniteError):
-                sess.step_decoded(torch.zeros(1, 5), steps=1, host=host)
-        model.final.linear.bias.copy_(bias)
+    nonfinite_tick(model, (graphed, eager), host=host)              # a non-finite frame, then play goes on
     assert (graphed.frame, graphed.pending, graphed.cache_state()) == (eager.frame, eager.pending, eager.cache_state())
     for i in range(3):
         act = torch.rand(1, 5, generator=g) * 2 - 1
