@@ -372,8 +372,11 @@ def p50(results: list[dict[str, Any]], key: str, engine: str, phase: str = "tick
 
 def engine_summary(results: list[dict[str, Any]], cuda: bool, suffix: str = "") -> dict[str, Any]:
     """The issue-6 numbers for the device's best engine (graphs on CUDA, eager on the CPU) + `suffix`,
-    against eager + `suffix` for the graph speedup."""
+    against eager + `suffix` for the graph speedup, or plain eager where that did not run (named in
+    "graph_speedup_against": eager without fusion is the slower of the two, so say which)."""
     best, eager_name = ("graphs" if cuda else "eager") + suffix, "eager" + suffix
+    if suffix and p50(results, "student1", eager_name) is None:
+        eager_name = "eager"
     s1, s1_99, teacher = p50(results, "student1", best), p50(results, "student1", best, q="p99"), p50(results, "teacher", best)
     eager, dit, eager_dit = (p50(results, "student1", eager_name), p50(results, "student1", best, "dit"),
                              p50(results, "student1", eager_name, "dit"))
@@ -381,6 +384,7 @@ def engine_summary(results: list[dict[str, Any]], cuda: bool, suffix: str = "") 
         "reference_engine": best,
         "student1_tick_p50_ms": s1, "student1_tick_p99_ms": s1_99,
         "graph_speedup_student1": eager / s1 if cuda and eager and s1 else None,
+        "graph_speedup_against": eager_name,
         "graph_speedup_student1_dit": eager_dit / dit if cuda and eager_dit and dit else None,
         "teacher_over_student1": teacher / s1 if teacher and s1 else None,
     }
@@ -395,7 +399,7 @@ def engine_summary(results: list[dict[str, Any]], cuda: bool, suffix: str = "") 
 
 
 def summarize(results: list[dict[str, Any]], cuda: bool, memory_run: dict[str, Any] | None) -> dict[str, Any]:
-    """Top level: the unfused engines (the player's default). "fused": the same for the -fused engines, if
+    """Top level: the unfused engines. "fused": the same for the -fused engines (the player's default), if
     any ran, with the fused/unfused ratio of the student 1-step tick."""
     out = engine_summary(results, cuda)
     out["first_frame_s"] = next((r.get("first_frame_s") for r in results if "first_frame_s" in r), None)
@@ -448,7 +452,8 @@ def table(report: dict[str, Any]) -> str:
         lines.append(f"fused re-encode ({f['reference_engine']}): student 1-step tick p50 "
                      f"{fmt(f['student1_tick_p50_ms'], ' ms')}, p99 {fmt(f['student1_tick_p99_ms'], ' ms')}; "
                      f"unfused/fused {fmt(f['unfused_over_fused_student1'], 'x')}; graph speedup "
-                     f"{fmt(f['graph_speedup_student1'], 'x')}; teacher/student {fmt(f['teacher_over_student1'], 'x')}")
+                     f"{fmt(f['graph_speedup_student1'], 'x')} (against {f['graph_speedup_against']}); "
+                     f"teacher/student {fmt(f['teacher_over_student1'], 'x')}")
         for k, t in f.get("targets", {}).items():
             value = t["value"] if t["value"] is None else round(t["value"], 3)
             verdict = "met" if t["met"] else "NOT met" if t["met"] is not None else "n/a"

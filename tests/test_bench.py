@@ -51,6 +51,7 @@ def test_bench_runs_end_to_end_and_writes_json(tmp_path, capsys):
     s = r["summary"]
     assert s["reference_engine"] == "eager" and s["student1_tick_p50_ms"] > 0 and s["teacher_over_student1"] > 0
     assert s["graph_speedup_student1"] is None               # needs CUDA; never made up
+    assert s["graph_speedup_against"] == "eager"
 
 
 def test_bench_rejects_unknown_engine(capsys):
@@ -171,3 +172,17 @@ def test_tick_host_splits_the_played_tick_on_the_cpu(tmp_path):
     assert len(rows) == 3
     for r in rows.values():
         assert set(r) == set(tick_host.SEGMENTS) and r["tick"] > 0 and r["pre_replay"] > 0 and r["sync_wait"] == 0
+
+
+def test_fused_graph_speedup_falls_back_to_plain_eager_and_says_so():
+    """graphs-fused is compared with eager-fused when that ran, else with plain eager, named in the summary."""
+    from app.bench import engine_summary
+
+    def row(engine: str, tick: float) -> dict:
+        return {"variant": "student1", "engine": engine, "ms": {k: {"p50": tick, "p99": tick} for k in ("tick", "dit")}}
+
+    rows = [row("eager", 17.0), row("graphs-fused", 1.5)]
+    s = engine_summary(rows, cuda=True, suffix="-fused")
+    assert s["graph_speedup_against"] == "eager" and abs(s["graph_speedup_student1"] - 17.0 / 1.5) < 1e-9
+    s = engine_summary([*rows, row("eager-fused", 15.0)], cuda=True, suffix="-fused")
+    assert s["graph_speedup_against"] == "eager-fused" and abs(s["graph_speedup_student1"] - 10.0) < 1e-9
