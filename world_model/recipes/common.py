@@ -179,6 +179,24 @@ def recipe_cli(argv: list[str] | None, doc: str, config_cls: type, run, *, init_
     return 0
 
 
+def timing_parser(doc: str, *, ticks: int, warmup: int, cpu_note: str, teacher: bool = False) -> "argparse.ArgumentParser":
+    """The command line of the timing recipes (tick_host, profile_tick): the shipped checkpoints, tick counts,
+    the device (cpu only checks the script: `cpu_note` says how it runs there) and a JSON file."""
+    import argparse
+
+    ckpt = Path(__file__).resolve().parents[2] / "assets" / "checkpoints"
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=str(ckpt / "student.safetensors"))
+    if teacher:
+        p.add_argument("--teacher", default=str(ckpt / "teacher.safetensors"))
+    p.add_argument("--autoencoder", default=str(ckpt / "autoencoder.safetensors"))
+    p.add_argument("--ticks", type=int, default=ticks)
+    p.add_argument("--warmup", type=int, default=warmup)
+    p.add_argument("--device", default="cuda", help=f"cuda, or cpu ({cpu_note}: to check the script)")
+    p.add_argument("--json")
+    return p
+
+
 def player_session(model: nn.Module, autoencoder: nn.Module, device: str, sampler: Any, *,
                    cpu_graphed: bool = False, seed: int = 0) -> Any:
     """A Session as the player builds it, seeded with 8 random latents (play.yaml: window 14 + sink 1,

@@ -12,21 +12,18 @@ what to make faster is a question of which kernels, not of FLOPs (docs/BENCHMARK
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from world_model.autoencoder import Autoencoder
 from world_model.model import load_model
-from world_model.recipes.common import player_session, write_json
+from world_model.recipes.common import player_session, timing_parser, write_json
 from world_model.sampler import SamplerConfig
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def profile_session(session: Any, steps: int, ticks: int, warmup: int, seed: int = 0) -> dict[str, Any]:
@@ -58,15 +55,7 @@ def profile_session(session: Any, steps: int, ticks: int, warmup: int, seed: int
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=str(ROOT / "assets/checkpoints/student.safetensors"))
-    p.add_argument("--teacher", default=str(ROOT / "assets/checkpoints/teacher.safetensors"))
-    p.add_argument("--autoencoder", default=str(ROOT / "assets/checkpoints/autoencoder.safetensors"))
-    p.add_argument("--ticks", type=int, default=20)
-    p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--device", default="cuda", help="cuda, or cpu (eager, float32: to check the script)")
-    p.add_argument("--json")
-    args = p.parse_args(argv)
+    args = timing_parser(__doc__, ticks=20, warmup=20, cpu_note="eager, float32", teacher=True).parse_args(argv)
     dev = args.device
     if dev == "cuda" and not torch.cuda.is_available():
         print("profile_tick: no CUDA device (--device cpu runs it eagerly)", file=sys.stderr)

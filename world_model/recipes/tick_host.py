@@ -18,10 +18,8 @@ GPU phases, which decides whether the teacher/student ratio reaches 10x.
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -29,10 +27,9 @@ import torch
 from world_model import graphs
 from world_model.autoencoder import Autoencoder
 from world_model.model import load_model
-from world_model.recipes.common import player_session, write_json
+from world_model.recipes.common import player_session, timing_parser, write_json
 from world_model.sampler import SamplerConfig
 
-ROOT = Path(__file__).resolve().parents[2]
 SEGMENTS = ("tick", "pre_replay", "replay_calls", "to_sync", "sync_wait", "after")
 
 
@@ -72,14 +69,7 @@ def timed_ticks(session: Any, n: int, action: Callable[[], torch.Tensor]) -> dic
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=str(ROOT / "assets/checkpoints/student.safetensors"))
-    p.add_argument("--autoencoder", default=str(ROOT / "assets/checkpoints/autoencoder.safetensors"))
-    p.add_argument("--ticks", type=int, default=1000)
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--device", default="cuda", help="cuda, or cpu (uncaptured: to check the script)")
-    p.add_argument("--json")
-    args = p.parse_args(argv)
+    args = timing_parser(__doc__, ticks=1000, warmup=100, cpu_note="uncaptured").parse_args(argv)
     dev = args.device
     if dev == "cuda" and not torch.cuda.is_available():
         print("tick_host: no CUDA device (--device cpu runs it uncaptured)")
