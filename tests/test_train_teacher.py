@@ -101,3 +101,19 @@ def test_a_plain_teacher_continues_with_action_momentum(tiny_ae, tmp_path):
     assert summary["step"] == 8 and math.isfinite(summary["val_mse_tf"])
     teacher = load_model(tmp_path / "moving" / "teacher.safetensors", kind="teacher")
     assert teacher.config.action_momentum and teacher.action_embed[0].weight.shape[1] == 7
+
+
+def test_recipe_trains_on_fork_pairs(tiny_ae, tmp_path):
+    over = {"autoencoder": str(tiny_ae), "steps": 6, "pair_rows": 2, "data.collect.fork.share": 0.5,
+            "data.collect.fork.prefix": 2, "data.collect.fork.branch": 2, "data.collect.fork.gap_min": 2,
+            "data.collect.fork.gap_max": 4, "data.min_pairs": 2, "data.pair_capacity": 64}
+    summary = train_teacher.main(settings.load(TINY, train_teacher.TrainConfig, over), tmp_path / "forks")
+    assert summary["step"] == 6 and math.isfinite(summary["val_pair_effect"])
+    header, *rows = (tmp_path / "forks" / "metrics.csv").read_text().splitlines()
+    col = header.split(",").index("loss_pair")
+    assert all(math.isfinite(float(r.split(",")[col])) for r in rows)   # pairs in every logged step
+    for bad, match in [({"data.collect.fork.share": 0.0}, "needs fork pairs"),
+                       ({"data.collect.fork.branch": 6}, "more than clip_len")]:
+        cfg = settings.load(TINY, train_teacher.TrainConfig, {**over, **bad, "data.collect.chunk_ticks": 64})
+        with pytest.raises(ValueError, match=match):
+            train_teacher.main(cfg, tmp_path / "bad")

@@ -27,6 +27,7 @@ from typing import Iterator, NamedTuple
 import numpy as np
 
 from .actions import DIM, NOOP, Action
+from .forks import ForkConfig, fork_pair
 from .game import WORKDIR, Game, GameConfig, map_sectors
 from .policy import ExplorerPolicy, PolicyConfig, RoutePlanner
 
@@ -41,6 +42,12 @@ class CollectConfig:
     spawn_prob: float = field(default=0.5, metadata={"min": 0.0, "max": 1.0})  # episodes started anywhere
     game: GameConfig = GameConfig(buffers=True)
     policy: PolicyConfig = PolicyConfig()
+    fork: ForkConfig = ForkConfig()                                 # chunks of fork pairs (forks.py)
+
+    def __post_init__(self) -> None:
+        if self.fork.share > 0 and self.chunk_ticks % (2 * self.fork.clip):
+            raise ValueError(f"chunk_ticks: must be a multiple of 2 x (fork.prefix + fork.branch) = "
+                             f"{2 * self.fork.clip} when fork.share > 0, got {self.chunk_ticks}")
 
 
 class Chunk(NamedTuple):
@@ -49,6 +56,7 @@ class Chunk(NamedTuple):
     starts: np.ndarray    # (N,) bool
     worker: int
     pos: np.ndarray       # (N, 3) float32: player x, y, angle (for coverage reports; not a model input)
+    forks: bool = False   # fork pairs: clips of fork.clip ticks, each pair's two clips side by side
 
 
 def worker_policy(base: PolicyConfig, seed: int, mix: bool) -> PolicyConfig:
@@ -125,26 +133,55 @@ def _worker(idx: int, cfg: CollectConfig, seed: int, names: list[str], free: mp.
         planner = RoutePlanner(map_sectors(cfg.game, game.workdir))
         policy = ExplorerPolicy(worker_policy(cfg.policy, seed, cfg.mix), seed, planner)
         stream = play(game, policy, seed, ticks=2**62, spawn_prob=cfg.spawn_prob)
+        fork_rng = np.random.default_rng([seed, 13])
+        last = None
         while not stop.is_set():
             try:
                 slot = free.get(timeout=0.5)
             except queue.Empty:
                 continue
             frames, actions, starts, pos = views[slot]
-            for i in range(cfg.chunk_ticks):
-                f, a, s = next(stream)
-                info = game.tick_info
-                pos[i] = (info.x, info.y, info.angle)
-                frames[i] = f
-                actions[i] = NOOP.to_list() if s else a.to_list()   # a start frame follows no action
-                starts[i] = s
-            done.put((idx, slot))
+            forks = cfg.fork.share > 0 and last is not None and fork_rng.random() < cfg.fork.share
+            if forks:
+                last = _fork_chunk(cfg, game, policy, stream, last, fork_rng, frames, actions, starts, pos)
+            else:
+                for i in range(cfg.chunk_ticks):
+                    f, a, s = next(stream)
+                    info = game.tick_info
+                    pos[i] = (info.x, info.y, info.angle)
+                    frames[i] = f
+                    actions[i] = NOOP.to_list() if s else a.to_list()   # a start frame follows no action
+                    starts[i] = s
+                last = f
+            done.put((idx, slot, forks))
         game.close()
         del views
         for s in shms:
             s.close()
     except Exception:
-        done.put((idx, traceback.format_exc()))
+        done.put((idx, traceback.format_exc(), False))
+
+
+def _fork_chunk(cfg: CollectConfig, game: Game, policy: ExplorerPolicy, stream, last: np.ndarray,
+                rng: np.random.Generator, frames, actions, starts, pos) -> np.ndarray:
+    """Fill a slot with fork pairs: clip k of pair j at ticks (2j + k) * clip.., each clip opening with a
+    start (a boundary for clip sampling). Between pairs the policy plays on unrecorded, so each pair starts
+    somewhere else. Returns the frame the game shows now."""
+    clip, i = cfg.fork.clip, 0
+    while i < cfg.chunk_ticks:
+        for _ in range(int(rng.integers(cfg.fork.gap_min, cfg.fork.gap_max + 1))):
+            last, _, _ = next(stream)
+        pair, last = fork_pair(game, policy, last, cfg.fork, rng)
+        if pair is None:
+            continue
+        for k in range(2):
+            sl = slice(i, i + clip)
+            frames[sl], actions[sl] = pair.frames[k], pair.actions[k]
+            starts[sl] = False
+            starts[i] = True
+            pos[sl] = pair.end[k]
+            i += clip
+    return last
 
 
 class Collector:
@@ -180,7 +217,7 @@ class Collector:
         deadline = time.perf_counter() + timeout
         while True:
             try:
-                w, slot = self.done.get(timeout=1.0)
+                w, slot, forks = self.done.get(timeout=1.0)
                 break
             except queue.Empty:
                 dead = [i for i, p in enumerate(self.procs) if p.exitcode not in (None, 0)]
@@ -188,22 +225,22 @@ class Collector:
                     self.close()
                     raise RuntimeError(f"collector: no chunk (workers that died: {dead}, "
                                        f"waited up to {timeout:.0f} s)") from None
-        return self._take(w, slot)
+        return self._take(w, slot, forks)
 
     def poll(self) -> Chunk | None:
         """A chunk if one is ready, else None: lets a training loop drain data between steps."""
         try:
-            w, slot = self.done.get_nowait()
+            w, slot, forks = self.done.get_nowait()
         except queue.Empty:
             return None
-        return self._take(w, slot)
+        return self._take(w, slot, forks)
 
-    def _take(self, w: int, slot: int | str) -> Chunk:
+    def _take(self, w: int, slot: int | str, forks: bool = False) -> Chunk:
         if isinstance(slot, str):
             self.close()
             raise RuntimeError(f"collector worker {w} failed:\n{slot}")
         frames, actions, starts, pos = self.views[w][slot]
-        chunk = Chunk(frames.copy(), actions.copy(), starts.copy(), w, pos.copy())
+        chunk = Chunk(frames.copy(), actions.copy(), starts.copy(), w, pos.copy(), forks)
         self.free[w].put(slot)
         self.ticks += len(chunk.starts)
         return chunk

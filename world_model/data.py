@@ -105,3 +105,38 @@ class ClipBuffer:
         pick = torch.as_tensor(rng.choice(starts, size=batch, p=p), device=self.items.device)
         idx = pick[:, None] + torch.arange(clip_len, device=self.items.device)[None]   # (B, T)
         return self.items[idx], self.actions[idx]
+
+
+class PairBuffer:
+    """Fork pairs (world_model/forks.py) on the training device: a ring of `capacity` pairs of clips."""
+
+    def __init__(self, capacity: int, clip_len: int, item_shape: tuple[int, ...], dtype: torch.dtype = torch.uint8,
+                 device: str | torch.device = "cpu", action_dim: int = 5):
+        self.capacity, self.clip_len = capacity, clip_len
+        self.items = torch.empty((capacity, 2, clip_len, *item_shape), dtype=dtype, device=device)
+        self.actions = torch.zeros((capacity, 2, clip_len, action_dim), dtype=torch.float32, device=device)
+        self.head = 0
+        self.count = 0
+
+    def __len__(self) -> int:
+        return self.count
+
+    def add(self, items: torch.Tensor, actions: torch.Tensor) -> None:
+        """One fork chunk: items (N, ...), actions (N, 5), N = pairs x 2 x clip_len, pair by pair."""
+        per = 2 * self.clip_len
+        if len(items) % per:
+            raise ValueError(f"a fork chunk of {len(items)} ticks is not whole pairs of {self.clip_len}-tick clips")
+        items = items.reshape(-1, 2, self.clip_len, *items.shape[1:])                # (n, 2, T, ...)
+        actions = actions.reshape(-1, 2, self.clip_len, actions.shape[-1])
+        for j in range(len(items)):
+            self.items[self.head] = items[j].to(self.items.device, self.items.dtype)
+            self.actions[self.head] = actions[j].to(self.actions.device, torch.float32)
+            self.head = (self.head + 1) % self.capacity
+            self.count = min(self.count + 1, self.capacity)
+
+    def sample(self, pairs: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random pairs: items (P, 2, T, ...), actions (P, 2, T, 5)."""
+        if self.count == 0:
+            raise RuntimeError("no fork pair in the buffer yet")
+        pick = torch.as_tensor(rng.integers(0, self.count, size=pairs), device=self.items.device)
+        return self.items[pick], self.actions[pick]

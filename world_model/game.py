@@ -171,6 +171,32 @@ class Game:
         self.tick_info.new_episode = True
         return self._observe()
 
+    def fork_point(self, path: str | None = None) -> str:
+        """Save the game and load it straight back; return the file. Loading it again later restarts play
+        from the same state, so branches played from it with the same actions are identical (the data
+        collector's fork pairs, world_model/forks.py). Why load at once: ViZDoom's save runs a tic or two
+        before it writes, so the state on file is not the one shown last; after the load, every frame a
+        step returns belongs to play from the file. The screen shown before the next step is stale."""
+        if self._game is None:
+            raise RuntimeError("Game.fork_point before Game.reset")
+        path = path or os.path.join(self.workdir, "fork.zds")
+        self._game.save(path)
+        self._load(path)
+        return path
+
+    def back_to(self, path: str) -> None:
+        """Load a file written by `fork_point` in this episode (a new episode has another game object)."""
+        if self._game is None:
+            raise RuntimeError("Game.back_to before Game.reset")
+        self._load(path)
+        self.tick_info.new_episode = False
+
+    def _load(self, path: str) -> None:
+        # The buttons held before a load act on the first tic after it (measured: two loads of one file
+        # then differ by 15 grey levels per pixel on the first frame); release them so replays match.
+        self._game.set_action(Action().doom_buttons())
+        self._game.load(path)
+
     def _observe(self) -> np.ndarray:
         state = self._game.get_state()
         info = self.tick_info

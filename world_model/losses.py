@@ -39,6 +39,12 @@ class TeacherLossConfig:
     blind_prob: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
     blind_ticks: int = field(default=8, metadata={"min": 1})
     blind_t: float = field(default=0.9, metadata={"min": 0.0, "max": 1.0})
+    # Fork pairs (world_model/forks.py): two clips from one state, differing in the action held at the end,
+    # seen with the same noise and t. Besides each clip's own loss, the difference of the two predictions
+    # must match the difference of the targets, weighted `pair_weight`. Why: in the sum of the two clips'
+    # losses the action's effect (e_A - e_B) carries half the weight of what the two share (e_A + e_B), which
+    # in a small model is mostly detail it cannot draw anyway; this term puts the action's effect first.
+    pair_weight: float = field(default=2.0, metadata={"min": 0.0})
 
 
 def uniform_shift(shape: tuple[int, ...], shift: float, generator: torch.Generator | None,
@@ -63,11 +69,20 @@ class TeacherLoss:
         self.cfg = cfg
 
     def __call__(self, model: WorldModel, latents: Tensor, actions: Tensor,
-                 generator: torch.Generator | None = None, context: Tensor | None = None
-                 ) -> tuple[Tensor, dict[str, Tensor]]:
+                 generator: torch.Generator | None = None, context: Tensor | None = None,
+                 pairs: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """latents (B, T, C, h, w) clean, actions (B, T, A). Returns the scalar loss and detached parts.
-        `context` (B, T, C, h, w): what the teacher-forcing rows see as their clean frames (default: latents)."""
+        `context` (B, T, C, h, w): what the teacher-forcing rows see as their clean frames (default: latents).
+        `pairs`: fork pairs (P, 2, T, C, h, w) and their actions (P, 2, T, A), 2P more rows (`pair_loss`)."""
         B = latents.shape[0]
+        if pairs is not None:
+            n = 2 * pairs[0].shape[0]
+            loss_pair, parts = self.pair_loss(model, *pairs, generator)
+            total, rest = self(model, latents, actions, generator, context)
+            parts.update(rest)
+            total = (total * B + loss_pair * n) / (B + n)
+            parts["loss"] = total.detach()
+            return total, parts
         n_tf = round(B * self.cfg.tf_fraction)
         parts: dict[str, Tensor] = {}
         total = latents.new_zeros((), dtype=torch.float32)
@@ -106,6 +121,42 @@ class TeacherLoss:
                   mask=teacher_forcing_mask(T, x0.device))[:, T:]                         # noisy half
         mse = frame_mse(v, eps - x0)                                                      # (B, T)
         return (bell_weight(t) * mse).mean(), mse.mean().detach()
+
+    def pair_loss(self, model: WorldModel, x0: Tensor, actions: Tensor, generator: torch.Generator | None,
+                  t: float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """Teacher forcing on fork pairs x0 (P, 2, T, C, h, w), actions (P, 2, T, A), both clips of a pair under
+        the same noise and t (`t` fixes it, for validation), no action dropout. Parts: mse_pair (each clip's
+        own), and pair_effect: the share of the two targets' difference that the predictions' difference
+        gets right, 1 - |dv - dtarget|^2 / |dtarget|^2 over the frames where the clips differ (0: the model
+        ignores the action there, 1: it draws the game's difference exactly)."""
+        P, _, T = x0.shape[:3]
+        dev = x0.device
+        eps = torch.randn((P, 1, *x0.shape[2:]), generator=generator, device=dev).expand_as(x0)
+        tt = (torch.full((P, 1), t, device=dev) if t is not None
+              else uniform_shift((P, 1), self.cfg.shift, generator, dev))
+        tt = tt.repeat_interleave(2, 0).expand(2 * P, T)                              # (2P, T), pairs adjacent
+        x = x0.reshape(2 * P, *x0.shape[2:])
+        e = eps.reshape(2 * P, *x0.shape[2:])
+        tb = tt[..., None, None, None]
+        packed = torch.cat([x, (1 - tb) * x + tb * e], dim=1)                          # (2P, 2T, C, h, w)
+        t_packed = torch.cat([torch.zeros_like(tt), tt], dim=1)
+        pos = torch.arange(T, device=dev).repeat(2)
+        v = model(packed, t_packed, actions.reshape(2 * P, T, -1).repeat(1, 2, 1),
+                  torch.ones((2 * P, 2 * T), dtype=torch.bool, device=dev), frame_pos=pos,
+                  mask=teacher_forcing_mask(T, dev))[:, T:]                           # (2P, T, C, h, w)
+        target = e - x
+        mse = frame_mse(v, target)                                                    # (2P, T)
+        vf = v.float()                                      # bf16 under autocast: subtract in float32
+        dv = vf[0::2] - vf[1::2]                                                      # (P, T, C, h, w)
+        dtarget = (target[0::2] - target[1::2]).float()                               # = x_B - x_A
+        differ = (dtarget.abs().amax(dim=(2, 3, 4)) > 0).float()                      # (P, T) branch frames
+        n = differ.sum().clamp(min=1.0)
+        diff = frame_mse(dv, dtarget)                                                 # (P, T)
+        w = bell_weight(tt)
+        loss = (w * mse).mean() + self.cfg.pair_weight * (w[0::2] * diff * differ).sum() / n
+        zero = (dtarget.pow(2).mean(dim=(2, 3, 4)) * differ).sum().clamp(min=1e-12)
+        effect = 1 - (diff * differ).sum() / zero
+        return loss, {"loss_pair": loss.detach(), "mse_pair": mse.mean().detach(), "pair_effect": effect.detach()}
 
     def diffusion_forcing(self, model: WorldModel, x0: Tensor, actions: Tensor,
                           generator: torch.Generator | None, blind_prob: float | None = None

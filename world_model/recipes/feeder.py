@@ -15,7 +15,7 @@ import torch
 
 from world_model.autoencoder import Autoencoder, frames_to_model
 from world_model.collect import CollectConfig, Collector
-from world_model.data import ClipBuffer
+from world_model.data import ClipBuffer, PairBuffer
 from world_model.recipes.common import autocast
 
 
@@ -28,6 +28,8 @@ class DataConfig:
     min_fill: int = field(default=20_000, metadata={"min": 16})
     encode_batch: int = field(default=256, metadata={"min": 1})
     max_chunks_per_step: int = field(default=4, metadata={"min": 1})    # data drained between steps
+    pair_capacity: int = field(default=4096, metadata={"min": 1})       # fork pairs kept (collect.fork.share > 0)
+    min_pairs: int = field(default=256, metadata={"min": 1})            # in the training pair buffer before step 1
 
 
 class Feeder:
@@ -42,6 +44,12 @@ class Feeder:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         self.train = ClipBuffer(cfg.buffer_frames, shape, dtype, device)
         self.heldout = ClipBuffer(cfg.heldout_frames, shape, dtype, device)
+        # Fork pairs (collect.fork.share > 0) go to their own buffers, never into clip sampling: each pair is
+        # drawn whole, for the pair loss (losses.py). Worker 0's pairs are held out like its clips.
+        self.forks = cfg.collect.fork.share > 0
+        clip = cfg.collect.fork.clip
+        self.train_pairs = PairBuffer(cfg.pair_capacity if self.forks else 1, clip, shape, dtype, device)
+        self.heldout_pairs = PairBuffer(max(1, cfg.pair_capacity // 16) if self.forks else 1, clip, shape, dtype, device)
         self.frames = 0
 
     @torch.no_grad()
@@ -53,8 +61,10 @@ class Feeder:
                 z.append(self.ae.encode(frames_to_model(frames[i:i + self.cfg.encode_batch])).float())
         z = torch.cat(z)                                                      # (N, C, h, w)
         actions = torch.from_numpy(chunk.actions)
-        target = self.heldout if chunk.worker == 0 else self.train
-        target.add(z, actions, chunk.starts)
+        if chunk.forks:
+            (self.heldout_pairs if chunk.worker == 0 else self.train_pairs).add(z, actions)
+        else:
+            (self.heldout if chunk.worker == 0 else self.train).add(z, actions, chunk.starts)
         self.frames += len(z)
 
     def drain(self, limit: int | None = None) -> None:
@@ -67,9 +77,13 @@ class Feeder:
 
     def fill(self, frames: int, log=print) -> None:
         t0 = time.perf_counter()
-        while len(self.train) < frames or len(self.heldout) < min(self.heldout.capacity, 512):
+        def short() -> bool:
+            pairs_short = self.forks and (len(self.train_pairs) < self.cfg.min_pairs or len(self.heldout_pairs) == 0)
+            return len(self.train) < frames or len(self.heldout) < min(self.heldout.capacity, 512) or pairs_short
+        while short():
             self._add(self.collector.next())
-        log(f"buffer filled: {len(self.train)} train / {len(self.heldout)} held-out latents "
+        pairs = f", {len(self.train_pairs)} / {len(self.heldout_pairs)} fork pairs" if self.forks else ""
+        log(f"buffer filled: {len(self.train)} train / {len(self.heldout)} held-out latents{pairs} "
             f"in {time.perf_counter() - t0:.1f} s")
 
     def close(self) -> None:

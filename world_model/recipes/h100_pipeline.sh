@@ -346,6 +346,30 @@ if [ "$PART" = rollout13 ]; then
   exit 0
 fi
 
+# PART=fork14 (session 14, one H100, about 25 minutes): the shipped teacher continues for TEACHER_MIN on data
+# with fork pairs (world_model/forks.py: one game state, the same prefix, then forward against backward held,
+# or left/right turns and strafes, or walk/stop) under the pair loss (losses.py), one run per weight in
+# WEIGHTS ("2 6"), side by side on the GPU with 7 unpinned collector workers each (pinned workers of two
+# runs would share the first cores); PAIR_ROWS pairs per batch, FORK_SHARE of the chunks made of pairs.
+# Then int8 and the full evaluation at 16 steps of each, side by side.
+if [ "$PART" = fork14 ]; then
+  arm() {  # arm WEIGHT
+    local name=teacher-fork$1
+    stage "$name" python3 -m world_model.recipes.train_teacher settings/train/teacher.yaml --out "runs/$name" --init "$T" \
+      --set max_minutes="$TEACHER_MIN" --set total_minutes="$TEACHER_TOTAL" --set compile=true \
+      --set data.collect.workers="${WORKERS:-7}" --set data.collect.pin=false --set data.max_chunks_per_step=2 \
+      --set data.collect.fork.share="${FORK_SHARE:-0.5}" --set pair_rows="${PAIR_ROWS:-8}" --set loss.pair_weight="$1"
+    local src="runs/$name/teacher.safetensors"
+    [ -e "runs/$name/teacher.index.json" ] && src="runs/$name/teacher.index.json"
+    stage "$name-int8" python3 -m world_model.recipes.quantize "$src" --out "runs/$name-int8/teacher.safetensors"
+    evaluate "T16-$name" "runs/$name-int8/teacher.safetensors" --steps 16 ${EVAL_ARGS:-}
+  }
+  for w in ${WEIGHTS:-2 6}; do arm "$w" & done
+  wait
+  echo "$(date +%T) fork14 part done"
+  exit 0
+fi
+
 # PART=final13 (session 13, one H100, about 6 minutes): issue 6's targets in one run of the final code: eager
 # against graphs-fused for the student and the teacher, and a 100k-tick memory soak of the player's engine.
 if [ "$PART" = final13 ]; then

@@ -33,7 +33,7 @@ from torch import nn
 
 from world_model import checkpoint
 from world_model.autoencoder import Autoencoder
-from world_model.data import ClipBuffer
+from world_model.data import ClipBuffer, PairBuffer
 from world_model.graphs import GraphedSession
 from world_model.losses import TeacherLoss, TeacherLossConfig
 from world_model.model import ModelConfig, WorldModel, action_features, load_model, load_weights_into, save_model
@@ -83,9 +83,13 @@ class TrainConfig:
     # this many times as often as others: there the next frame follows the forward input rather than the
     # momentum the context shows, which is what the move probes ask (docs/DATA.md). 1 = uniform.
     move_weight: float = field(default=1.0, metadata={"min": 0.01})
+    # Fork pairs per batch (world_model/forks.py; needs data.collect.fork.share > 0): 2 more teacher-forcing
+    # rows each, under the pair loss (losses.py, `pair_weight`). 0 = off.
+    pair_rows: int = field(default=0, metadata={"min": 0})
 
 
-FIELDS = ("step", "loss", "loss_tf", "loss_df", "mse_tf", "mse_df", "val_mse_tf", "val_mse_df", "lr",
+FIELDS = ("step", "loss", "loss_tf", "loss_df", "mse_tf", "mse_df", "val_mse_tf", "val_mse_df",
+          "loss_pair", "mse_pair", "pair_effect", "val_pair_effect", "lr",
           "grad_norm", "minutes", "frames", "buffer", "steps_per_s", "ms_data", "ms_sample", "ms_rollout",
           "ms_fwd_bwd", "ms_opt")
 
@@ -100,8 +104,8 @@ class Objective(nn.Module):
         self.loss = loss
 
     def forward(self, latents: torch.Tensor, actions: torch.Tensor, generator: torch.Generator | None,
-                context: torch.Tensor | None = None):
-        return self.loss(self.model, latents, actions, generator, context)
+                context: torch.Tensor | None = None, pairs: tuple[torch.Tensor, torch.Tensor] | None = None):
+        return self.loss(self.model, latents, actions, generator, context, pairs)
 
 
 @torch.no_grad()
@@ -167,17 +171,33 @@ class Profile:
 
 @torch.no_grad()
 def validate(model: WorldModel, loss: TeacherLoss, buf: ClipBuffer, cfg: TrainConfig, device: torch.device,
-             batches: int = 4) -> dict[str, float]:
+             batches: int = 4, pairs: PairBuffer | None = None, pair_t: float = 0.9) -> dict[str, float]:
+    """Held-out velocity MSE of both halves of the loss; with `pairs`, also the share of the fork pairs'
+    difference the model draws at t = `pair_t`, where both clips' noisy frames are nearly the same noise and
+    mostly the context and the action tell them apart (`TeacherLoss.pair_loss`). Not t = 1: the bell weight
+    trains nothing there."""
     rng = np.random.default_rng(1234)
     gen = torch.Generator(device=device).manual_seed(1234)
-    tf, df = [], []
+    tf, df, effect = [], [], []
     for _ in range(batches):
         x, a = buf.sample(cfg.batch, cfg.clip_len, rng)
         a = action_features(model.config, a)[0]                                       # (B, T, action_inputs)
         with autocast(device):
             tf.append(loss.teacher_forcing(model, x.float(), a, gen)[1].item())
             df.append(loss.diffusion_forcing(model, x.float(), a, gen, blind_prob=0.0)[1].item())
-    return {"val_mse_tf": float(np.mean(tf)), "val_mse_df": float(np.mean(df))}
+            if pairs is not None and len(pairs):
+                xp, ap = pairs.sample(max(1, cfg.batch // 2), rng)
+                effect.append(loss.pair_loss(model, xp.float(), pair_features(model, ap), gen, t=pair_t)[1]["pair_effect"].item())
+    out = {"val_mse_tf": float(np.mean(tf)), "val_mse_df": float(np.mean(df))}
+    if effect:
+        out["val_pair_effect"] = float(np.mean(effect))
+    return out
+
+
+def pair_features(model: WorldModel, actions: torch.Tensor) -> torch.Tensor:
+    """Fork pairs' actions (P, 2, T, 5) -> the model's action inputs (P, 2, T, action_inputs)."""
+    P = actions.shape[0]
+    return action_features(model.config, actions.flatten(0, 1))[0].unflatten(0, (P, 2))
 
 
 def main(cfg: TrainConfig, out: Path, resume: bool = False, init: Path | None = None, profile: int = 0) -> dict:
@@ -216,6 +236,11 @@ def main(cfg: TrainConfig, out: Path, resume: bool = False, init: Path | None = 
     log(f"teacher: {model.num_params() / 1e6:.2f}M params, {world} process(es), device {device}")
 
     n_tf = round(cfg.batch * cfg.loss.tf_fraction)
+    fork = cfg.data.collect.fork
+    if cfg.pair_rows and fork.share <= 0:
+        raise ValueError(f"pair_rows={cfg.pair_rows} needs fork pairs in the data: set data.collect.fork.share > 0")
+    if fork.share > 0 and fork.clip > cfg.clip_len:   # the model knows the temporal positions of a clip only
+        raise ValueError(f"data.collect.fork: prefix + branch = {fork.clip} ticks, more than clip_len={cfg.clip_len}")
     if cfg.rollout_rows and (cfg.rollout_rows > n_tf or cfg.rollout_from >= cfg.clip_len):
         raise ValueError(f"rollout_rows={cfg.rollout_rows} needs at most the {n_tf} teacher-forcing rows of a "
                          f"batch, and rollout_from={cfg.rollout_from} fewer than clip_len={cfg.clip_len} frames")
@@ -252,6 +277,10 @@ def main(cfg: TrainConfig, out: Path, resume: bool = False, init: Path | None = 
             timer.mark("data")
             x, a = feeder.train.sample(cfg.batch, cfg.clip_len, rng, cfg.move_weight)  # (B, T, C, h, w), (B, T, 5)
             timer.mark("sample")
+            pairs = None
+            if cfg.pair_rows:
+                xp, ap = feeder.train_pairs.sample(cfg.pair_rows, rng)                  # (P, 2, T, C, h, w)
+                pairs = (xp.float(), pair_features(model, ap))
             context = None
             if roller is not None:
                 n = cfg.rollout_rows
@@ -259,7 +288,7 @@ def main(cfg: TrainConfig, out: Path, resume: bool = False, init: Path | None = 
                                      x[n:].float()])                                       # (B, T, C, h, w)
                 timer.mark("rollout")
             with autocast(device):
-                loss, parts = step_fn(x.float(), action_features(model.config, a)[0], gen, context)
+                loss, parts = step_fn(x.float(), action_features(model.config, a)[0], gen, context, pairs)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             timer.mark("fwd_bwd")
@@ -283,7 +312,8 @@ def main(cfg: TrainConfig, out: Path, resume: bool = False, init: Path | None = 
                 row.update(timer.ms)
                 t_log, step_log = now, step
                 if step % cfg.eval_every == 0:
-                    row.update(validate(ema, objective_loss(objective), feeder.heldout, cfg, device))
+                    row.update(validate(ema, objective_loss(objective), feeder.heldout, cfg, device,
+                                        pairs=feeder.heldout_pairs if feeder.forks else None))
                 metrics.write(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.1e}")
             if step % cfg.save_every == 0:
@@ -298,12 +328,14 @@ def main(cfg: TrainConfig, out: Path, resume: bool = False, init: Path | None = 
             summary = {"step": step, "minutes": round(minutes, 2), "params": model.num_params(),
                        "steps_this_run": step - step0, "frames_collected": feeder.frames,
                        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                       "processes": world, **validate(ema, objective_loss(objective), feeder.heldout, cfg, device)}
+                       "processes": world, **validate(ema, objective_loss(objective), feeder.heldout, cfg, device,
+                                                      pairs=feeder.heldout_pairs if feeder.forks else None)}
             (out / "summary.json").write_text(json.dumps(summary, indent=1))
             metrics.close()
             plot_csv(out / "metrics.csv", out / "metrics.png",
                      {"training loss": (["loss", "loss_tf", "loss_df"], True),
                       "held-out velocity MSE (EMA)": (["val_mse_tf", "val_mse_df"], True),
+                      "fork pairs: action effect drawn": (["pair_effect", "val_pair_effect"], False),
                       "throughput (steps/s)": (["steps_per_s"], False)}, title="teacher")
             log(f"teacher: step {step}, {minutes:.1f} min, held-out mse tf {summary['val_mse_tf']:.4f} "
                 f"df {summary['val_mse_df']:.4f} -> {out / 'teacher.safetensors'}")

@@ -1,0 +1,96 @@
+"""Fork pairs: two clips of the real game from one state, the same prefix, then different held actions."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from world_model.actions import Action
+from world_model.collect import CollectConfig, Collector
+from world_model.data import PairBuffer
+from world_model.forks import ForkConfig, branch_actions, fork_pair
+from world_model.game import Game, GameConfig, map_sectors
+from world_model.policy import ExplorerPolicy, PolicyConfig, RoutePlanner
+
+
+@pytest.fixture(scope="module")
+def played():
+    """A game 40 ticks into policy play, its policy and last frame."""
+    cfg = GameConfig(buffers=True)
+    game = Game(cfg)
+    frame = game.reset(3)
+    policy = ExplorerPolicy(PolicyConfig(), 3, RoutePlanner(map_sectors(cfg, game.workdir)))
+    for _ in range(40):
+        frame = game.step(policy.act(frame, game.tick_info))
+    yield game, policy, frame
+    game.close()
+
+
+def heading(angle_deg: float) -> np.ndarray:
+    a = math.radians(angle_deg)
+    return np.array([math.cos(a), math.sin(a)])
+
+
+@pytest.mark.parametrize("kind", ["move", "go-stop", "turn", "strafe"])
+def test_pairs_share_their_prefix_and_differ_as_their_held_actions_say(played, kind):
+    game, policy, frame = played
+    cfg = ForkConfig(prefix=6, branch=5)
+    rng = np.random.default_rng(0)
+    pair, frame = fork_pair(game, policy, frame, cfg, rng, kind)
+    assert pair is not None and pair.kind == kind
+    assert pair.frames.shape == (2, 11, 120, 160, 3) and pair.actions.shape == (2, 11, 5)
+    assert np.array_equal(pair.frames[0, :6], pair.frames[1, :6])          # one prefix, frame for frame
+    assert np.array_equal(pair.actions[0, :6], pair.actions[1, :6])
+    a, b = branch_actions(kind, np.random.default_rng(0))
+    assert np.allclose(pair.actions[0, 6:], a.to_list()) and np.allclose(pair.actions[1, 6:], b.to_list())
+    assert np.abs(pair.frames[0, 6:].astype(int) - pair.frames[1, 6:]).mean() > 2   # the branches part
+    (xa, ya, ang_a), (xb, yb, ang_b) = pair.end
+    if kind in ("move", "go-stop"):            # forward ends further along the view than backward / stopping
+        assert np.dot([xa - xb, ya - yb], heading(ang_a)) > 5
+    if kind == "turn":                         # left turns counter-clockwise (Doom angles grow that way)
+        assert ((ang_a - ang_b + 180) % 360 - 180) > 10
+    if kind == "strafe":                       # strafe left ends to the left of strafe right
+        left = heading(ang_a + 90)
+        assert np.dot([xa - xb, ya - yb], left) > 5
+    for _ in range(5):                         # play goes on from the end of the second branch
+        frame = game.step(policy.act(frame, game.tick_info))
+
+
+def test_going_back_replays_a_branch_exactly(played):
+    game, policy, frame = played
+    frame = game.step(Action(forward=0.5))
+    path = game.fork_point()
+    acts = [Action(forward=1.0, turn=0.3), Action(forward=1.0), Action(strafe=-1.0), Action()]
+    first = [game.step(a) for a in acts]
+    game.step(Action(forward=-1.0))            # buttons held when going back must not leak into the replay
+    game.back_to(path)
+    again = [game.step(a) for a in acts]
+    assert all(np.array_equal(x, y) for x, y in zip(first, again))
+
+
+def test_collector_fork_chunks_hold_whole_pairs():
+    fork = ForkConfig(share=1.0, prefix=4, branch=4, gap_min=2, gap_max=6)
+    cfg = CollectConfig(workers=1, chunk_ticks=32, game=GameConfig(buffers=True), fork=fork)
+    with Collector(cfg, seed=0) as col:
+        chunks = [col.next() for _ in range(3)]
+    assert not chunks[0].forks and chunks[1].forks and chunks[2].forks   # the first chunk plays in
+    for c in chunks[1:]:
+        assert (np.flatnonzero(c.starts) == np.arange(0, 32, 8)).all()   # every clip opens a boundary
+        for j in range(2):                                               # two pairs of two 8-tick clips
+            a, b = c.frames[16 * j: 16 * j + 8], c.frames[16 * j + 8: 16 * j + 16]
+            assert np.array_equal(a[:4], b[:4]) and not np.array_equal(a[4:], b[4:])
+    with pytest.raises(ValueError, match="chunk_ticks"):
+        CollectConfig(chunk_ticks=30, fork=fork)
+
+
+def test_pair_buffer_keeps_pairs_whole_and_rings():
+    buf = PairBuffer(3, 2, (1,), dtype=torch.float32)
+    items = torch.arange(16, dtype=torch.float32)[:, None]          # 4 pairs of two 2-tick clips
+    buf.add(items, torch.zeros(16, 5))
+    assert len(buf) == 3 and buf.head == 1
+    x, a = buf.sample(5, np.random.default_rng(0))
+    assert x.shape == (5, 2, 2, 1) and a.shape == (5, 2, 2, 5)
+    assert ((x[:, 1, 0] - x[:, 0, 0]) == 2).all()                   # clip B follows clip A of its pair
+    assert set(x[:, 0, 0, 0].tolist()) <= {4.0, 8.0, 12.0}          # pair 0 was overwritten by pair 3
+    with pytest.raises(ValueError, match="whole pairs"):
+        buf.add(items[:6], torch.zeros(6, 5))

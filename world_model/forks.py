@@ -1,0 +1,98 @@
+"""Fork pairs: two clips from one game state that differ only in the action held at the end.
+
+Why: the shipped teachers barely walk when told to (forward against backward right on 17% of the evaluation's
+probes, zoom gain near 0, docs/EVALUATION.md), while turning works. In ordinary play the context frames
+already show where the player is going, so a small model can predict the walk from them and leave the forward
+input unused. A fork pair is the probe's situation with the game's own answer: the same prefix of real play,
+then forward held in one clip and backward in the other (or left/right turns and strafes, or walk/stop). Their
+difference is what the action alone does, and the teacher's pair loss (losses.py, `TeacherLoss.pairs`) asks
+the model's two predictions to differ by exactly that.
+
+How: `Game.fork_point` saves and reloads the game; the policy plays the prefix once and records its actions;
+the game goes back to the fork point and replays them, so both prefixes are the same frames (checked; a pair
+whose prefixes differ or that runs into an episode's end is dropped).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import numpy as np
+
+from .actions import NOOP, Action, DIM
+from .game import Game
+from .policy import ExplorerPolicy
+
+# What the two branches hold, with how often each kind is drawn. The move pair is the evaluation's probe
+# (full forward against full backward for 8 ticks); the others keep turning, strafing and stopping in the mix.
+KINDS: tuple[tuple[str, float], ...] = (("move", 0.45), ("go-stop", 0.15), ("turn", 0.25), ("strafe", 0.15))
+
+
+@dataclass(frozen=True)
+class ForkConfig:
+    share: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})   # share of chunks made of pairs
+    prefix: int = field(default=8, metadata={"min": 1})      # ticks of policy play both clips share
+    branch: int = field(default=8, metadata={"min": 1})      # ticks of the held action that differs
+    gap_min: int = field(default=20, metadata={"min": 0})    # unrecorded policy ticks before each pair,
+    gap_max: int = field(default=80, metadata={"min": 0})    # so the pairs of a chunk start in different places
+
+    @property
+    def clip(self) -> int:
+        return self.prefix + self.branch
+
+
+class ForkPair(NamedTuple):
+    frames: np.ndarray    # (2, P + L, H, W, 3) uint8: frames[k, i] was produced by actions[k, i]
+    actions: np.ndarray   # (2, P + L, 5) float32, identical over the prefix
+    kind: str
+    end: np.ndarray       # (2, 3) player x, y, angle after each branch (tests check the direction)
+
+
+def branch_actions(kind: str, rng: np.random.Generator) -> tuple[Action, Action]:
+    if kind == "move":
+        return Action(forward=1.0), Action(forward=-1.0)
+    if kind == "go-stop":
+        return Action(forward=1.0), NOOP
+    if kind == "turn":
+        m = float(rng.uniform(0.5, 1.0))
+        return Action(turn=-m), Action(turn=m)
+    if kind == "strafe":
+        return Action(strafe=-1.0), Action(strafe=1.0)
+    raise ValueError(f"fork kind: {kind!r}")
+
+
+def draw_kind(rng: np.random.Generator) -> str:
+    names, p = zip(*KINDS)
+    return str(rng.choice(names, p=np.asarray(p) / sum(p)))
+
+
+def fork_pair(game: Game, policy: ExplorerPolicy, frame: np.ndarray, cfg: ForkConfig,
+              rng: np.random.Generator, kind: str | None = None) -> tuple[ForkPair | None, np.ndarray]:
+    """Play one pair from the game's current state. Returns (the pair or None where it was dropped, the
+    frame the game shows now). The game goes on from the end of the second branch."""
+    kind = kind or draw_kind(rng)
+    held = branch_actions(kind, rng)
+    path = game.fork_point()
+    frames = np.empty((2, cfg.clip, *frame.shape), np.uint8)
+    actions = np.empty((2, cfg.clip, DIM), np.float32)
+    end = np.zeros((2, 3), np.float32)
+    prefix: list[Action] = []
+    for k in range(2):
+        if k:
+            game.back_to(path)
+        for i in range(cfg.clip):
+            if i < cfg.prefix:
+                if k == 0:
+                    prefix.append(policy.act(frame, game.tick_info))
+                a = prefix[i]
+            else:
+                a = held[k]
+            frame = game.step(a)
+            if game.tick_info.new_episode:      # died or left the level: the fork point is gone
+                return None, frame
+            frames[k, i], actions[k, i] = frame, a.to_list()
+        info = game.tick_info
+        end[k] = (info.x, info.y, info.angle)
+    if not np.array_equal(frames[0, :cfg.prefix], frames[1, :cfg.prefix]):
+        return None, frame
+    return ForkPair(frames, actions, kind, end), frame
