@@ -94,3 +94,20 @@ def test_pair_buffer_keeps_pairs_whole_and_rings():
     assert set(x[:, 0, 0, 0].tolist()) <= {4.0, 8.0, 12.0}          # pair 0 was overwritten by pair 3
     with pytest.raises(ValueError, match="whole pairs"):
         buf.add(items[:6], torch.zeros(6, 5))
+
+
+def test_two_games_in_one_folder_fork_without_touching_each_others_files(tmp_path):
+    """Two collectors on one machine share worker folders (session 14 lost a GPU run to one file for both)."""
+    games = [Game(GameConfig(), workdir=str(tmp_path)) for _ in range(2)]
+    for g, seed in zip(games, (1, 2)):
+        g.reset(seed)
+    paths = [g.fork_point() for g in games]
+    assert paths[0] != paths[1]
+    first = [[g.step(Action(forward=1.0)) for _ in range(3)] for g in games]
+    for g, p in zip(games, paths):
+        g.back_to(p)
+    again = [[g.step(Action(forward=1.0)) for _ in range(3)] for g in games]
+    assert all(np.array_equal(x, y) for a, b in zip(first, again) for x, y in zip(a, b))
+    for g, p in zip(games, paths):
+        g.close()
+        assert not (tmp_path / p).exists()

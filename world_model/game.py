@@ -86,6 +86,7 @@ class Game:
         os.makedirs(self.workdir, exist_ok=True)
         self._game = None
         self.tick_info = TickInfo()
+        self._fork_files: set[str] = set()
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def _new_game(self, seed: int):
@@ -128,6 +129,10 @@ class Game:
         if self._game is not None:
             self._game.close()
             self._game = None
+        for path in self._fork_files:
+            if os.path.exists(path):
+                os.remove(path)
+        self._fork_files.clear()
 
     def __enter__(self) -> "Game":
         return self
@@ -179,7 +184,10 @@ class Game:
         step returns belongs to play from the file. The screen shown before the next step is stale."""
         if self._game is None:
             raise RuntimeError("Game.fork_point before Game.reset")
-        path = path or os.path.join(self.workdir, "fork.zds")
+        # One file per process and game: collectors of two runs on one machine share worker folders (w0,
+        # w1, ...), and a file another process overwrote mid-load fails ("Unknown class type in archive").
+        path = path or os.path.join(self.workdir, f"fork-{os.getpid()}-{id(self):x}.zds")
+        self._fork_files.add(path)
         self._game.save(path)
         self._load(path)
         return path

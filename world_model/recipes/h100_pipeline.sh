@@ -370,6 +370,14 @@ if [ "$PART" = fork14 ]; then
   exit 0
 fi
 
+# PART=student14 (session 14, one H100, about 15 minutes): Stage A at guidance 3 from the teacher T (the shipped
+# one unless T is set) for CM_MIN, int8, then its 1- and 2-step evaluations side by side (depth_student above).
+if [ "$PART" = student14 ]; then
+  depth_student full "${WORKERS:-14}"
+  echo "$(date +%T) student14 part done"
+  exit 0
+fi
+
 # PART=final13 (session 13, one H100, about 6 minutes): issue 6's targets in one run of the final code: eager
 # against graphs-fused for the student and the teacher, and a 100k-tick memory soak of the player's engine.
 if [ "$PART" = final13 ]; then
