@@ -169,7 +169,7 @@ def test_pair_loss_teaches_the_action_effect_and_mixes_into_the_batch():
     for weight in (0.0, 2.0):
         model = tiny_model()
         loss_fn = TeacherLoss(TeacherLossConfig(pair_weight=weight))
-        measure = lambda: loss_fn.pair_loss(model, xp, ap, torch.Generator().manual_seed(9), t=0.7)[1]["pair_effect"].item()
+        measure = lambda: loss_fn.pair_loss(model, xp, ap, torch.Generator().manual_seed(9), t=0.9)[1]["pair_effect"].item()
         with torch.no_grad():
             assert abs(measure()) < 0.1        # an untrained model barely tells the two clips apart
         opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
@@ -200,3 +200,16 @@ def test_pair_predictions_agree_wherever_the_clips_do():
     v = seen["v"][:, 4:]                                                   # noisy half (2P, T, ...)
     assert torch.allclose(v[0::2, :2], v[1::2, :2], atol=1e-5)
     assert not torch.allclose(v[0::2, 2:], v[1::2, 2:], atol=1e-3)
+
+
+def test_denoise_curve_reads_both_errors_at_each_noise_level():
+    from world_model.recipes.denoise_curve import curve
+    model = tiny_model().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    latents, actions = clip(model)
+    rows = curve(model, latents, actions, times=(0.02, 0.5, 1.0))
+    assert [r["t"] for r in rows] == [0.02, 0.5, 1.0]
+    assert rows[-1]["x0_mse"] == pytest.approx(rows[-1]["v_mse"], rel=1e-5)   # at t = 1, x0_hat - x0 = -(v error)
+    assert rows[0]["x0_mse"] < 0.01 * rows[0]["v_mse"]                        # at t -> 0 the frame is all but given

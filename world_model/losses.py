@@ -40,11 +40,15 @@ class TeacherLossConfig:
     blind_ticks: int = field(default=8, metadata={"min": 1})
     blind_t: float = field(default=0.9, metadata={"min": 0.0, "max": 1.0})
     # Fork pairs (world_model/forks.py): two clips from one state, differing in the action held at the end,
-    # seen with the same noise and t. Besides each clip's own loss, the difference of the two predictions
-    # must match the difference of the targets, weighted `pair_weight`. Why: in the sum of the two clips'
-    # losses the action's effect (e_A - e_B) carries half the weight of what the two share (e_A + e_B), which
-    # in a small model is mostly detail it cannot draw anyway; this term puts the action's effect first.
-    pair_weight: float = field(default=2.0, metadata={"min": 0.0})
+    # seen with the same noise and t. Besides each clip's own loss, the difference of the two predicted clean
+    # frames must match the difference of the real ones, weighted `pair_weight`. Why: in the sum of the two
+    # clips' losses the action's effect (e_A - e_B) carries half the weight of what the two share (e_A + e_B),
+    # which in a small model is mostly detail it cannot draw anyway; this term puts the action's effect first.
+    # Pairs draw t from [pair_t_min, 1], where a sample's layout, and so its motion, is decided. Session 14
+    # trained the term under the bell weight instead (t around 1/2): the teacher lost the middle of the noise
+    # range and sampled noise-like frames (docs/EVALUATION.md).
+    pair_weight: float = field(default=1.0, metadata={"min": 0.0})
+    pair_t_min: float = field(default=0.7, metadata={"min": 0.0, "max": 1.0})
 
 
 def uniform_shift(shape: tuple[int, ...], shift: float, generator: torch.Generator | None,
@@ -125,15 +129,18 @@ class TeacherLoss:
     def pair_loss(self, model: WorldModel, x0: Tensor, actions: Tensor, generator: torch.Generator | None,
                   t: float | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Teacher forcing on fork pairs x0 (P, 2, T, C, h, w), actions (P, 2, T, A), both clips of a pair under
-        the same noise and t (`t` fixes it, for validation), no action dropout. Parts: mse_pair (each clip's
-        own), and pair_effect: the share of the two targets' difference that the predictions' difference
+        the same noise and t ~ U(pair_t_min, 1) (`t` fixes it, for validation), no action dropout. Each clip
+        has its own bell-weighted loss; the pair term is the error of x0_hat_A - x0_hat_B against x_A - x_B,
+        which is t^2 |dv - dtarget|^2 since x0_hat = x_t - t v and the noise is shared. Parts: mse_pair (each
+        clip's own), and pair_effect: the share of the targets' difference that the predictions' difference
         gets right, 1 - |dv - dtarget|^2 / |dtarget|^2 over the frames where the clips differ (0: the model
         ignores the action there, 1: it draws the game's difference exactly)."""
         P, _, T = x0.shape[:3]
         dev = x0.device
         eps = torch.randn((P, 1, *x0.shape[2:]), generator=generator, device=dev).expand_as(x0)
+        lo = self.cfg.pair_t_min
         tt = (torch.full((P, 1), t, device=dev) if t is not None
-              else uniform_shift((P, 1), self.cfg.shift, generator, dev))
+              else lo + (1 - lo) * torch.rand((P, 1), generator=generator, device=dev))
         tt = tt.repeat_interleave(2, 0).expand(2 * P, T)                              # (2P, T), pairs adjacent
         x = x0.reshape(2 * P, *x0.shape[2:])
         e = eps.reshape(2 * P, *x0.shape[2:])
@@ -152,8 +159,7 @@ class TeacherLoss:
         differ = (dtarget.abs().amax(dim=(2, 3, 4)) > 0).float()                      # (P, T) branch frames
         n = differ.sum().clamp(min=1.0)
         diff = frame_mse(dv, dtarget)                                                 # (P, T)
-        w = bell_weight(tt)
-        loss = (w * mse).mean() + self.cfg.pair_weight * (w[0::2] * diff * differ).sum() / n
+        loss = (bell_weight(tt) * mse).mean() + self.cfg.pair_weight * (tt[0::2] ** 2 * diff * differ).sum() / n
         zero = (dtarget.pow(2).mean(dim=(2, 3, 4)) * differ).sum().clamp(min=1e-12)
         effect = 1 - (diff * differ).sum() / zero
         return loss, {"loss_pair": loss.detach(), "mse_pair": mse.mean().detach(), "pair_effect": effect.detach()}

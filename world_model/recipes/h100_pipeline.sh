@@ -346,25 +346,31 @@ if [ "$PART" = rollout13 ]; then
   exit 0
 fi
 
-# PART=fork14 (session 14, one H100, about 25 minutes): the shipped teacher continues for TEACHER_MIN on data
-# with fork pairs (world_model/forks.py: one game state, the same prefix, then forward against backward held,
-# or left/right turns and strafes, or walk/stop) under the pair loss (losses.py), one run per weight in
-# WEIGHTS ("2 6"), side by side on the GPU with 7 unpinned collector workers each (pinned workers of two
-# runs would share the first cores); PAIR_ROWS pairs per batch, FORK_SHARE of the chunks made of pairs.
-# Then int8 and the full evaluation at 16 steps of each, side by side.
+# PART=fork14 (session 14, one H100): the shipped teacher continues for TEACHER_MIN on data with fork pairs
+# (world_model/forks.py: one game state, the same prefix, then forward against backward held, or left/right
+# turns and strafes, or walk/stop) under the pair loss (losses.py), one run per weight in WEIGHTS ("1 3"),
+# side by side on the GPU with WORKERS (7) unpinned collector workers each (pinned workers of two runs would
+# share the first cores); PAIR_ROWS pairs per batch, FORK_SHARE of the chunks made of pairs, pairs at
+# t >= PAIR_T_MIN (0.7). Then int8, the per-t denoising error against the shipped teacher, and the evaluation
+# at 16 steps (EVAL_ARGS, e.g. --parts=tf,response). Session 14 ran the first form of the loss (bell-weighted
+# pairs at weight 2, and 2 against 6): the teacher lost the middle of the noise range (docs/EVALUATION.md).
 if [ "$PART" = fork14 ]; then
   arm() {  # arm WEIGHT
     local name=teacher-fork$1
     stage "$name" python3 -m world_model.recipes.train_teacher settings/train/teacher.yaml --out "runs/$name" --init "$T" \
       --set max_minutes="$TEACHER_MIN" --set total_minutes="$TEACHER_TOTAL" --set compile=true \
       --set data.collect.workers="${WORKERS:-7}" --set data.collect.pin=false --set data.max_chunks_per_step=2 \
-      --set data.collect.fork.share="${FORK_SHARE:-0.5}" --set pair_rows="${PAIR_ROWS:-8}" --set loss.pair_weight="$1"
+      --set data.collect.fork.share="${FORK_SHARE:-0.5}" --set pair_rows="${PAIR_ROWS:-8}" --set loss.pair_weight="$1" \
+      --set loss.pair_t_min="${PAIR_T_MIN:-0.7}"
     local src="runs/$name/teacher.safetensors"
     [ -e "runs/$name/teacher.index.json" ] && src="runs/$name/teacher.index.json"
     stage "$name-int8" python3 -m world_model.recipes.quantize "$src" --out "runs/$name-int8/teacher.safetensors"
+    mkdir -p "runs/eval/denoise-$name"
+    stage "denoise-$name" python3 -m world_model.recipes.denoise_curve "runs/$name-int8/teacher.safetensors" "$T" \
+      --json "runs/eval/denoise-$name/summary.json"
     evaluate "T16-$name" "runs/$name-int8/teacher.safetensors" --steps 16 ${EVAL_ARGS:-}
   }
-  for w in ${WEIGHTS:-2 6}; do arm "$w" & done
+  for w in ${WEIGHTS:-1 3}; do arm "$w" & done
   wait
   echo "$(date +%T) fork14 part done"
   exit 0
