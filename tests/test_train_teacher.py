@@ -117,3 +117,13 @@ def test_recipe_trains_on_fork_pairs(tiny_ae, tmp_path):
         cfg = settings.load(TINY, train_teacher.TrainConfig, {**over, **bad, "data.collect.chunk_ticks": 64})
         with pytest.raises(ValueError, match=match):
             train_teacher.main(cfg, tmp_path / "bad")
+
+
+def test_guard_stops_a_run_whose_held_out_loss_rises(tiny_ae, tmp_path):
+    """lr 1 wrecks the tiny model within six steps: the guard must stop it at the first validation."""
+    cfg = settings.load(TINY, train_teacher.TrainConfig, {"autoencoder": str(tiny_ae), "lr": 1.0, "min_lr": 1.0,
+                                                           "guard_val_tf": 0.1})
+    summary = train_teacher.main(cfg, tmp_path / "guarded")
+    assert summary["step"] == cfg.eval_every == 6 and summary["stopped_by_guard_at"] == 6
+    assert summary["val_mse_tf"] > summary["guard_val_mse_tf_start"] * 1.1
+    assert load_model(tmp_path / "guarded" / "teacher.safetensors", kind="teacher") is not None

@@ -352,7 +352,8 @@ fi
 # side by side on the GPU with WORKERS (7) unpinned collector workers each (pinned workers of two runs would
 # share the first cores); PAIR_ROWS pairs per batch, FORK_SHARE of the chunks made of pairs, pairs at
 # t >= PAIR_T_MIN (0.7). Then int8, the per-t denoising error against the shipped teacher, and the evaluation
-# at 16 steps (EVAL_ARGS, e.g. --parts=tf,response). Session 14 ran the first form of the loss (bell-weighted
+# at 16 steps (EVAL_ARGS, e.g. --parts=tf,response). A run stops early if its held-out TF MSE rises GUARD (10%)
+# above its start (train_teacher's guard_val_tf). Session 14 ran the first form of the loss (bell-weighted
 # pairs at weight 2, and 2 against 6): the teacher lost the middle of the noise range (docs/EVALUATION.md).
 if [ "$PART" = fork14 ]; then
   arm() {  # arm WEIGHT
@@ -361,7 +362,7 @@ if [ "$PART" = fork14 ]; then
       --set max_minutes="$TEACHER_MIN" --set total_minutes="$TEACHER_TOTAL" --set compile=true \
       --set data.collect.workers="${WORKERS:-7}" --set data.collect.pin=false --set data.max_chunks_per_step=2 \
       --set data.collect.fork.share="${FORK_SHARE:-0.5}" --set pair_rows="${PAIR_ROWS:-8}" --set loss.pair_weight="$1" \
-      --set loss.pair_t_min="${PAIR_T_MIN:-0.7}"
+      --set loss.pair_t_min="${PAIR_T_MIN:-0.7}" --set guard_val_tf="${GUARD:-0.1}"
     local src="runs/$name/teacher.safetensors"
     [ -e "runs/$name/teacher.index.json" ] && src="runs/$name/teacher.index.json"
     stage "$name-int8" python3 -m world_model.recipes.quantize "$src" --out "runs/$name-int8/teacher.safetensors"

@@ -86,6 +86,10 @@ class TrainConfig:
     # Fork pairs per batch (world_model/forks.py; needs data.collect.fork.share > 0): 2 more teacher-forcing
     # rows each, under the pair loss (losses.py, `pair_weight`). 0 = off.
     pair_rows: int = field(default=0, metadata={"min": 0})
+    # Stop when the held-out teacher-forcing MSE rises this fraction above its value before the first step
+    # (0 = never). For continuations with a new loss: session 14's pair loss raised it at every validation
+    # while it broke the teacher's samples (docs/EVALUATION.md), and the run went on to the end.
+    guard_val_tf: float = field(default=0.0, metadata={"min": 0.0})
 
 
 FIELDS = ("step", "loss", "loss_tf", "loss_df", "mse_tf", "mse_df", "val_mse_tf", "val_mse_df",
@@ -257,6 +261,12 @@ def main(cfg: TrainConfig, out: Path, resume: bool = False, init: Path | None = 
     signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
     try:
         feeder.fill(cfg.data.min_fill, log)
+        pairs_held = feeder.heldout_pairs if feeder.forks else None
+        guard_base, guard_hit, stopped_by_guard = None, False, None
+        if cfg.guard_val_tf > 0 and rank == 0:
+            guard_base = validate(ema, objective_loss(objective), feeder.heldout, cfg, device)["val_mse_tf"]
+            log(f"guard: held-out TF MSE {guard_base:.4f} before the first step; stop above "
+                f"{guard_base * (1 + cfg.guard_val_tf):.4f}")
         prof = Profile(device, profile, out) if profile else None
         t_start, step0, minutes0 = time.perf_counter(), step, minutes
         t_log, step_log = t_start, step
@@ -312,10 +322,14 @@ def main(cfg: TrainConfig, out: Path, resume: bool = False, init: Path | None = 
                 row.update(timer.ms)
                 t_log, step_log = now, step
                 if step % cfg.eval_every == 0:
-                    row.update(validate(ema, objective_loss(objective), feeder.heldout, cfg, device,
-                                        pairs=feeder.heldout_pairs if feeder.forks else None))
+                    row.update(validate(ema, objective_loss(objective), feeder.heldout, cfg, device, pairs=pairs_held))
+                    guard_hit = guard_base is not None and row["val_mse_tf"] > guard_base * (1 + cfg.guard_val_tf)
                 metrics.write(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.1e}")
+            if cfg.guard_val_tf > 0 and step % cfg.eval_every == 0 and _agree(guard_hit, device, world):
+                stopped_by_guard = step
+                log(f"\nguard: held-out TF MSE rose more than {cfg.guard_val_tf:.0%} above the start: stopped at step {step}")
+                break
             if step % cfg.save_every == 0:
                 _save(rank, state_path, out, model, ema, opt, step, minutes, cfg)
         bar.close()
@@ -329,7 +343,9 @@ def main(cfg: TrainConfig, out: Path, resume: bool = False, init: Path | None = 
                        "steps_this_run": step - step0, "frames_collected": feeder.frames,
                        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                        "processes": world, **validate(ema, objective_loss(objective), feeder.heldout, cfg, device,
-                                                      pairs=feeder.heldout_pairs if feeder.forks else None)}
+                                                      pairs=pairs_held)}
+            if guard_base is not None:
+                summary.update(guard_val_mse_tf_start=guard_base, stopped_by_guard_at=stopped_by_guard)
             (out / "summary.json").write_text(json.dumps(summary, indent=1))
             metrics.close()
             plot_csv(out / "metrics.csv", out / "metrics.png",
@@ -356,6 +372,15 @@ def _save(rank, state_path, out, model, ema, opt, step, minutes, cfg) -> None:
     meta = {"step": str(step), "minutes": f"{minutes:.3f}"}
     save_state(state_path, {"model": model, "ema": ema}, opt, config=model.config_dict(), meta=meta)
     save_model(out / "teacher.safetensors", ema, kind="teacher", meta={**meta, "recipe": "train_teacher"})
+
+
+def _agree(flag: bool, device: torch.device, world: int) -> bool:
+    """Rank 0's flag on every rank (only rank 0 validates), so all processes leave the loop together."""
+    if world == 1:
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    dist.broadcast(t, 0)
+    return bool(t.item())
 
 
 def _init_distributed() -> tuple[int, int]:
