@@ -6,7 +6,8 @@ the parent through a queue and moves on to a free slot. The parent copies the ch
 the slot back, so frames cross process boundaries with one memcpy and no pickling.
 
 Alignment: actions[i] is the action applied on the tick that produced frames[i]; where starts[i] is
-True, frames[i] opens an episode and actions[i] is the no-op.
+True, frames[i] opens an episode and actions[i] is the no-op. A chunk with `forks` set holds fork pairs
+instead (forks.py): each clip opens with a start, and its first action is the one that produced it.
 
     with Collector(CollectConfig(workers=16), seed=0) as col:
         for chunk in col:          # forever, until you break
@@ -167,13 +168,17 @@ def _fork_chunk(cfg: CollectConfig, game: Game, policy: ExplorerPolicy, stream, 
     """Fill a slot with fork pairs: clip k of pair j at ticks (2j + k) * clip.., each clip opening with a
     start (a boundary for clip sampling). Between pairs the policy plays on unrecorded, so each pair starts
     somewhere else. Returns the frame the game shows now."""
-    clip, i = cfg.fork.clip, 0
+    clip, i, dropped = cfg.fork.clip, 0, 0
     while i < cfg.chunk_ticks:
         for _ in range(int(rng.integers(cfg.fork.gap_min, cfg.fork.gap_max + 1))):
             last, _, _ = next(stream)
         pair, last = fork_pair(game, policy, last, cfg.fork, rng)
         if pair is None:
+            dropped += 1
+            if dropped >= 50:    # deaths drop a pair now and then; 50 in a row means replays do not match
+                raise RuntimeError("fork pairs: 50 dropped in a row (prefixes differ or every branch ends the episode)")
             continue
+        dropped = 0
         for k in range(2):
             sl = slice(i, i + clip)
             frames[sl], actions[sl] = pair.frames[k], pair.actions[k]

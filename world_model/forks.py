@@ -5,7 +5,7 @@ probes, zoom gain near 0, docs/EVALUATION.md), while turning works. In ordinary 
 already show where the player is going, so a small model can predict the walk from them and leave the forward
 input unused. A fork pair is the probe's situation with the game's own answer: the same prefix of real play,
 then forward held in one clip and backward in the other (or left/right turns and strafes, or walk/stop). Their
-difference is what the action alone does, and the teacher's pair loss (losses.py, `TeacherLoss.pairs`) asks
+difference is what the action alone does, and the teacher's pair loss (losses.py, `TeacherLoss.pair_loss`) asks
 the model's two predictions to differ by exactly that.
 
 How: `Game.fork_point` saves and reloads the game; the policy plays the prefix once and records its actions;
