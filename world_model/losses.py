@@ -68,6 +68,31 @@ def frame_mse(v: Tensor, target: Tensor) -> Tensor:
     return (v.float() - target.float()).pow(2).mean(dim=(2, 3, 4))
 
 
+def pair_errors(model: WorldModel, x0: Tensor, actions: Tensor, t: Tensor, generator: torch.Generator | None
+                ) -> tuple[Tensor, Tensor, Tensor]:
+    """Teacher forcing on fork pairs x0 (P, 2, T, C, h, w), actions (P, 2, T, A) at t (P,), one noise per pair,
+    no action dropout. Returns per frame: each clip's velocity MSE (2P, T), pairs adjacent; the error of the
+    two predictions' difference against the targets' (P, T); and the size of the targets' difference, which is
+    x_B - x_A since the noise is shared (P, T), zero where the clips agree."""
+    P, _, T = x0.shape[:3]
+    dev = x0.device
+    eps = torch.randn((P, 1, *x0.shape[2:]), generator=generator, device=dev).expand_as(x0)
+    tt = t.repeat_interleave(2)[:, None].expand(2 * P, T)                          # (2P, T), pairs adjacent
+    x = x0.reshape(2 * P, *x0.shape[2:])
+    e = eps.reshape(2 * P, *x0.shape[2:])
+    tb = tt[..., None, None, None]
+    packed = torch.cat([x, (1 - tb) * x + tb * e], dim=1)                          # (2P, 2T, C, h, w)
+    t_packed = torch.cat([torch.zeros_like(tt), tt], dim=1)
+    pos = torch.arange(T, device=dev).repeat(2)
+    v = model(packed, t_packed, actions.reshape(2 * P, T, -1).repeat(1, 2, 1),
+              torch.ones((2 * P, 2 * T), dtype=torch.bool, device=dev), frame_pos=pos,
+              mask=teacher_forcing_mask(T, dev))[:, T:]                           # (2P, T, C, h, w)
+    target = e - x
+    vf = v.float()                                          # bf16 under autocast: subtract in float32
+    dtarget = (target[0::2] - target[1::2]).float()                               # (P, T, C, h, w)
+    return frame_mse(v, target), frame_mse(vf[0::2] - vf[1::2], dtarget), dtarget.pow(2).mean(dim=(2, 3, 4))
+
+
 class TeacherLoss:
     def __init__(self, cfg: TeacherLossConfig = TeacherLossConfig()):
         self.cfg = cfg
@@ -135,33 +160,16 @@ class TeacherLoss:
         clip's own), and pair_effect: the share of the targets' difference that the predictions' difference
         gets right, 1 - |dv - dtarget|^2 / |dtarget|^2 over the frames where the clips differ (0: the model
         ignores the action there, 1: it draws the game's difference exactly)."""
-        P, _, T = x0.shape[:3]
-        dev = x0.device
-        eps = torch.randn((P, 1, *x0.shape[2:]), generator=generator, device=dev).expand_as(x0)
+        P, dev = x0.shape[0], x0.device
         lo = self.cfg.pair_t_min
-        tt = (torch.full((P, 1), t, device=dev) if t is not None
-              else lo + (1 - lo) * torch.rand((P, 1), generator=generator, device=dev))
-        tt = tt.repeat_interleave(2, 0).expand(2 * P, T)                              # (2P, T), pairs adjacent
-        x = x0.reshape(2 * P, *x0.shape[2:])
-        e = eps.reshape(2 * P, *x0.shape[2:])
-        tb = tt[..., None, None, None]
-        packed = torch.cat([x, (1 - tb) * x + tb * e], dim=1)                          # (2P, 2T, C, h, w)
-        t_packed = torch.cat([torch.zeros_like(tt), tt], dim=1)
-        pos = torch.arange(T, device=dev).repeat(2)
-        v = model(packed, t_packed, actions.reshape(2 * P, T, -1).repeat(1, 2, 1),
-                  torch.ones((2 * P, 2 * T), dtype=torch.bool, device=dev), frame_pos=pos,
-                  mask=teacher_forcing_mask(T, dev))[:, T:]                           # (2P, T, C, h, w)
-        target = e - x
-        mse = frame_mse(v, target)                                                    # (2P, T)
-        vf = v.float()                                      # bf16 under autocast: subtract in float32
-        dv = vf[0::2] - vf[1::2]                                                      # (P, T, C, h, w)
-        dtarget = (target[0::2] - target[1::2]).float()                               # = x_B - x_A
-        differ = (dtarget.abs().amax(dim=(2, 3, 4)) > 0).float()                      # (P, T) branch frames
+        t_pair = (torch.full((P,), t, device=dev) if t is not None
+                  else lo + (1 - lo) * torch.rand((P,), generator=generator, device=dev))
+        mse, diff, zero = pair_errors(model, x0, actions, t_pair, generator)
+        differ = (zero > 0).float()                                # (P, T): the branch frames
         n = differ.sum().clamp(min=1.0)
-        diff = frame_mse(dv, dtarget)                                                 # (P, T)
-        loss = (bell_weight(tt) * mse).mean() + self.cfg.pair_weight * (tt[0::2] ** 2 * diff * differ).sum() / n
-        zero = (dtarget.pow(2).mean(dim=(2, 3, 4)) * differ).sum().clamp(min=1e-12)
-        effect = 1 - (diff * differ).sum() / zero
+        w = bell_weight(t_pair.repeat_interleave(2))[:, None]      # (2P, 1): each clip's own loss
+        loss = (w * mse).mean() + self.cfg.pair_weight * (t_pair[:, None] ** 2 * diff * differ).sum() / n
+        effect = 1 - (diff * differ).sum() / zero.sum().clamp(min=1e-12)
         return loss, {"loss_pair": loss.detach(), "mse_pair": mse.mean().detach(), "pair_effect": effect.detach()}
 
     def diffusion_forcing(self, model: WorldModel, x0: Tensor, actions: Tensor,
