@@ -111,3 +111,18 @@ def test_two_games_in_one_folder_fork_without_touching_each_others_files(tmp_pat
     for g, p in zip(games, paths):
         g.close()
         assert not (tmp_path / p).exists()
+
+
+def test_pair_effect_recipe_plays_pairs_and_reads_an_action_blind_model_as_zero():
+    from world_model.model import ModelConfig, WorldModel
+    from world_model.recipes.pair_effect import effects, play_pairs
+    import settings
+    frames, actions = play_pairs("move", 1, seed=5, cfg=ForkConfig(prefix=3, branch=2))
+    assert frames.shape == (1, 2, 5, 120, 160, 3) and actions.shape == (1, 2, 5, 5)
+    assert (actions[0, 0, 3:, 0] == 1).all() and (actions[0, 1, 3:, 0] == -1).all()
+    torch.manual_seed(0)
+    model = WorldModel(settings.load("settings/model/tiny.yaml", ModelConfig)).eval()   # outputs 0 until trained
+    x0 = torch.randn((1, 2, 5, *model.config.latent_shape))
+    x0[:, 1, :3] = x0[:, 0, :3]                                                     # one prefix
+    out = effects(model, x0, torch.from_numpy(actions), t=1.0, prefix=3)
+    assert set(out) == {"all", "tick1", "tick2"} and all(v == pytest.approx(0.0, abs=1e-6) for v in out.values())
