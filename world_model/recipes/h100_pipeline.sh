@@ -351,7 +351,8 @@ fi
 # turns and strafes, or walk/stop) under the pair loss (losses.py), one run per weight in WEIGHTS ("1 3"),
 # side by side on the GPU with WORKERS (7) unpinned collector workers each (pinned workers of two runs would
 # share the first cores); PAIR_ROWS pairs per batch, FORK_SHARE of the chunks made of pairs, pairs at
-# t >= PAIR_T_MIN (0.7). Then int8, the per-t denoising error against the shipped teacher, and the evaluation
+# t >= PAIR_T_MIN (0.7). Then int8, the per-t denoising error and the pair effect (recipes/pair_effect.py)
+# against the shipped teacher, and the evaluation
 # at 16 steps (EVAL_ARGS, e.g. --parts=tf,response). A run stops early if its held-out TF MSE rises GUARD (10%)
 # above its start (train_teacher's guard_val_tf). Session 14 ran the first form of the loss (bell-weighted
 # pairs at weight 2, and 2 against 6): the teacher lost the middle of the noise range (docs/EVALUATION.md).
@@ -369,6 +370,9 @@ if [ "$PART" = fork14 ]; then
     mkdir -p "runs/eval/denoise-$name"
     stage "denoise-$name" python3 -m world_model.recipes.denoise_curve "runs/$name-int8/teacher.safetensors" "$T" \
       --json "runs/eval/denoise-$name/summary.json"
+    mkdir -p "runs/eval/pairs-$name"
+    stage "pairs-$name" python3 -m world_model.recipes.pair_effect "runs/$name-int8/teacher.safetensors" "$T" \
+      --pairs 24 --json "runs/eval/pairs-$name/summary.json"
     evaluate "T16-$name" "runs/$name-int8/teacher.safetensors" --steps 16 ${EVAL_ARGS:-}
   }
   for w in ${WEIGHTS:-1 3}; do arm "$w" & done

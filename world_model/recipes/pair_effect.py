@@ -59,7 +59,8 @@ def effects(model: WorldModel, x0: torch.Tensor, actions: torch.Tensor, t: float
     """x0 (P, 2, T, C, h, w), actions (P, 2, T, 5) -> pair effect over all branch ticks and at each of TICKS."""
     P = x0.shape[0]
     a = action_features(model.config, actions.flatten(0, 1))[0].unflatten(0, (P, 2))
-    _, diff, zero = pair_errors(model, x0, a, torch.full((P,), float(t)), torch.Generator().manual_seed(seed))
+    gen = torch.Generator(device=x0.device).manual_seed(seed)
+    _, diff, zero = pair_errors(model, x0, a, torch.full((P,), float(t), device=x0.device), gen)
     diff, zero = diff[:, prefix:], zero[:, prefix:]                                 # (P, L) branch ticks
     out = {"all": float(1 - diff.sum() / zero.sum().clamp(min=1e-12))}
     for k in TICKS:
@@ -76,19 +77,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--times", default="1.0,0.9", help="noise levels t")
     ap.add_argument("--autoencoder", default="assets/checkpoints/autoencoder.safetensors")
     ap.add_argument("--json", help="write the table here")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
     cfg = ForkConfig()
-    ae = Autoencoder.load(args.autoencoder)
+    dev = torch.device(args.device)
+    ae = Autoencoder.load(args.autoencoder, device=dev)
     data = {}
     for i, (kind, _) in enumerate(KINDS):
         frames, acts = play_pairs(kind, args.pairs, args.seed + i, cfg)
         with torch.no_grad():
-            x0 = ae.encode(frames_to_model(torch.from_numpy(frames.reshape(-1, *frames.shape[-3:]))))
-        data[kind] = (x0.reshape(*frames.shape[:3], *x0.shape[1:]), torch.from_numpy(acts))
+            x0 = ae.encode(frames_to_model(torch.from_numpy(frames.reshape(-1, *frames.shape[-3:])).to(dev))).float()
+        data[kind] = (x0.reshape(*frames.shape[:3], *x0.shape[1:]), torch.from_numpy(acts).to(dev))
         print(f"played and encoded {args.pairs} {kind} pairs", flush=True)
     report = {"pairs_per_kind": args.pairs, "seed": args.seed, "prefix": cfg.prefix, "branch": cfg.branch, "models": {}}
     for path in args.models:
-        model = load_model(path).eval()
+        model = load_model(path).to(dev).eval()
         rows = report["models"][path] = {}
         for t in (float(x) for x in args.times.split(",")):
             for kind, (x0, acts) in data.items():
