@@ -178,8 +178,8 @@ def validate(model: WorldModel, loss: TeacherLoss, buf: ClipBuffer, cfg: TrainCo
              batches: int = 4, pairs: PairBuffer | None = None, pair_t: float = 0.9) -> dict[str, float]:
     """Held-out velocity MSE of both halves of the loss; with `pairs`, also the share of the fork pairs'
     difference the model draws at t = `pair_t`, where both clips' noisy frames are nearly the same noise and
-    mostly the context and the action tell them apart (`TeacherLoss.pair_loss`). Not t = 1: the bell weight
-    trains nothing there."""
+    mostly the context and the action tell them apart (`TeacherLoss.pair_loss`; recipes/pair_effect.py reads
+    it per pair kind and branch tick)."""
     rng = np.random.default_rng(1234)
     gen = torch.Generator(device=device).manual_seed(1234)
     tf, df, effect = [], [], []
