@@ -21,6 +21,7 @@ import torch
 from world_model.autoencoder import Autoencoder, frames_to_model
 from world_model.game import Game, GameConfig
 from world_model.model import WorldModel, action_features, load_model, teacher_forcing_mask
+from world_model.recipes.evaluate import play_trace
 from world_model.trace import load as load_trace
 
 TIMES = (0.02, 0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
@@ -48,18 +49,13 @@ def curve(model: WorldModel, x0: torch.Tensor, actions: torch.Tensor, times: Seq
 
 def trace_clips(trace: str | Path, ae: Autoencoder, starts: Sequence[int], length: int = 16
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Replay the trace on the game; clips of `length` ticks from each start: latents and actions."""
-    tr = load_trace(trace)
-    frames = []
+    """Replay the trace on the game (evaluate.play_trace); clips of `length` ticks from each start: latents
+    and actions."""
     with Game(GameConfig()) as game:
-        game.reset(tr.seed)
-        for a in tr.actions[:max(starts) + length]:
-            frames.append(game.step(a))
-    frames = np.stack(frames)
-    acts = np.array([a.to_list() for a in tr.actions], np.float32)
+        played = play_trace(load_trace(trace), Path(trace).stem, game)
     with torch.no_grad():
-        x0 = torch.stack([ae.encode(frames_to_model(torch.from_numpy(frames[s:s + length]))) for s in starts])
-    return x0, torch.from_numpy(np.stack([acts[s:s + length] for s in starts]))
+        x0 = torch.stack([ae.encode(frames_to_model(torch.from_numpy(played.frames[s:s + length]))) for s in starts])
+    return x0, torch.from_numpy(np.stack([played.actions[s:s + length] for s in starts]))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
