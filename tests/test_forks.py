@@ -126,3 +126,55 @@ def test_pair_effect_recipe_plays_pairs_and_reads_an_action_blind_model_as_zero(
     x0[:, 1, :3] = x0[:, 0, :3]                                                     # one prefix
     out = effects(model, x0, torch.from_numpy(actions), t=1.0, prefix=3)
     assert set(out) == {"all", "tick1", "tick2"} and all(v == pytest.approx(0.0, abs=1e-6) for v in out.values())
+
+
+class _ReplayGame:
+    """A stand-in for Game whose replays after a load differ from the first play by `off` grey levels on a
+    quarter of each frame, like the rooms where ViZDoom's load does not restore animated textures."""
+
+    def __init__(self, off: int):
+        self.off, self.loads, self.t = off, 0, 0
+        self.tick_info = type("Info", (), {"new_episode": False, "x": 0.0, "y": 0.0, "angle": 0.0})()
+
+    def fork_point(self) -> str:
+        self.t0 = self.t
+        return "file"
+
+    def back_to(self, path: str) -> None:
+        self.loads, self.t = self.loads + 1, self.t0
+
+    def step(self, action: Action) -> np.ndarray:
+        self.t += 1
+        frame = np.full((8, 8, 3), 10 * self.t, np.uint8)
+        frame[:4, :4] += np.uint8(self.off * 4 * self.loads)     # a quarter of the pixels: mean = off
+        return frame
+
+
+class _Policy:
+    def act(self, frame, info) -> Action:
+        return Action(forward=0.5)
+
+
+@pytest.mark.parametrize("off, tol, kept", [(0, 0.0, True), (1, 1.0, True), (1, 0.5, False), (3, 1.0, False)])
+def test_pairs_whose_prefixes_differ_a_little_are_kept_and_more_dropped(off, tol, kept):
+    cfg = ForkConfig(prefix=3, branch=2, prefix_tol=tol)
+    pair, _ = fork_pair(_ReplayGame(off), _Policy(), np.zeros((8, 8, 3), np.uint8), cfg, np.random.default_rng(0), "move")
+    assert (pair is not None) == kept
+
+
+def test_collector_keeps_trying_where_pairs_drop_after_some_were_made(monkeypatch):
+    """Session 15: a worker stopped a GPU run after 50 drops in a row in one room. Only a worker that never
+    made a pair (replay broken) gives up after 50."""
+    from world_model import collect
+    cfg = CollectConfig(workers=1, chunk_ticks=32, fork=ForkConfig(share=1.0, prefix=4, branch=4, gap_min=0, gap_max=0))
+    good = fork_pair.__globals__["ForkPair"](np.zeros((2, 8, 2, 2, 3), np.uint8), np.zeros((2, 8, 5), np.float32),
+                                            "move", np.zeros((2, 3), np.float32))
+    results = iter([None] * 49 + [good] + [None] * 300 + [good] + [None] * 50)   # a chunk holds 2 pairs
+    monkeypatch.setattr(collect, "fork_pair", lambda *a: (next(results), None))
+    stream = iter(lambda: (None, None, False), 0)
+    views = (np.zeros((32, 2, 2, 3), np.uint8), np.zeros((32, 5), np.float32), np.zeros(32, bool), np.zeros((32, 3), np.float32))
+    tally = collect.ForkTally()
+    collect._fork_chunk(cfg, None, None, stream, None, np.random.default_rng(0), tally, *views)
+    assert tally.made == 2 and tally.in_a_row == 0                    # 349 drops, then the chunk filled
+    with pytest.raises(RuntimeError, match="50 dropped in a row after 0 made"):
+        collect._fork_chunk(cfg, None, None, stream, None, np.random.default_rng(0), collect.ForkTally(), *views)
