@@ -86,8 +86,8 @@ class TrainConfig:
     # Fork pairs per batch (world_model/forks.py; needs data.collect.fork.share > 0): 2 more teacher-forcing
     # rows each, under the pair loss (losses.py, `pair_weight`). 0 = off.
     pair_rows: int = field(default=0, metadata={"min": 0})
-    # Stop when the held-out teacher-forcing MSE rises this fraction above its value before the first step
-    # (0 = never). For continuations with a new loss: session 14's pair loss raised it at every validation
+    # Stop when the held-out teacher-forcing MSE rises this fraction above the starting model's on the same
+    # clips (0 = never). For continuations with a new loss: session 14's pair loss raised it at every validation
     # while it broke the teacher's samples (docs/EVALUATION.md), and the run went on to the end.
     guard_val_tf: float = field(default=0.0, metadata={"min": 0.0})
 
@@ -262,11 +262,12 @@ def main(cfg: TrainConfig, out: Path, resume: bool = False, init: Path | None = 
     try:
         feeder.fill(cfg.data.min_fill, log)
         pairs_held = feeder.heldout_pairs if feeder.forks else None
-        guard_base, guard_hit, stopped_by_guard = None, False, None
+        # The guard compares the EMA with a frozen copy of the starting model on the same held-out batches.
+        # Why not with one number taken before the first step: the held-out buffer is still filling then, and
+        # session 15 read 0.436 and 0.499 for the same starting teacher in two runs (and stopped one on it).
+        guard_ref, guard_hit, stopped_by_guard, guard_row = None, False, None, {}
         if cfg.guard_val_tf > 0 and rank == 0:
-            guard_base = validate(ema, objective_loss(objective), feeder.heldout, cfg, device)["val_mse_tf"]
-            log(f"guard: held-out TF MSE {guard_base:.4f} before the first step; stop above "
-                f"{guard_base * (1 + cfg.guard_val_tf):.4f}")
+            guard_ref = copy.deepcopy(ema).requires_grad_(False)
         prof = Profile(device, profile, out) if profile else None
         t_start, step0, minutes0 = time.perf_counter(), step, minutes
         t_log, step_log = t_start, step
@@ -323,12 +324,17 @@ def main(cfg: TrainConfig, out: Path, resume: bool = False, init: Path | None = 
                 t_log, step_log = now, step
                 if step % cfg.eval_every == 0:
                     row.update(validate(ema, objective_loss(objective), feeder.heldout, cfg, device, pairs=pairs_held))
-                    guard_hit = guard_base is not None and row["val_mse_tf"] > guard_base * (1 + cfg.guard_val_tf)
+                    if guard_ref is not None:
+                        ref = validate(guard_ref, objective_loss(objective), feeder.heldout, cfg, device)["val_mse_tf"]
+                        guard_row = {"guard_ref_val_mse_tf": ref, "guard_val_mse_tf": row["val_mse_tf"]}
+                        guard_hit = row["val_mse_tf"] > ref * (1 + cfg.guard_val_tf)
                 metrics.write(row)
                 bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{lr:.1e}")
             if cfg.guard_val_tf > 0 and step % cfg.eval_every == 0 and _agree(guard_hit, device, world):
                 stopped_by_guard = step
-                log(f"\nguard: held-out TF MSE rose more than {cfg.guard_val_tf:.0%} above the start: stopped at step {step}")
+                log(f"\nguard: held-out TF MSE {guard_row.get('guard_val_mse_tf', float('nan')):.4f} is more than "
+                    f"{cfg.guard_val_tf:.0%} above the starting model's {guard_row.get('guard_ref_val_mse_tf', float('nan')):.4f}"
+                    f" on the same clips: stopped at step {step}")
                 break
             if step % cfg.save_every == 0:
                 _save(rank, state_path, out, model, ema, opt, step, minutes, cfg)
@@ -344,8 +350,9 @@ def main(cfg: TrainConfig, out: Path, resume: bool = False, init: Path | None = 
                        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                        "processes": world, **validate(ema, objective_loss(objective), feeder.heldout, cfg, device,
                                                       pairs=pairs_held)}
-            if guard_base is not None:
-                summary.update(guard_val_mse_tf_start=guard_base, stopped_by_guard_at=stopped_by_guard)
+            if guard_ref is not None:   # the starting model on the summary's own validation clips
+                summary.update(guard_ref_val_mse_tf=validate(guard_ref, objective_loss(objective), feeder.heldout, cfg,
+                                                             device)["val_mse_tf"], stopped_by_guard_at=stopped_by_guard)
             (out / "summary.json").write_text(json.dumps(summary, indent=1))
             metrics.close()
             plot_csv(out / "metrics.csv", out / "metrics.png",
