@@ -356,6 +356,8 @@ fi
 # at 16 steps (EVAL_ARGS, e.g. --parts=tf,response). A run stops early if its held-out TF MSE rises GUARD (10%)
 # above its start (train_teacher's guard_val_tf). Session 14 ran the first form of the loss (bell-weighted
 # pairs at weight 2, and 2 against 6): the teacher lost the middle of the noise range (docs/EVALUATION.md).
+# Session 15 ran this second form at weights 1 and 3 on one H200: no first-frame gain, and the 16-step response
+# fell to 35% at weight 1 (docs/EVALUATION.md, session 15).
 if [ "$PART" = fork14 ]; then
   arm() {  # arm WEIGHT
     local name=teacher-fork$1
