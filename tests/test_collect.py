@@ -1,4 +1,5 @@
 """Exploration policy, parallel collector, clip buffer, coverage statistics and trace recording."""
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -261,3 +262,48 @@ def test_clip_buffer_draws_clips_with_forward_breaks_more_often_when_asked():
     uniform = share(buf.sample(4000, 8, np.random.default_rng(1))[0])
     assert abs(uniform - has.mean()) < 0.03
     assert share(buf.sample(4000, 8, np.random.default_rng(1), break_weight=4.0)[0]) > 2 * uniform
+
+
+def pushes(cfg: PolicyConfig, ticks: int = 1500, seed: int = 1000001) -> list[int]:
+    """Lengths of the spells of pressing forward without moving (under 0.3 map units a tick)."""
+    gcfg = GameConfig(buffers=True)
+    with Game(gcfg) as g:
+        pol = ExplorerPolicy(cfg, seed, RoutePlanner(map_sectors(gcfg)))
+        rows = [(a.forward, g.tick_info.x, g.tick_info.y, s) for _, a, s in play(g, pol, seed, ticks, spawn_prob=0.5)]
+    spells, n = [], 0
+    for (f, x, y, s), (_, x0, y0, _) in zip(rows[1:], rows):
+        if f > 0.1 and not s and math.dist((x, y), (x0, y0)) < 0.3:
+            n += 1
+        elif n:
+            spells, n = spells + [n], 0
+    return spells
+
+
+def test_blocked_ticks_backs_out_of_walls_sooner():
+    cfg = worker_policy(PolicyConfig(), 1000001, mix=True)
+    assert max(pushes(cfg)) > 10                                   # without it the policy leans on walls
+    assert max(pushes(replace(cfg, blocked_ticks=6))) <= 7         # with it, it backs out
+
+
+def test_snap_starts_leave_idle_holds_with_full_forward_at_once():
+    cfg = replace(PolicyConfig(), idle_prob=0.03, idle_ticks=(20, 30), idle_turn_prob=0.0, probe_prob=0.0, move_prob=0.0)
+    def firsts(c: PolicyConfig) -> list[float]:
+        acts = idle_play(c, ticks=600)
+        return [acts[i + n].forward for i, n, _ in runs_of(acts, lambda a: a == NOOP) if n >= 20 and i + n < len(acts)]
+    assert 1.0 in firsts(replace(cfg, snap_start_prob=1.0))
+    assert max(firsts(cfg)) < 0.5                                  # the stick's ramp
+
+
+def test_wall_pushes_tells_a_walk_from_rest_from_a_push_into_a_wall():
+    from world_model.recipes.coverage import wall_pushes
+    f = np.r_[np.zeros(4), np.ones(4), np.zeros(4), np.ones(4)].astype(np.float32)
+    x = np.r_[np.zeros(4), np.cumsum([0.78, 1.49, 2.1, 2.7]), np.full(8, 7.07)]    # walks off, then leans on a wall
+    pos = np.stack([x, np.zeros(16), np.zeros(16)], 1).astype(np.float32)
+    a = np.zeros((16, 5), np.float32)
+    a[:, 0] = f
+    got = wall_pushes({0: [(pos[:8], a[:8], np.zeros(8, bool)), (pos[8:], a[8:], np.zeros(8, bool))]})
+    assert got["presses_from_rest"] == 2 and got["presses_from_rest_that_move"] == 0.5
+    assert got["forward_ticks_pushing"] == 0.5
+    st = np.zeros(16, bool)
+    st[12] = True                                        # an episode start there: that press does not count
+    assert wall_pushes({0: [(pos, a, st)]})["presses_from_rest"] == 1
