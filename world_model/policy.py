@@ -49,9 +49,9 @@ class PolicyConfig:
     # (docs/DATA.md); reversals, pure moves and stop-and-go are the ticks where the input decides.
     move_prob: float = field(default=0.025, metadata={"min": 0.0, "max": 1.0})  # chance per tick to start one
     # Back out after this many ticks of pressing forward without moving (0 = off: only the 40-tick check).
-    # Why: 15% of the ticks that press forward push into a wall and go nowhere; at 6 it is 6% (session 15,
-    # CPU, docs/DATA.md). Off by default: the shipped models were trained without it, and no model has
-    # been trained with it yet.
+    # Why: 30% of the ticks that press forward push into a wall and go nowhere; at 6 (with snap starts at
+    # 0.5) it is 20% (session 15, CPU, coverage's `walls`, docs/DATA.md). Off by default: the shipped models
+    # were trained without it, and no model has been trained with it yet.
     blocked_ticks: int = field(default=0, metadata={"min": 0})
     # Share of idle holds that end with forward pressed at once, as a key does, instead of a stick's ramp
     # (0 = always the ramp, as the shipped models' data): a keyboard player's start from rest.
