@@ -307,3 +307,13 @@ def test_wall_pushes_tells_a_walk_from_rest_from_a_push_into_a_wall():
     st = np.zeros(16, bool)
     st[12] = True                                        # an episode start there: that press does not count
     assert wall_pushes({0: [(pos, a, st)]})["presses_from_rest"] == 1
+
+
+def test_open_starts_rest_until_still_then_walk_off_at_full_forward():
+    cfg = replace(PolicyConfig(), idle_prob=0.0, probe_prob=0.0, move_prob=0.0, open_start_prob=0.05)
+    def starts(c: PolicyConfig) -> list[int]:
+        acts = idle_play(c, ticks=800)
+        return [n for i, n, _ in runs_of(acts, lambda a: a == NOOP) if i + n < len(acts) and acts[i + n].forward == 1.0]
+    got = starts(cfg)
+    assert got and all(25 <= n for n in got)                       # long enough for the slide to settle
+    assert not starts(replace(cfg, open_start_prob=0.0))

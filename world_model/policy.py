@@ -56,6 +56,10 @@ class PolicyConfig:
     # Share of idle holds that end with forward pressed at once, as a key does, instead of a stick's ramp
     # (0 = always the ramp, as the shipped models' data): a keyboard player's start from rest.
     snap_start_prob: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
+    # Chance per cruising tick, where the view ahead is open, of a start from rest in the open: no input for
+    # 25-40 ticks (the slide takes about 33 to settle), then full forward for 8-20. The collector's rests
+    # happen mostly at walls, so without these a forward press from rest hardly ever walks (docs/DATA.md).
+    open_start_prob: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
 
 
 class RoutePlanner:
@@ -313,6 +317,11 @@ class ExplorerPolicy:
                 self.moves = [sign * mag] * int(rng.integers(6, 21))
             else:
                 self.moves = [0.0] * int(rng.integers(8, 17)) + [sign * mag] * int(rng.integers(6, 16))
+            self.hist.clear()
+            return self._emit(np.array([self.moves.pop(0), 0.0, 0.0]), 0, 0, snap=True)
+        elif cfg.open_start_prob > 0 and centre >= 48 and rng.random() < cfg.open_start_prob:
+            self.mode = "move"
+            self.moves = [0.0] * int(rng.integers(25, 41)) + [1.0] * int(rng.integers(8, 21))
             self.hist.clear()
             return self._emit(np.array([self.moves.pop(0), 0.0, 0.0]), 0, 0, snap=True)
         else:

@@ -43,6 +43,8 @@ def main() -> None:
                     help="the policy backs out after this many ticks of pushing forward without moving (0: off)")
     ap.add_argument("--snap-start-prob", type=float, default=PolicyConfig.snap_start_prob,
                     help="share of idle holds that end with full forward at once")
+    ap.add_argument("--open-start-prob", type=float, default=PolicyConfig.open_start_prob,
+                    help="the policy's chance per cruising tick of a start from rest in the open")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     out = Path(args.out)
@@ -51,7 +53,8 @@ def main() -> None:
     cfg = CollectConfig(workers=args.workers, chunk_ticks=args.chunk,
                         game=GameConfig(width=args.width, height=args.height, buffers=True),
                         policy=replace(PolicyConfig(), idle_prob=args.idle_prob, move_prob=args.move_prob,
-                                       blocked_ticks=args.blocked_ticks, snap_start_prob=args.snap_start_prob))
+                                       blocked_ticks=args.blocked_ticks, snap_start_prob=args.snap_start_prob,
+                                       open_start_prob=args.open_start_prob))
     pos, acts, starts, log = [], [], 0, []
     streams: dict[int, list] = {}   # per worker, in order: a no-op run must not join two workers' ticks
     paths: dict[int, list] = {}     # the same with positions
