@@ -346,6 +346,23 @@ if [ "$PART" = rollout13 ]; then
   exit 0
 fi
 
+# check_teacher NAME [denoise]: a continued teacher in runs/NAME to int8, then (with "denoise") its per-t
+# denoising error, its pair effect against the shipped teacher T, and the 16-step evaluation (EVAL_ARGS).
+check_teacher() {
+  local name=$1 src="runs/$1/teacher.safetensors"
+  [ -e "runs/$name/teacher.index.json" ] && src="runs/$name/teacher.index.json"
+  stage "$name-int8" python3 -m world_model.recipes.quantize "$src" --out "runs/$name-int8/teacher.safetensors"
+  if [ "${2:-}" = denoise ]; then
+    mkdir -p "runs/eval/denoise-$name"
+    stage "denoise-$name" python3 -m world_model.recipes.denoise_curve "runs/$name-int8/teacher.safetensors" "$T" \
+      --json "runs/eval/denoise-$name/summary.json"
+  fi
+  mkdir -p "runs/eval/pairs-$name"
+  stage "pairs-$name" python3 -m world_model.recipes.pair_effect "runs/$name-int8/teacher.safetensors" "$T" \
+    --pairs 24 --json "runs/eval/pairs-$name/summary.json"
+  evaluate "T16-$name" "runs/$name-int8/teacher.safetensors" --steps 16 ${EVAL_ARGS:-}
+}
+
 # PART=fork14 (session 14, one H100): the shipped teacher continues for TEACHER_MIN on data with fork pairs
 # (world_model/forks.py: one game state, the same prefix, then forward against backward held, or left/right
 # turns and strafes, or walk/stop) under the pair loss (losses.py), one run per weight in WEIGHTS ("1 3"),
@@ -366,20 +383,35 @@ if [ "$PART" = fork14 ]; then
       --set data.collect.workers="${WORKERS:-7}" --set data.collect.pin=false --set data.max_chunks_per_step=2 \
       --set data.collect.fork.share="${FORK_SHARE:-0.5}" --set pair_rows="${PAIR_ROWS:-8}" --set loss.pair_weight="$1" \
       --set loss.pair_t_min="${PAIR_T_MIN:-0.7}" --set guard_val_tf="${GUARD:-0.1}"
-    local src="runs/$name/teacher.safetensors"
-    [ -e "runs/$name/teacher.index.json" ] && src="runs/$name/teacher.index.json"
-    stage "$name-int8" python3 -m world_model.recipes.quantize "$src" --out "runs/$name-int8/teacher.safetensors"
-    mkdir -p "runs/eval/denoise-$name"
-    stage "denoise-$name" python3 -m world_model.recipes.denoise_curve "runs/$name-int8/teacher.safetensors" "$T" \
-      --json "runs/eval/denoise-$name/summary.json"
-    mkdir -p "runs/eval/pairs-$name"
-    stage "pairs-$name" python3 -m world_model.recipes.pair_effect "runs/$name-int8/teacher.safetensors" "$T" \
-      --pairs 24 --json "runs/eval/pairs-$name/summary.json"
-    evaluate "T16-$name" "runs/$name-int8/teacher.safetensors" --steps 16 ${EVAL_ARGS:-}
+    check_teacher "$name" denoise
   }
   for w in ${WEIGHTS:-1 3}; do arm "$w" & done
   wait
   echo "$(date +%T) fork14 part done"
+  exit 0
+fi
+
+# PART=walls15 (prepared in session 15, for one H200, about 15 minutes): does data where forward from rest
+# walks (docs/DATA.md, "Walls") raise the first-frame response? The shipped teacher continues for TEACHER_MIN
+# (give 8, with TEACHER_TOTAL=50 as sessions 12-15) twice, side by side with WORKERS (7) unpinned collector
+# workers each: "walls" with the policy's blocked_ticks 6, snap_start_prob 0.5 and open_start_prob OPEN
+# (0.02), and "control" on the shipped models' data (session 12's control gained 3 points in 8 minutes on an
+# H100). Then int8, pair_effect (tick 1 is
+# the number to watch: 0.017 for forward/backward on the shipped teacher) and the 16-step evaluation
+# (EVAL_ARGS, e.g. --parts=tf,response).
+if [ "$PART" = walls15 ]; then
+  arm() {  # arm NAME OVERRIDES...
+    local name=teacher-$1; shift
+    stage "$name" python3 -m world_model.recipes.train_teacher settings/train/teacher.yaml --out "runs/$name" --init "$T" \
+      --set max_minutes="$TEACHER_MIN" --set total_minutes="$TEACHER_TOTAL" --set compile=true \
+      --set data.collect.workers="${WORKERS:-7}" --set data.collect.pin=false --set data.max_chunks_per_step=2 "$@"
+    check_teacher "$name"
+  }
+  arm walls --set data.collect.policy.blocked_ticks=6 --set data.collect.policy.snap_start_prob=0.5 \
+    --set data.collect.policy.open_start_prob="${OPEN:-0.02}" &
+  arm control &
+  wait
+  echo "$(date +%T) walls15 part done"
   exit 0
 fi
 
