@@ -170,7 +170,7 @@ def test_collector_keeps_trying_where_pairs_drop_after_some_were_made(monkeypatc
     good = fork_pair.__globals__["ForkPair"](np.zeros((2, 8, 2, 2, 3), np.uint8), np.zeros((2, 8, 5), np.float32),
                                             "move", np.zeros((2, 3), np.float32))
     results = iter([None] * 49 + [good] + [None] * 300 + [good] + [None] * 50)   # a chunk holds 2 pairs
-    monkeypatch.setattr(collect, "fork_pair", lambda *a: (next(results), None))
+    monkeypatch.setattr(collect, "fork_pair", lambda *a, **k: (next(results), None))
     stream = iter(lambda: (None, None, False), 0)
     views = (np.zeros((32, 2, 2, 3), np.uint8), np.zeros((32, 5), np.float32), np.zeros(32, bool), np.zeros((32, 3), np.float32))
     tally = collect.ForkTally()
@@ -178,3 +178,14 @@ def test_collector_keeps_trying_where_pairs_drop_after_some_were_made(monkeypatc
     assert tally.made == 2 and tally.in_a_row == 0                    # 349 drops, then the chunk filled
     with pytest.raises(RuntimeError, match="50 dropped in a row after 0 made"):
         collect._fork_chunk(cfg, None, None, stream, None, np.random.default_rng(0), collect.ForkTally(), *views)
+
+
+def test_pairs_from_rest_settle_first_and_share_a_still_prefix(played):
+    game, policy, frame = played
+    cfg = ForkConfig(prefix=4, branch=4, settle=35)
+    pair, frame = fork_pair(game, policy, frame, cfg, np.random.default_rng(1), "move", rest=True)
+    assert pair is not None
+    assert (pair.actions[:, :4] == 0).all()                                     # a prefix of no-ops
+    still = np.abs(np.diff(pair.frames[0, :4].astype(int), axis=0)).mean()      # the slide has settled
+    assert still < 1.0, still
+    assert np.abs(pair.frames[0, 4:].astype(int) - pair.frames[1, 4:]).mean() > 1   # forward and backward part

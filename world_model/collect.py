@@ -179,7 +179,8 @@ def _fork_chunk(cfg: CollectConfig, game: Game, policy: ExplorerPolicy, stream, 
     while i < cfg.chunk_ticks:
         for _ in range(int(rng.integers(cfg.fork.gap_min, cfg.fork.gap_max + 1))):
             last, _, _ = next(stream)
-        pair, last = fork_pair(game, policy, last, cfg.fork, rng)
+        rest = cfg.fork.rest_share > 0 and rng.random() < cfg.fork.rest_share   # no draw at 0: same pairs as before
+        pair, last = fork_pair(game, policy, last, cfg.fork, rng, rest=rest)
         if pair is None:
             tally.in_a_row += 1
             # Deaths and rooms whose replays differ (forks.py) drop pairs, 80 in a row in one room (session 15);

@@ -42,6 +42,11 @@ class ForkConfig:
     # (3rd quartile) in some rooms, where dropping every inexact pair stopped the collector. A move pair's
     # branches differ by more than 2 (tests/test_forks.py).
     prefix_tol: float = field(default=1.0, metadata={"min": 0.0})
+    # Share of pairs played from rest: every input released for `settle` ticks (Doom's slide takes about 33
+    # to stop), then a prefix of no-ops, so the branches start a walk or turn from a still image. In play the
+    # player comes to rest mostly against walls, so forward from rest hardly ever walks (docs/DATA.md).
+    rest_share: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
+    settle: int = field(default=35, metadata={"min": 0})
 
     @property
     def clip(self) -> int:
@@ -80,11 +85,17 @@ def prefix_difference(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def fork_pair(game: Game, policy: ExplorerPolicy, frame: np.ndarray, cfg: ForkConfig,
-              rng: np.random.Generator, kind: str | None = None) -> tuple[ForkPair | None, np.ndarray]:
-    """Play one pair from the game's current state. Returns (the pair or None where it was dropped, the
-    frame the game shows now). The game goes on from the end of the second branch."""
+              rng: np.random.Generator, kind: str | None = None,
+              rest: bool = False) -> tuple[ForkPair | None, np.ndarray]:
+    """Play one pair from the game's current state (with `rest`, after cfg.settle ticks of no input, and with
+    a prefix of no-ops). Returns (the pair or None where it was dropped, the frame the game shows now). The
+    game goes on from the end of the second branch."""
     kind = kind or draw_kind(rng)
     held = branch_actions(kind, rng)
+    for _ in range(cfg.settle if rest else 0):
+        frame = game.step(NOOP)
+        if game.tick_info.new_episode:
+            return None, frame
     path = game.fork_point()
     frames = np.empty((2, cfg.clip, *frame.shape), np.uint8)
     actions = np.empty((2, cfg.clip, DIM), np.float32)
@@ -96,7 +107,7 @@ def fork_pair(game: Game, policy: ExplorerPolicy, frame: np.ndarray, cfg: ForkCo
         for i in range(cfg.clip):
             if i < cfg.prefix:
                 if k == 0:
-                    prefix.append(policy.act(frame, game.tick_info))
+                    prefix.append(NOOP if rest else policy.act(frame, game.tick_info))
                 a = prefix[i]
             else:
                 a = held[k]

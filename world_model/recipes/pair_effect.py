@@ -12,7 +12,8 @@ are the same pure noise, so only the context and the action tell the clips apart
 model's one-step guess of the frame (what a 1-step student draws).
 
 Branch tick 1 is the first frame after the actions part: its context is the shared prefix, so it answers the
-action alone. Later ticks also see the branch's earlier real frames. Cheap enough for the CPU: 24 pairs of each
+action alone. With --rest, each kind is also played from a still player (forks.fork_pair's `rest`): the
+evaluation's probe from a standing start, which the collector's play rarely holds (docs/DATA.md, "Walls"). Later ticks also see the branch's earlier real frames. Cheap enough for the CPU: 24 pairs of each
 kind take about a minute to play and a few seconds per model.
 """
 from __future__ import annotations
@@ -35,8 +36,10 @@ from world_model.policy import ExplorerPolicy, PolicyConfig, RoutePlanner
 TICKS = (1, 2, 4, 8)   # branch ticks reported
 
 
-def play_pairs(kind: str, n: int, seed: int, cfg: ForkConfig = ForkConfig()) -> tuple[np.ndarray, np.ndarray]:
-    """n fork pairs of one kind from policy play: frames (n, 2, T, H, W, 3) uint8, actions (n, 2, T, 5)."""
+def play_pairs(kind: str, n: int, seed: int, cfg: ForkConfig = ForkConfig(),
+               rest: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """n fork pairs of one kind from policy play (with `rest`, from a still player: forks.fork_pair):
+    frames (n, 2, T, H, W, 3) uint8, actions (n, 2, T, 5)."""
     gc = GameConfig(buffers=True)
     rng = np.random.default_rng(seed)
     frames, actions = [], []
@@ -46,7 +49,7 @@ def play_pairs(kind: str, n: int, seed: int, cfg: ForkConfig = ForkConfig()) -> 
         while len(frames) < n:
             for _ in range(int(rng.integers(cfg.gap_min, cfg.gap_max + 1))):
                 frame = game.step(policy.act(frame, game.tick_info))
-            pair, frame = fork_pair(game, policy, frame, cfg, rng, kind)
+            pair, frame = fork_pair(game, policy, frame, cfg, rng, kind, rest=rest)
             if pair is not None:
                 frames.append(pair.frames)
                 actions.append(pair.actions)
@@ -75,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--pairs", type=int, default=24, help="pairs of each kind")
     ap.add_argument("--seed", type=int, default=20000, help="game and policy seed (training uses small seeds)")
     ap.add_argument("--times", default="1.0,0.9", help="noise levels t")
+    ap.add_argument("--rest", action="store_true",
+                    help="also pairs from a still player (no input for 35 ticks, a prefix of no-ops)")
     ap.add_argument("--autoencoder", default="assets/checkpoints/autoencoder.safetensors")
     ap.add_argument("--json", help="write the table here")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -83,12 +88,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     dev = torch.device(args.device)
     ae = Autoencoder.load(args.autoencoder, device=dev)
     data = {}
-    for i, (kind, _) in enumerate(KINDS):
-        frames, acts = play_pairs(kind, args.pairs, args.seed + i, cfg)
-        with torch.no_grad():
-            x0 = ae.encode(frames_to_model(torch.from_numpy(frames.reshape(-1, *frames.shape[-3:])).to(dev))).float()
-        data[kind] = (x0.reshape(*frames.shape[:3], *x0.shape[1:]), torch.from_numpy(acts).to(dev))
-        print(f"played and encoded {args.pairs} {kind} pairs", flush=True)
+    for rest in (False, True) if args.rest else (False,):
+        for i, (kind, _) in enumerate(KINDS):
+            frames, acts = play_pairs(kind, args.pairs, args.seed + i, cfg, rest=rest)
+            with torch.no_grad():
+                x0 = ae.encode(frames_to_model(torch.from_numpy(frames.reshape(-1, *frames.shape[-3:])).to(dev))).float()
+            name = f"{kind} from rest" if rest else kind
+            data[name] = (x0.reshape(*frames.shape[:3], *x0.shape[1:]), torch.from_numpy(acts).to(dev))
+            print(f"played and encoded {args.pairs} {name} pairs", flush=True)
     report = {"pairs_per_kind": args.pairs, "seed": args.seed, "prefix": cfg.prefix, "branch": cfg.branch, "models": {}}
     for path in args.models:
         model = load_model(path).to(dev).eval()
@@ -97,9 +104,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             for kind, (x0, acts) in data.items():
                 rows[f"{kind} t={t:g}"] = effects(model, x0, acts, t, cfg.prefix)
         print(path, flush=True)
-        print(f"  {'pair, t':<16}" + "".join(f"{k:>8}" for k in ("all", *(f"tick{k}" for k in TICKS))))
+        print(f"  {'pair, t':<26}" + "".join(f"{k:>8}" for k in ("all", *(f"tick{k}" for k in TICKS))))
         for name, r in rows.items():
-            print(f"  {name:<16}" + "".join(f"{r[k]:>8.3f}" for k in ("all", *(f"tick{k}" for k in TICKS)) if k in r), flush=True)
+            print(f"  {name:<26}" + "".join(f"{r[k]:>8.3f}" for k in ("all", *(f"tick{k}" for k in TICKS)) if k in r), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
 
