@@ -260,7 +260,7 @@ class ExplorerPolicy:
         self.use_cooldown = max(0, self.use_cooldown - 1)
         self.mode_ticks -= 1
 
-        was_idle = self.mode == "idle"
+        was_idle, snap = self.mode == "idle", False
         blocked = cfg.blocked_ticks > 0 and self.blocked >= cfg.blocked_ticks and self.mode != "unstick"
         if blocked:                                  # a held probe or move into a wall ends here too
             self.mode, self.mode_ticks, self.moves = "cruise", 0, []
@@ -326,7 +326,6 @@ class ExplorerPolicy:
             return self._emit(np.array([self.moves.pop(0), 0.0, 0.0]), 0, 0, snap=True)
         else:
             self.mode = "cruise"
-            snap = False
             if self.mode_ticks <= 0:
                 self.mode_ticks = int(rng.integers(20, 90))
                 self.speed = rng.uniform(cfg.speed_min, cfg.speed_max)
@@ -349,9 +348,7 @@ class ExplorerPolicy:
                 self.target[2] = np.clip(2.5 * mon, -1, 1)
                 self.target[0] *= 0.5
                 attack = int(abs(mon) < 0.25 and rng.random() < 0.8)
-            if snap:
-                return self._emit(self.target, attack, use, snap=True)
-        return self._emit(self.target, attack, use)
+        return self._emit(self.target, attack, use, snap=snap)
 
     def _emit(self, target: np.ndarray, attack: int, use: int, snap: bool = False) -> Action:
         # Sticks move continuously: approach the target instead of jumping (except for held probes).
