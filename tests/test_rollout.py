@@ -310,6 +310,34 @@ def test_momentum_model_starts_from_a_plain_one_unchanged():
         load_weights_into(plain, moving)
 
 
+def test_abs_pos_model_starts_from_a_plain_one_unchanged_and_streams_like_its_full_forward():
+    """abs_pos: the table starts at zero (same predictions as the plain source; the reverse copy is refused);
+    once it is not zero it changes the frame, and streaming through the cache still equals the block-causal
+    forward, since every frame gets the same table."""
+    from dataclasses import replace
+    from world_model.checkpoint import CheckpointError
+    from world_model.kv_cache import CacheMode
+    from world_model.model import load_weights_into
+    plain = tiny_model()
+    placed = WorldModel(replace(plain.config, abs_pos=True))
+    load_weights_into(placed, plain)
+    assert placed.pos_embed.shape == (plain.config.tokens_per_frame, plain.config.dim)
+    assert torch.all(placed.pos_embed == 0)
+    x, a = seed_clip(plain, T=4)
+    t = torch.rand(2, 4)
+    with torch.no_grad():
+        assert torch.allclose(placed(x, t, a), plain(x, t, a), atol=1e-6)
+        placed.pos_embed.normal_()
+        full = placed(x, torch.zeros(2, 4), a)                                  # (B, T, C, h, w)
+        assert not torch.allclose(full, plain(x, torch.zeros(2, 4), a), atol=1e-3)
+        cache = placed.new_cache(batch=2, sink=1, window=3, device="cpu", dtype=torch.float32)
+        streamed = torch.cat([placed(x[:, i:i + 1], torch.zeros(2, 1), a[:, i:i + 1], cache=cache,
+                                     cache_mode=CacheMode.APPEND) for i in range(4)], 1)
+    assert torch.allclose(streamed, full, atol=1e-4)
+    with pytest.raises(CheckpointError, match="another model config"):
+        load_weights_into(plain, placed)
+
+
 def test_attention_kernel_choice_gives_the_same_frames_and_rejects_unknown_names():
     """runtime.attention restricts the SDPA kernel of every pass; the math kernel matches torch's own choice."""
     model = tiny_model()

@@ -90,17 +90,22 @@ def test_recipe_trains_on_its_own_rollouts(tiny_ae, tmp_path):
         train_teacher.main(bad, tmp_path / "bad")
 
 
-def test_a_plain_teacher_continues_with_action_momentum(tiny_ae, tmp_path):
-    """--init from a teacher without action momentum into a config with it: the new inputs start at zero
-    (load_weights_into) and training runs on momentum features; the saved teacher carries the config."""
+@pytest.mark.parametrize("addition", ["action_momentum", "abs_pos"])
+def test_a_plain_teacher_continues_with_an_addition(tiny_ae, tmp_path, addition):
+    """--init from a plain teacher into a config with action momentum or the absolute position table: what is
+    new starts at zero (load_weights_into), training moves it, and the saved teacher carries the config."""
     plain = settings.load(TINY, train_teacher.TrainConfig, {"autoencoder": str(tiny_ae), "steps": 4})
     train_teacher.main(plain, tmp_path / "plain")
-    moving = settings.load(TINY, train_teacher.TrainConfig, {"autoencoder": str(tiny_ae), "steps": 8,
-                                                            "model.action_momentum": True})
-    summary = train_teacher.main(moving, tmp_path / "moving", init=tmp_path / "plain" / "teacher.safetensors")
+    grown = settings.load(TINY, train_teacher.TrainConfig, {"autoencoder": str(tiny_ae), "steps": 8,
+                                                           f"model.{addition}": True})
+    summary = train_teacher.main(grown, tmp_path / "grown", init=tmp_path / "plain" / "teacher.safetensors")
     assert summary["step"] == 8 and math.isfinite(summary["val_mse_tf"])
-    teacher = load_model(tmp_path / "moving" / "teacher.safetensors", kind="teacher")
-    assert teacher.config.action_momentum and teacher.action_embed[0].weight.shape[1] == 7
+    teacher = load_model(tmp_path / "grown" / "teacher.safetensors", kind="teacher")
+    assert getattr(teacher.config, addition)
+    if addition == "action_momentum":
+        assert teacher.action_embed[0].weight.shape[1] == 7
+    else:
+        assert teacher.pos_embed.abs().sum() > 0                     # trained away from its zero start
 
 
 def test_recipe_trains_on_fork_pairs(tiny_ae, tmp_path):

@@ -15,7 +15,8 @@ Attention is between tokens of all frames under a frame-level boolean mask (True
     window-relative positions (see kv_cache.py). A FUSED pass [clean frame | noisy next frame] stores the
     clean one and denoises the noisy one in the same forward, with tables from the cache.
 Positions: 2D spatial RoPE (row, column) plus temporal RoPE (frame position) on separate slices of each
-head. Keys are cached before RoPE, so the cache can renumber frames when its window rolls.
+head. Keys are cached before RoPE, so the cache can renumber frames when its window rolls. With
+`abs_pos`, each patch of a frame also gets a learned absolute position (ModelConfig says why).
 """
 from __future__ import annotations
 
@@ -54,6 +55,14 @@ class ModelConfig:
     # (action_features): Doom's walking has momentum, so the view's motion follows that sum, not the tick's
     # own input (docs/EVALUATION.md, session 10). Adds 2 inputs to the action MLP.
     action_momentum: bool = False
+    # A learned absolute position per patch of the frame, added to its token (DiT uses a fixed sin-cos table
+    # here). Why: RoPE gives attention only offsets between tokens, so a token can tell where it sits only from
+    # content and the frame's edges; the shipped teacher's tokens know their row (a linear probe reads it with
+    # R^2 0.94) but hardly their column (0.5; docs/EVALUATION.md, session 16). Turning shifts the whole view
+    # the same way, which offsets suffice for; walking zooms it about the centre, so each patch must move away
+    # from the centre, left or right, which needs the column. Starts at zero, so a model given it by
+    # `load_weights_into` predicts exactly what its source did.
+    abs_pos: bool = False
     rope_theta: float = field(default=100.0, metadata={"min": 2.0})  # positions stay below ~100 frames or rows
     temporal_rope_fraction: float = field(default=0.25, metadata={"min": 0.0, "max": 1.0})
 
@@ -300,6 +309,7 @@ class WorldModel(nn.Module):
         self.t_embed = TimestepEmbedder(cfg.dim)
         self.action_embed = nn.Sequential(nn.Linear(cfg.action_inputs, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
         self.null_action = nn.Parameter(torch.randn(cfg.dim) * 0.02)  # used where action_mask is False
+        self.pos_embed = nn.Parameter(torch.zeros(cfg.tokens_per_frame, cfg.dim)) if cfg.abs_pos else None
         self.rope = Rope(cfg)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.final = FinalLayer(cfg)
@@ -390,6 +400,8 @@ class WorldModel(nn.Module):
             full_mask = torch.cat([ctx_mask, mask], dim=1)                                # (F, Kc + F)
         c = self.condition(t, action, action_mask)                                        # (B, F, D)
         h = self.patchify(x)                                                              # (B, F, P, D)
+        if self.pos_embed is not None:
+            h = h + self.pos_embed.to(h.dtype)                                            # same in every frame
         # Tables and mask once per pass in the weights' dtype, not once per layer: with bf16 weights a
         # streaming pass is launch-bound, and a bool mask would be turned into an additive one in every layer.
         # (fp32 weights under autocast keep fp32 tables, as the models were trained.)
@@ -434,17 +446,20 @@ class WorldModel(nn.Module):
 
 
 def load_weights_into(model: WorldModel, src: WorldModel) -> None:
-    """Copy src's weights into model. Their configs must match, except that model may add action momentum:
-    its two new action inputs start with zero weights, so the copy predicts exactly what src does and
-    training decides what the momentum is worth."""
+    """Copy src's weights into model. Their configs must match, except that model may add action momentum
+    (its two new action inputs start with zero weights) or the absolute position table (zeros): the copy
+    predicts exactly what src does, and training decides what the addition is worth."""
     a, b = src.config_dict(), model.config_dict()
-    if {**a, "action_momentum": b["action_momentum"]} != b or (a["action_momentum"] and not b["action_momentum"]):
+    addable = ("action_momentum", "abs_pos")
+    if {**a, **{k: b[k] for k in addable}} != b or any(a[k] and not b[k] for k in addable):
         raise checkpoint.CheckpointError(f"weights of another model config: {a} against {b}")
     state = src.state_dict()
     w = state["action_embed.0.weight"]                                                    # (dim, inputs)
     extra = model.config.action_inputs - w.shape[1]
     if extra:
         state["action_embed.0.weight"] = torch.cat([w, w.new_zeros(w.shape[0], extra)], dim=1)
+    if model.pos_embed is not None and "pos_embed" not in state:
+        state["pos_embed"] = torch.zeros_like(model.pos_embed)
     model.load_state_dict(state)
 
 

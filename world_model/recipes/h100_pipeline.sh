@@ -415,6 +415,29 @@ if [ "$PART" = walls15 ]; then
   exit 0
 fi
 
+# PART=abspos16 (session 16, one H200, about 20 minutes): does a learned absolute position per patch
+# (model.abs_pos, zero at the start) let the teacher zoom on forward/backward? The shipped teacher continues for
+# TEACHER_MIN (8, with TEACHER_TOTAL=50 as sessions 12-15) twice, side by side with WORKERS (7) unpinned
+# collector workers each, both with clips holding a forward break drawn MOVE_WEIGHT (4) times as often (session
+# 10: 24.3% move, 54.9% response): "abspos" with the table, "control" without. Then int8, pair_effect against
+# the shipped teacher, and the 16-step evaluation: in full (drift included) for abspos, EVAL_ARGS
+# (--parts=tf,response by default) for the control.
+if [ "$PART" = abspos16 ]; then
+  arm() {  # arm NAME EVAL_ARGS OVERRIDES...
+    local name=teacher-$1 eval_args=$2; shift 2
+    stage "$name" python3 -m world_model.recipes.train_teacher settings/train/teacher.yaml --out "runs/$name" --init "$T" \
+      --set max_minutes="$TEACHER_MIN" --set total_minutes="$TEACHER_TOTAL" --set compile=true \
+      --set data.collect.workers="${WORKERS:-7}" --set data.collect.pin=false --set data.max_chunks_per_step=2 \
+      --set move_weight="${MOVE_WEIGHT:-4}" "$@"
+    EVAL_ARGS=$eval_args check_teacher "$name"
+  }
+  arm abspos "" --set model.abs_pos=true &
+  arm control "${EVAL_ARGS:---parts=tf,response}" &
+  wait
+  echo "$(date +%T) abspos16 part done"
+  exit 0
+fi
+
 # PART=student14 (session 14, one H100, about 15 minutes): Stage A at guidance 3 from the teacher T (the shipped
 # one unless T is set) for CM_MIN, int8, then its 1- and 2-step evaluations side by side (depth_student above).
 if [ "$PART" = student14 ]; then
