@@ -438,6 +438,29 @@ if [ "$PART" = abspos16 ]; then
   exit 0
 fi
 
+# PART=scratch16 (session 16, one H200, about 12 minutes, with TEACHER_MIN=6 TEACHER_TOTAL=60): the same
+# question from scratch, where nothing has to be unlearnt. Two new teachers train TEACHER_MIN side by side, cosine over TEACHER_TOTAL, WORKERS (7)
+# collector workers each: "all" with every remedy built so far (model.abs_pos, model.action_momentum,
+# move_weight 4, and the policy's blocked_ticks 6, snap_start_prob 0.5, open_start_prob 0.02), "plain" with the
+# shipped teacher's recipe. At equal steps, pair_effect (tick 1 is the number to watch) and EVAL_ARGS
+# (--parts=tf,response by default) say whether the remedies teach the action sooner.
+if [ "$PART" = scratch16 ]; then
+  arm() {  # arm NAME OVERRIDES...
+    local name=teacher-$1; shift
+    stage "$name" python3 -m world_model.recipes.train_teacher settings/train/teacher.yaml --out "runs/$name" \
+      --set max_minutes="$TEACHER_MIN" --set total_minutes="$TEACHER_TOTAL" --set compile=true \
+      --set data.collect.workers="${WORKERS:-7}" --set data.collect.pin=false --set data.max_chunks_per_step=2 "$@"
+    EVAL_ARGS=${EVAL_ARGS:---parts=tf,response} check_teacher "$name"
+  }
+  arm all --set model.abs_pos=true --set model.action_momentum=true --set move_weight=4 \
+    --set data.collect.policy.blocked_ticks=6 --set data.collect.policy.snap_start_prob=0.5 \
+    --set data.collect.policy.open_start_prob=0.02 &
+  arm plain &
+  wait
+  echo "$(date +%T) scratch16 part done"
+  exit 0
+fi
+
 # PART=student14 (session 14, one H100, about 15 minutes): Stage A at guidance 3 from the teacher T (the shipped
 # one unless T is set) for CM_MIN, int8, then its 1- and 2-step evaluations side by side (depth_student above).
 if [ "$PART" = student14 ]; then
