@@ -461,6 +461,22 @@ if [ "$PART" = scratch16 ]; then
   exit 0
 fi
 
+# PART=fresh17 (prepared in session 16 for one H200, about 25 minutes with TEACHER_MIN=16 TEACHER_TOTAL=16): one
+# new teacher from scratch, alone on the GPU with the default 14 collector workers, with every remedy built so
+# far (model.abs_pos, model.action_momentum, move_weight 4, the policy's blocked_ticks 6, snap_start_prob 0.5 and
+# open_start_prob 0.02). At 16-17 steps/s it reaches about the shipped teacher's 18,625 steps, so the two compare
+# at equal training. Then int8, pair_effect against the shipped teacher, and the full 16-step evaluation.
+if [ "$PART" = fresh17 ]; then
+  stage teacher-fresh python3 -m world_model.recipes.train_teacher settings/train/teacher.yaml --out runs/teacher-fresh \
+    --set max_minutes="$TEACHER_MIN" --set total_minutes="$TEACHER_TOTAL" --set compile=true \
+    --set model.abs_pos=true --set model.action_momentum=true --set move_weight=4 \
+    --set data.collect.policy.blocked_ticks=6 --set data.collect.policy.snap_start_prob=0.5 \
+    --set data.collect.policy.open_start_prob=0.02
+  check_teacher teacher-fresh
+  echo "$(date +%T) fresh17 part done"
+  exit 0
+fi
+
 # PART=student14 (session 14, one H100, about 15 minutes): Stage A at guidance 3 from the teacher T (the shipped
 # one unless T is set) for CM_MIN, int8, then its 1- and 2-step evaluations side by side (depth_student above).
 if [ "$PART" = student14 ]; then
