@@ -363,6 +363,17 @@ check_teacher() {
   evaluate "T16-$name" "runs/$name-int8/teacher.safetensors" --steps 16 ${EVAL_ARGS:-}
 }
 
+# side_arm NAME OVERRIDES...: one of two teachers trained side by side on one GPU (TEACHER_MIN, cosine over
+# TEACHER_TOTAL, WORKERS (7) unpinned collector workers each: pinned workers of two runs would share the first
+# cores), then check_teacher. Pass --init "$T" among the overrides to continue the shipped teacher.
+side_arm() {
+  local name=teacher-$1; shift
+  stage "$name" python3 -m world_model.recipes.train_teacher settings/train/teacher.yaml --out "runs/$name" \
+    --set max_minutes="$TEACHER_MIN" --set total_minutes="$TEACHER_TOTAL" --set compile=true \
+    --set data.collect.workers="${WORKERS:-7}" --set data.collect.pin=false --set data.max_chunks_per_step=2 "$@"
+  check_teacher "$name"
+}
+
 # PART=fork14 (session 14, one H100): the shipped teacher continues for TEACHER_MIN on data with fork pairs
 # (world_model/forks.py: one game state, the same prefix, then forward against backward held, or left/right
 # turns and strafes, or walk/stop) under the pair loss (losses.py), one run per weight in WEIGHTS ("1 3"),
@@ -400,16 +411,9 @@ fi
 # the number to watch: 0.017 for forward/backward on the shipped teacher) and the 16-step evaluation
 # (EVAL_ARGS, e.g. --parts=tf,response).
 if [ "$PART" = walls15 ]; then
-  arm() {  # arm NAME OVERRIDES...
-    local name=teacher-$1; shift
-    stage "$name" python3 -m world_model.recipes.train_teacher settings/train/teacher.yaml --out "runs/$name" --init "$T" \
-      --set max_minutes="$TEACHER_MIN" --set total_minutes="$TEACHER_TOTAL" --set compile=true \
-      --set data.collect.workers="${WORKERS:-7}" --set data.collect.pin=false --set data.max_chunks_per_step=2 "$@"
-    check_teacher "$name"
-  }
-  arm walls --set data.collect.policy.blocked_ticks=6 --set data.collect.policy.snap_start_prob=0.5 \
+  side_arm walls --init "$T" --set data.collect.policy.blocked_ticks=6 --set data.collect.policy.snap_start_prob=0.5 \
     --set data.collect.policy.open_start_prob="${OPEN:-0.02}" &
-  arm control &
+  side_arm control --init "$T" &
   wait
   echo "$(date +%T) walls15 part done"
   exit 0
@@ -423,39 +427,24 @@ fi
 # the shipped teacher, and the 16-step evaluation: in full (drift included) for abspos, EVAL_ARGS
 # (--parts=tf,response by default) for the control.
 if [ "$PART" = abspos16 ]; then
-  arm() {  # arm NAME EVAL_ARGS OVERRIDES...
-    local name=teacher-$1 eval_args=$2; shift 2
-    stage "$name" python3 -m world_model.recipes.train_teacher settings/train/teacher.yaml --out "runs/$name" --init "$T" \
-      --set max_minutes="$TEACHER_MIN" --set total_minutes="$TEACHER_TOTAL" --set compile=true \
-      --set data.collect.workers="${WORKERS:-7}" --set data.collect.pin=false --set data.max_chunks_per_step=2 \
-      --set move_weight="${MOVE_WEIGHT:-4}" "$@"
-    EVAL_ARGS=$eval_args check_teacher "$name"
-  }
-  arm abspos "" --set model.abs_pos=true &
-  arm control "${EVAL_ARGS:---parts=tf,response}" &
+  EVAL_ARGS= side_arm abspos --init "$T" --set move_weight="${MOVE_WEIGHT:-4}" --set model.abs_pos=true &
+  EVAL_ARGS=${EVAL_ARGS:---parts=tf,response} side_arm control --init "$T" --set move_weight="${MOVE_WEIGHT:-4}" &
   wait
   echo "$(date +%T) abspos16 part done"
   exit 0
 fi
 
 # PART=scratch16 (session 16, one H200, about 12 minutes, with TEACHER_MIN=6 TEACHER_TOTAL=60): the same
-# question from scratch, where nothing has to be unlearnt. Two new teachers train TEACHER_MIN side by side, cosine over TEACHER_TOTAL, WORKERS (7)
-# collector workers each: "all" with every remedy built so far (model.abs_pos, model.action_momentum,
-# move_weight 4, and the policy's blocked_ticks 6, snap_start_prob 0.5, open_start_prob 0.02), "plain" with the
-# shipped teacher's recipe. At equal steps, pair_effect (tick 1 is the number to watch) and EVAL_ARGS
+# question from scratch, where nothing has to be unlearnt. Two new teachers train side by side (side_arm):
+# "all" with every remedy built so far (model.abs_pos, model.action_momentum, move_weight 4, and the policy's
+# blocked_ticks 6, snap_start_prob 0.5, open_start_prob 0.02), "plain" with the shipped teacher's recipe. At equal steps, pair_effect (tick 1 is the number to watch) and EVAL_ARGS
 # (--parts=tf,response by default) say whether the remedies teach the action sooner.
 if [ "$PART" = scratch16 ]; then
-  arm() {  # arm NAME OVERRIDES...
-    local name=teacher-$1; shift
-    stage "$name" python3 -m world_model.recipes.train_teacher settings/train/teacher.yaml --out "runs/$name" \
-      --set max_minutes="$TEACHER_MIN" --set total_minutes="$TEACHER_TOTAL" --set compile=true \
-      --set data.collect.workers="${WORKERS:-7}" --set data.collect.pin=false --set data.max_chunks_per_step=2 "$@"
-    EVAL_ARGS=${EVAL_ARGS:---parts=tf,response} check_teacher "$name"
-  }
-  arm all --set model.abs_pos=true --set model.action_momentum=true --set move_weight=4 \
+  export EVAL_ARGS=${EVAL_ARGS:---parts=tf,response}
+  side_arm all --set model.abs_pos=true --set model.action_momentum=true --set move_weight=4 \
     --set data.collect.policy.blocked_ticks=6 --set data.collect.policy.snap_start_prob=0.5 \
     --set data.collect.policy.open_start_prob=0.02 &
-  arm plain &
+  side_arm plain &
   wait
   echo "$(date +%T) scratch16 part done"
   exit 0
