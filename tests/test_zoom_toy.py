@@ -1,0 +1,59 @@
+"""zoom_toy: its camera does what the actions say, and the recipe runs end to end on a few steps."""
+import json
+
+import torch
+
+from world_model.recipes import zoom_toy
+from world_model.recipes.zoom_toy import KINDS, clips, step_camera, view, world
+
+
+def test_pan_shifts_the_view_by_about_one_column():
+    g = torch.Generator().manual_seed(0)
+    fields = world(4, g)
+    cx, scale = torch.zeros(4), torch.zeros(4)
+    before = view(fields, cx, scale)                                                # (4, C, H, W)
+    right = view(fields, *step_camera(cx, scale, torch.full((4,), KINDS.index("right"))))
+    # panning right brings what was one column to the right into view: right[..., j] ~ before[..., j + 1]
+    shifted = (right[..., :-1] - before[..., 1:]).pow(2).mean()
+    unshifted = (right - before).pow(2).mean()
+    assert shifted < 0.05 * unshifted
+
+
+def test_zoom_in_magnifies_about_the_centre():
+    g = torch.Generator().manual_seed(1)
+    fields = world(4, g)
+    cx, scale = torch.zeros(4), torch.zeros(4)
+    before = view(fields, cx, scale)
+    zin = view(fields, *step_camera(cx, scale, torch.full((4,), KINDS.index("in"))))
+    H, W = before.shape[-2:]
+    # the centre pixels barely move; the corners move by about 12% of the half diagonal
+    mid = (slice(None), slice(None), slice(H // 2 - 1, H // 2 + 1), slice(W // 2 - 1, W // 2 + 1))
+    centre = (zin[mid] - before[mid]).pow(2).mean()
+    corners = (zin[..., [0, 0, -1, -1], [0, -1, 0, -1]] - before[..., [0, 0, -1, -1], [0, -1, 0, -1]]).pow(2).mean()
+    assert centre < 0.1 * corners
+    # in then out returns the camera to where it was
+    cx2, s2 = step_camera(*step_camera(cx, scale, torch.full((4,), KINDS.index("in"))),
+                          torch.full((4,), KINDS.index("out")))
+    assert torch.allclose(cx2, cx) and torch.allclose(s2, scale)
+
+
+def test_clip_actions_match_the_drawn_motion():
+    g = torch.Generator().manual_seed(2)
+    last = torch.tensor([KINDS.index("left"), KINDS.index("in")])
+    x, a, fields, before = clips(2, g, last=last)
+    assert x.shape == (2, zoom_toy.CLIP, zoom_toy.C, zoom_toy.H, zoom_toy.W) and a.shape == (2, zoom_toy.CLIP, 5)
+    assert a[0, -1, 2] == -1 and a[0, -1, 0] == 0          # left: turn -1
+    assert a[1, -1, 0] == 1 and a[1, -1, 2] == 0           # in: forward +1
+    redrawn = view(fields, *step_camera(before[0], before[1], last))
+    assert torch.allclose(redrawn, x[:, -1])
+
+
+def test_recipe_runs_and_reports_both_models(tmp_path):
+    out = tmp_path / "toy.json"
+    zoom_toy.main(["--steps", "3", "--batch", "2", "--eval-clips", "4", "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert set(report["runs"]) == {"rope_only", "abs_pos"}
+    for run in report["runs"].values():
+        assert set(run["effects"]) == {"pan", "zoom"}
+        assert all(v == v for v in run["effects"].values())        # finite, not NaN
+        assert run["log"][-1]["step"] == 3

@@ -1,0 +1,170 @@
+"""Can the DiT draw a zoom from the action alone? A synthetic test of its positions, on the CPU.
+
+    python -m world_model.recipes.zoom_toy [--steps 2000] [--json OUT]
+
+The E1M1 teachers turn the view on the first frame after a turn input but hardly zoom after a forward input
+(docs/EVALUATION.md, sessions 15-16). A turn shifts every patch the same way, which RoPE's relative offsets
+express directly. A zoom moves each patch away from the centre, so a token has to know where it is, and RoPE
+does not tell it. This toy takes the game out of the question. A camera looks at a large smooth random
+field, and each tick's action either pans it by one latent pixel left or right, or zooms it in or out by 12%
+about the centre. Nothing else moves, and the actions are drawn independently, so the context frames never
+predict the next action: the motion of the last frame comes from its action alone, as on a probe's first
+frame.
+
+The same small WorldModel is trained with and without `abs_pos` (same seed, same batches, the teacher loss of
+losses.py). Then, for held-out clips, the last frame is predicted at t = 1 (the one-step guess of the frame)
+under the two actions of a pair (pan left against right, zoom in against out), with the same noise. The pair
+effect is the share of the true difference between the two frames that the difference of the predictions gets
+right, 1 - |d_pred - d_true|^2 / |d_true|^2, as in pair_effect.py (0: the action is ignored).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from dataclasses import asdict
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from world_model.losses import TeacherLoss, TeacherLossConfig
+from world_model.model import ModelConfig, WorldModel
+
+from .common import write_json
+
+H, W, C = 15, 20, 4          # the E1M1 latent grid, fewer channels
+CLIP = 4
+PAN = 2.0 / W                # one latent pixel, in grid_sample's [-1, 1] units
+ZOOM = 0.12                  # log scale per zoom tick
+# action index -> (forward, turn) of the v1 action vector: forward zooms, turn pans
+ACTIONS = {"left": (0.0, -1.0), "right": (0.0, 1.0), "in": (1.0, 0.0), "out": (-1.0, 0.0)}
+KINDS = list(ACTIONS)
+
+
+def toy_config(abs_pos: bool) -> ModelConfig:
+    return ModelConfig(latent_channels=C, latent_h=H, latent_w=W, patch=2, dim=64, depth=4, heads=4,
+                       mlp_ratio=2.0, abs_pos=abs_pos)
+
+
+def world(n: int, g: torch.Generator) -> Tensor:
+    """n smooth random fields (n, C, 4H, 4W): noise blurred by a 5x5 box twice, unit std."""
+    x = torch.randn(n, C, 4 * H, 4 * W, generator=g)
+    for _ in range(2):
+        x = F.avg_pool2d(F.pad(x, (2, 2, 2, 2), mode="replicate"), 5, stride=1)
+    return x / x.std(dim=(1, 2, 3), keepdim=True)
+
+
+def view(fields: Tensor, cx: Tensor, scale: Tensor) -> Tensor:
+    """What a camera at horizontal offset cx with zoom `scale` (n,) sees of fields (n, C, 4H, 4W): (n, C, H, W).
+    The camera's frame covers a quarter of the field's width and height at scale 1."""
+    ys = torch.linspace(-1, 1, H) * 0.25
+    xs = torch.linspace(-1, 1, W) * 0.25
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")                                    # (H, W)
+    s = torch.exp(-scale)[:, None, None]
+    grid = torch.stack([gx[None] * s + cx[:, None, None], gy[None] * s.expand(-1, H, W)], dim=-1)
+    return F.grid_sample(fields, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def clips(n: int, g: torch.Generator, last: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """n clips of CLIP frames (n, CLIP, C, H, W) and actions (n, CLIP, 5), each action drawn at random (`last`
+    (n,) fixes the final one). Frame k shows the camera after action k. Also returns the fields and the camera
+    before the last action, to redraw the last frame under another action."""
+    fields = world(n, g)
+    cx = (torch.rand(n, generator=g) - 0.5) * 0.5
+    scale = torch.zeros(n)
+    kinds = torch.randint(0, len(KINDS), (n, CLIP), generator=g)
+    if last is not None:
+        kinds[:, -1] = last
+    frames, acts = [], torch.zeros(n, CLIP, 5)
+    for k in range(CLIP):
+        if k == CLIP - 1:
+            before = (cx.clone(), scale.clone())
+        cx, scale = step_camera(cx, scale, kinds[:, k])
+        frames.append(view(fields, cx, scale))
+        acts[:, k, 0] = torch.tensor([ACTIONS[KINDS[i]][0] for i in kinds[:, k]])
+        acts[:, k, 2] = torch.tensor([ACTIONS[KINDS[i]][1] for i in kinds[:, k]])
+    return torch.stack(frames, 1), acts, fields, torch.stack(before)
+
+
+def step_camera(cx: Tensor, scale: Tensor, kinds: Tensor) -> tuple[Tensor, Tensor]:
+    pan = torch.tensor([{"left": -1.0, "right": 1.0}.get(KINDS[i], 0.0) for i in kinds]) * PAN * 0.25
+    zoom = torch.tensor([{"in": 1.0, "out": -1.0}.get(KINDS[i], 0.0) for i in kinds]) * ZOOM
+    return cx + pan * torch.exp(-scale), scale + zoom
+
+
+def train(abs_pos: bool, steps: int, batch: int, seed: int, log_every: int = 250) -> tuple[WorldModel, list[dict]]:
+    torch.manual_seed(seed)
+    model = WorldModel(toy_config(abs_pos))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    loss_fn = TeacherLoss(TeacherLossConfig(action_dropout=0.0))
+    g = torch.Generator().manual_seed(seed)
+    log = []
+    for step in range(1, steps + 1):
+        x, a, _, _ = clips(batch, g)
+        lr = 1e-3 * min(1.0, step / 100) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        loss, _ = loss_fn(model, x, a, g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if step % log_every == 0 or step == steps:
+            log.append({"step": step, "loss": loss.item()})
+            print(f"  abs_pos={abs_pos} step {step}: loss {log[-1]['loss']:.4f}", flush=True)
+    return model, log
+
+
+def pair_effects(model: WorldModel, n: int, seed: int) -> dict[str, float]:
+    """Pan left against right and zoom in against out on the last frame of n held-out clips, t = 1."""
+    g = torch.Generator().manual_seed(seed)
+    x, a, fields, before = clips(n, g)
+    noise = torch.randn(n, 1, C, H, W, generator=g)
+    t = torch.zeros(n, CLIP)
+    t[:, -1] = 1.0
+    out = {}
+    for name, (ka, kb) in {"pan": ("left", "right"), "zoom": ("in", "out")}.items():
+        preds, truths = [], []
+        for kind in (ka, kb):
+            k = torch.full((n,), KINDS.index(kind))
+            cx, scale = step_camera(before[0], before[1], k)
+            truth = view(fields, cx, scale)                                               # (n, C, H, W)
+            acts = a.clone()
+            acts[:, -1, 0], acts[:, -1, 2] = ACTIONS[kind]
+            xt = torch.cat([x[:, :-1], noise], 1)
+            with torch.no_grad():
+                v = model(xt, t, acts)[:, -1]
+            preds.append(noise[:, 0] - v)                                                 # x0_hat at t = 1
+            truths.append(truth)
+        d_pred, d_true = preds[0] - preds[1], truths[0] - truths[1]
+        out[name] = float(1 - (d_pred - d_true).pow(2).sum() / d_true.pow(2).sum())
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--batch", type=int, default=12)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eval-clips", type=int, default=256)
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    report = {"steps": args.steps, "batch": args.batch, "seed": args.seed, "config": asdict(toy_config(False)),
+              "runs": {}}
+    for abs_pos in (False, True):
+        t0 = time.perf_counter()
+        model, log = train(abs_pos, args.steps, args.batch, args.seed)
+        model.eval()
+        effects = pair_effects(model, args.eval_clips, args.seed + 1000)
+        name = "abs_pos" if abs_pos else "rope_only"
+        report["runs"][name] = {"effects": effects, "log": log, "seconds": time.perf_counter() - t0}
+        print(f"{name}: pair effect at t = 1, pan {effects['pan']:.3f}, zoom {effects['zoom']:.3f} "
+              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    write_json(args.json, report)
+
+
+if __name__ == "__main__":
+    main()
