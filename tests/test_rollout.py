@@ -310,24 +310,27 @@ def test_momentum_model_starts_from_a_plain_one_unchanged():
         load_weights_into(plain, moving)
 
 
-def test_abs_pos_model_starts_from_a_plain_one_unchanged_and_streams_like_its_full_forward():
-    """abs_pos: the table starts at zero (same predictions as the plain source; the reverse copy is refused);
-    once it is not zero it changes the frame, and streaming through the cache still equals the block-causal
-    forward, since every frame gets the same table."""
+@pytest.mark.parametrize("addition", ["abs_pos", "patch_action"])
+def test_added_table_starts_from_a_plain_model_unchanged_and_streams_like_its_full_forward(addition):
+    """abs_pos and patch_action: the new table starts at zero (same predictions as the plain source; the reverse
+    copy is refused); once it is not zero it changes the frame, and streaming through the cache still equals
+    the block-causal forward, since each frame's addition depends only on that frame and its action."""
     from dataclasses import replace
     from world_model.checkpoint import CheckpointError
     from world_model.kv_cache import CacheMode
     from world_model.model import load_weights_into
     plain = tiny_model()
-    placed = WorldModel(replace(plain.config, abs_pos=True))
+    placed = WorldModel(replace(plain.config, **{addition: True}))
     load_weights_into(placed, plain)
-    assert placed.pos_embed.shape == (plain.config.tokens_per_frame, plain.config.dim)
-    assert torch.all(placed.pos_embed == 0)
+    table = placed.pos_embed if addition == "abs_pos" else placed.patch_action
+    P, D, A = plain.config.tokens_per_frame, plain.config.dim, plain.config.action_inputs
+    assert table.shape == ((P, D) if addition == "abs_pos" else (P, A, D))
+    assert torch.all(table == 0)
     x, a = seed_clip(plain, T=4)
     t = torch.rand(2, 4)
     with torch.no_grad():
         assert torch.allclose(placed(x, t, a), plain(x, t, a), atol=1e-6)
-        placed.pos_embed.normal_()
+        table.normal_()
         full = placed(x, torch.zeros(2, 4), a)                                  # (B, T, C, h, w)
         assert not torch.allclose(full, plain(x, torch.zeros(2, 4), a), atol=1e-3)
         cache = placed.new_cache(batch=2, sink=1, window=3, device="cpu", dtype=torch.float32)
@@ -336,6 +339,29 @@ def test_abs_pos_model_starts_from_a_plain_one_unchanged_and_streams_like_its_fu
     assert torch.allclose(streamed, full, atol=1e-4)
     with pytest.raises(CheckpointError, match="another model config"):
         load_weights_into(plain, placed)
+
+
+def test_patch_action_is_silent_under_the_null_action_and_grows_with_momentum():
+    """The per-patch action map reads the action, so a masked (null) action adds nothing: action guidance's
+    unconditional pass sees no action through it. Adding momentum later widens it with zero rows."""
+    from dataclasses import replace
+    from world_model.model import load_weights_into
+    plain = tiny_model()
+    cfg = replace(plain.config, patch_action=True)
+    model = WorldModel(cfg)
+    load_weights_into(model, plain)
+    with torch.no_grad():
+        model.patch_action.normal_()
+    x, a = seed_clip(model, T=3)
+    t, off = torch.rand(2, 3), torch.zeros(2, 3, dtype=torch.bool)
+    with torch.no_grad():
+        assert not torch.allclose(model(x, t, a), model(x, t, -a), atol=1e-4)
+        torch.testing.assert_close(model(x, t, a, off), model(x, t, -a, off))
+        moving = WorldModel(replace(cfg, action_momentum=True))
+        load_weights_into(moving, model)
+    assert moving.patch_action.shape[1] == cfg.action_inputs + 2
+    torch.testing.assert_close(moving.patch_action[:, :cfg.action_inputs], model.patch_action)
+    assert torch.all(moving.patch_action[:, cfg.action_inputs:] == 0)
 
 
 def test_attention_kernel_choice_gives_the_same_frames_and_rejects_unknown_names():

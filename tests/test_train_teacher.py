@@ -90,10 +90,11 @@ def test_recipe_trains_on_its_own_rollouts(tiny_ae, tmp_path):
         train_teacher.main(bad, tmp_path / "bad")
 
 
-@pytest.mark.parametrize("addition", ["action_momentum", "abs_pos"])
+@pytest.mark.parametrize("addition", ["action_momentum", "abs_pos", "patch_action"])
 def test_a_plain_teacher_continues_with_an_addition(tiny_ae, tmp_path, addition):
-    """--init from a plain teacher into a config with action momentum or the absolute position table: what is
-    new starts at zero (load_weights_into), training moves it, and the saved teacher carries the config."""
+    """--init from a plain teacher into a config with action momentum, the absolute position table or the
+    per-patch action map: what is new starts at zero (load_weights_into), training moves it, and the saved
+    teacher carries the config."""
     plain = settings.load(TINY, train_teacher.TrainConfig, {"autoencoder": str(tiny_ae), "steps": 4})
     train_teacher.main(plain, tmp_path / "plain")
     grown = settings.load(TINY, train_teacher.TrainConfig, {"autoencoder": str(tiny_ae), "steps": 8,
@@ -104,8 +105,8 @@ def test_a_plain_teacher_continues_with_an_addition(tiny_ae, tmp_path, addition)
     assert getattr(teacher.config, addition)
     if addition == "action_momentum":
         assert teacher.action_embed[0].weight.shape[1] == 7
-    else:
-        assert teacher.pos_embed.abs().sum() > 0                     # trained away from its zero start
+    else:                                                             # trained away from its zero start
+        assert (teacher.pos_embed if addition == "abs_pos" else teacher.patch_action).abs().sum() > 0
 
 
 def test_recipe_trains_on_fork_pairs(tiny_ae, tmp_path):

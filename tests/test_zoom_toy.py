@@ -52,7 +52,7 @@ def test_recipe_runs_and_reports_both_models(tmp_path):
     out = tmp_path / "toy.json"
     zoom_toy.main(["--steps", "3", "--batch", "2", "--eval-clips", "4", "--json", str(out)])
     report = json.loads(out.read_text())
-    assert set(report["runs"]) == {"rope_only", "abs_pos"}
+    assert set(report["runs"]) == {"rope_only", "abs_pos", "patch_action"}
     for run in report["runs"].values():
         assert set(run["effects"]) == {"pan", "zoom"}
         assert all(v == v for v in run["effects"].values())        # finite, not NaN

@@ -16,7 +16,8 @@ Attention is between tokens of all frames under a frame-level boolean mask (True
     clean one and denoises the noisy one in the same forward, with tables from the cache.
 Positions: 2D spatial RoPE (row, column) plus temporal RoPE (frame position) on separate slices of each
 head. Keys are cached before RoPE, so the cache can renumber frames when its window rolls. With
-`abs_pos`, each patch of a frame also gets a learned absolute position (ModelConfig says why).
+`abs_pos`, each patch of a frame also gets a learned absolute position, and with `patch_action` its own
+linear map of the action (ModelConfig says why).
 """
 from __future__ import annotations
 
@@ -63,6 +64,12 @@ class ModelConfig:
     # from the centre, left or right, which needs the column. Starts at zero, so a model given it by
     # `load_weights_into` predicts exactly what its source did.
     abs_pos: bool = False
+    # A learned per-patch linear map from the frame's action to its tokens, added after patchify: each patch
+    # gets its own action vector, so a forward input can say "move left" to patches left of the centre and
+    # "move right" to those right of it. adaLN gives every token of a frame the same action embedding, and
+    # the synthetic zoom_toy shows that this DiT then learns a pan from the action (pair effect 0.87) but not
+    # a zoom (0.01), with or without abs_pos (docs/EVALUATION.md, session 17). Starts at zero.
+    patch_action: bool = False
     rope_theta: float = field(default=100.0, metadata={"min": 2.0})  # positions stay below ~100 frames or rows
     temporal_rope_fraction: float = field(default=0.25, metadata={"min": 0.0, "max": 1.0})
 
@@ -310,6 +317,8 @@ class WorldModel(nn.Module):
         self.action_embed = nn.Sequential(nn.Linear(cfg.action_inputs, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
         self.null_action = nn.Parameter(torch.randn(cfg.dim) * 0.02)  # used where action_mask is False
         self.pos_embed = nn.Parameter(torch.zeros(cfg.tokens_per_frame, cfg.dim)) if cfg.abs_pos else None
+        self.patch_action = (nn.Parameter(torch.zeros(cfg.tokens_per_frame, cfg.action_inputs, cfg.dim))
+                             if cfg.patch_action else None)                               # (P, A, D)
         self.rope = Rope(cfg)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.final = FinalLayer(cfg)
@@ -402,6 +411,11 @@ class WorldModel(nn.Module):
         h = self.patchify(x)                                                              # (B, F, P, D)
         if self.pos_embed is not None:
             h = h + self.pos_embed.to(h.dtype)                                            # same in every frame
+        if self.patch_action is not None:
+            a = action.to(h.dtype)
+            if action_mask is not None:                                                   # the null action: none
+                a = a * action_mask[..., None].to(h.dtype)
+            h = h + torch.einsum("bfa,pad->bfpd", a, self.patch_action.to(h.dtype))       # (B, F, P, D)
         # Tables and mask once per pass in the weights' dtype, not once per layer: with bf16 weights a
         # streaming pass is launch-bound, and a bool mask would be turned into an additive one in every layer.
         # (fp32 weights under autocast keep fp32 tables, as the models were trained.)
@@ -447,10 +461,11 @@ class WorldModel(nn.Module):
 
 def load_weights_into(model: WorldModel, src: WorldModel) -> None:
     """Copy src's weights into model. Their configs must match, except that model may add action momentum
-    (its two new action inputs start with zero weights) or the absolute position table (zeros): the copy
+    (its two new action inputs start with zero weights), the absolute position table or the per-patch action
+    map (zeros): the copy
     predicts exactly what src does, and training decides what the addition is worth."""
     a, b = src.config_dict(), model.config_dict()
-    addable = ("action_momentum", "abs_pos")
+    addable = ("action_momentum", "abs_pos", "patch_action")
     if {**a, **{k: b[k] for k in addable}} != b or any(a[k] and not b[k] for k in addable):
         raise checkpoint.CheckpointError(f"weights of another model config: {a} against {b}")
     state = src.state_dict()
@@ -460,6 +475,11 @@ def load_weights_into(model: WorldModel, src: WorldModel) -> None:
         state["action_embed.0.weight"] = torch.cat([w, w.new_zeros(w.shape[0], extra)], dim=1)
     if model.pos_embed is not None and "pos_embed" not in state:
         state["pos_embed"] = torch.zeros_like(model.pos_embed)
+    if model.patch_action is not None:
+        pa = state.get("patch_action", model.patch_action.new_zeros(model.patch_action.shape[0], 0,
+                                                                    model.patch_action.shape[2]))
+        extra = model.config.action_inputs - pa.shape[1]                                  # momentum added too
+        state["patch_action"] = torch.cat([pa, pa.new_zeros(pa.shape[0], extra, pa.shape[2])], dim=1)
     model.load_state_dict(state)
 
 

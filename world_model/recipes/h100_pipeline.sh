@@ -450,15 +450,32 @@ if [ "$PART" = scratch16 ]; then
   exit 0
 fi
 
+# PART=patch17 (prepared in session 17 for one H200, about 20 minutes with TEACHER_MIN=8 TEACHER_TOTAL=50): does a
+# per-patch action map (model.patch_action, zero at the start) let the teacher zoom on forward/backward? In the
+# CPU zoom_toy it took the zoom pair effect from 0.01 to 0.80, where abs_pos did nothing (docs/EVALUATION.md,
+# session 17). The shipped teacher continues for TEACHER_MIN alone on the GPU with the default 14 collector
+# workers and move_weight MOVE_WEIGHT (4), as session 16's arms did but with twice their workers. Then int8,
+# pair_effect against the shipped teacher (forward vs backward at tick 1: session 16's arms 0.026) and the
+# full 16-step evaluation.
+if [ "$PART" = patch17 ]; then
+  stage teacher-patch python3 -m world_model.recipes.train_teacher settings/train/teacher.yaml --out runs/teacher-patch \
+    --init "$T" --set max_minutes="$TEACHER_MIN" --set total_minutes="$TEACHER_TOTAL" --set compile=true \
+    --set move_weight="${MOVE_WEIGHT:-4}" --set model.patch_action=true
+  check_teacher teacher-patch
+  echo "$(date +%T) patch17 part done"
+  exit 0
+fi
+
 # PART=fresh17 (prepared in session 16 for one H200, about 25 minutes with TEACHER_MIN=16 TEACHER_TOTAL=16): one
-# new teacher from scratch, alone on the GPU with the default 14 collector workers, with every remedy built so
-# far (model.abs_pos, model.action_momentum, move_weight 4, the policy's blocked_ticks 6, snap_start_prob 0.5 and
-# open_start_prob 0.02). At 16-17 steps/s it reaches about the shipped teacher's 18,625 steps, so the two compare
+# new teacher from scratch, alone on the GPU with the default 14 collector workers, with the remedies built so
+# far: model.patch_action (session 17 put it in place of model.abs_pos, which the zoom_toy found useless),
+# model.action_momentum, move_weight 4, the policy's blocked_ticks 6, snap_start_prob 0.5 and
+# open_start_prob 0.02. At 16-17 steps/s it reaches about the shipped teacher's 18,625 steps, so the two compare
 # at equal training. Then int8, pair_effect against the shipped teacher, and the full 16-step evaluation.
 if [ "$PART" = fresh17 ]; then
   stage teacher-fresh python3 -m world_model.recipes.train_teacher settings/train/teacher.yaml --out runs/teacher-fresh \
     --set max_minutes="$TEACHER_MIN" --set total_minutes="$TEACHER_TOTAL" --set compile=true \
-    --set model.abs_pos=true --set model.action_momentum=true --set move_weight=4 \
+    --set model.patch_action=true --set model.action_momentum=true --set move_weight=4 \
     --set data.collect.policy.blocked_ticks=6 --set data.collect.policy.snap_start_prob=0.5 \
     --set data.collect.policy.open_start_prob=0.02
   check_teacher teacher-fresh

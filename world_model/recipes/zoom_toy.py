@@ -1,6 +1,6 @@
 """Can the DiT draw a zoom from the action alone? A synthetic test of its positions, on the CPU.
 
-    python -m world_model.recipes.zoom_toy [--steps 2000] [--json OUT]
+    python -m world_model.recipes.zoom_toy [--steps 2000] [--variants rope_only abs_pos patch_action] [--json OUT]
 
 The E1M1 teachers turn the view on the first frame after a turn input but hardly zoom after a forward input
 (docs/EVALUATION.md, sessions 15-16). A turn shifts every patch the same way, which RoPE's relative offsets
@@ -11,8 +11,8 @@ about the centre. Nothing else moves, and the actions are drawn independently, s
 predict the next action: the motion of the last frame comes from its action alone, as on a probe's first
 frame.
 
-The same small WorldModel is trained with and without `abs_pos` (same seed, same batches, the teacher loss of
-losses.py). Then, for held-out clips, the last frame is predicted at t = 1 (the one-step guess of the frame)
+The same small WorldModel is trained as is ("rope_only"), with `abs_pos`, and with `patch_action` (same seed,
+same batches, the teacher loss of losses.py). Then, for held-out clips, the last frame is predicted at t = 1 (the one-step guess of the frame)
 under the two actions of a pair (pan left against right, zoom in against out), with the same noise. The pair
 effect is the share of the true difference between the two frames that the difference of the predictions gets
 right, 1 - |d_pred - d_true|^2 / |d_true|^2, as in pair_effect.py (0: the action is ignored).
@@ -43,9 +43,13 @@ ACTIONS = {"left": (0.0, -1.0), "right": (0.0, 1.0), "in": (1.0, 0.0), "out": (-
 KINDS = list(ACTIONS)
 
 
-def toy_config(abs_pos: bool) -> ModelConfig:
+# the variants compared: the model options each one turns on
+VARIANTS = {"rope_only": {}, "abs_pos": {"abs_pos": True}, "patch_action": {"patch_action": True}}
+
+
+def toy_config(**options: bool) -> ModelConfig:
     return ModelConfig(latent_channels=C, latent_h=H, latent_w=W, patch=2, dim=64, depth=4, heads=4,
-                       mlp_ratio=2.0, abs_pos=abs_pos)
+                       mlp_ratio=2.0, **options)
 
 
 def world(n: int, g: torch.Generator) -> Tensor:
@@ -94,9 +98,9 @@ def step_camera(cx: Tensor, scale: Tensor, kinds: Tensor) -> tuple[Tensor, Tenso
     return cx + pan * torch.exp(-scale), scale + zoom
 
 
-def train(abs_pos: bool, steps: int, batch: int, seed: int, log_every: int = 250) -> tuple[WorldModel, list[dict]]:
+def train(variant: str, steps: int, batch: int, seed: int, log_every: int = 250) -> tuple[WorldModel, list[dict]]:
     torch.manual_seed(seed)
-    model = WorldModel(toy_config(abs_pos))
+    model = WorldModel(toy_config(**VARIANTS[variant]))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
     loss_fn = TeacherLoss(TeacherLossConfig(action_dropout=0.0))
     g = torch.Generator().manual_seed(seed)
@@ -113,7 +117,7 @@ def train(abs_pos: bool, steps: int, batch: int, seed: int, log_every: int = 250
         opt.step()
         if step % log_every == 0 or step == steps:
             log.append({"step": step, "loss": loss.item()})
-            print(f"  abs_pos={abs_pos} step {step}: loss {log[-1]['loss']:.4f}", flush=True)
+            print(f"  {variant} step {step}: loss {log[-1]['loss']:.4f}", flush=True)
     return model, log
 
 
@@ -149,17 +153,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-clips", type=int, default=256)
+    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    report = {"steps": args.steps, "batch": args.batch, "seed": args.seed, "config": asdict(toy_config(False)),
+    report = {"steps": args.steps, "batch": args.batch, "seed": args.seed, "config": asdict(toy_config()),
               "runs": {}}
-    for abs_pos in (False, True):
+    for name in args.variants:
         t0 = time.perf_counter()
-        model, log = train(abs_pos, args.steps, args.batch, args.seed)
+        model, log = train(name, args.steps, args.batch, args.seed)
         model.eval()
         effects = pair_effects(model, args.eval_clips, args.seed + 1000)
-        name = "abs_pos" if abs_pos else "rope_only"
         report["runs"][name] = {"effects": effects, "log": log, "seconds": time.perf_counter() - t0}
         print(f"{name}: pair effect at t = 1, pan {effects['pan']:.3f}, zoom {effects['zoom']:.3f} "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
