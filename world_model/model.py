@@ -462,8 +462,7 @@ class WorldModel(nn.Module):
 def load_weights_into(model: WorldModel, src: WorldModel) -> None:
     """Copy src's weights into model. Their configs must match, except that model may add action momentum
     (its two new action inputs start with zero weights), the absolute position table or the per-patch action
-    map (zeros): the copy
-    predicts exactly what src does, and training decides what the addition is worth."""
+    map (zeros): the copy predicts exactly what src does, and training decides what the addition is worth."""
     a, b = src.config_dict(), model.config_dict()
     addable = ("action_momentum", "abs_pos", "patch_action")
     if {**a, **{k: b[k] for k in addable}} != b or any(a[k] and not b[k] for k in addable):

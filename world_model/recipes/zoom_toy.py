@@ -1,21 +1,21 @@
-"""Can the DiT draw a zoom from the action alone? A synthetic test of its positions, on the CPU.
+"""Can the DiT draw a zoom from the action alone? A synthetic test of how the action reaches the tokens, on the CPU.
 
     python -m world_model.recipes.zoom_toy [--steps 2000] [--variants rope_only abs_pos patch_action] [--json OUT]
 
 The E1M1 teachers turn the view on the first frame after a turn input but hardly zoom after a forward input
-(docs/EVALUATION.md, sessions 15-16). A turn shifts every patch the same way, which RoPE's relative offsets
-express directly. A zoom moves each patch away from the centre, so a token has to know where it is, and RoPE
-does not tell it. This toy takes the game out of the question. A camera looks at a large smooth random
-field, and each tick's action either pans it by one latent pixel left or right, or zooms it in or out by 12%
-about the centre. Nothing else moves, and the actions are drawn independently, so the context frames never
-predict the next action: the motion of the last frame comes from its action alone, as on a probe's first
-frame.
+(docs/EVALUATION.md, sessions 15-16). A turn shifts every patch the same way. A zoom moves each patch away from
+the centre, left or right depending on its side. This toy takes the game out of the question. A camera looks at
+a large smooth random field, and each tick's action either pans it by about one latent pixel (0.95) left or
+right, or zooms it in or out by 12% about the centre. Nothing else moves, and the actions are drawn
+independently, so the context frames never predict the next action: the motion of the last frame comes from its
+action alone, as on a probe's first frame.
 
 The same small WorldModel is trained as is ("rope_only"), with `abs_pos`, and with `patch_action` (same seed,
-same batches, the teacher loss of losses.py). Then, for held-out clips, the last frame is predicted at t = 1 (the one-step guess of the frame)
-under the two actions of a pair (pan left against right, zoom in against out), with the same noise. The pair
-effect is the share of the true difference between the two frames that the difference of the predictions gets
-right, 1 - |d_pred - d_true|^2 / |d_true|^2, as in pair_effect.py (0: the action is ignored).
+same batches, the teacher loss of losses.py). Then, for held-out clips, the last frame is predicted at t = 1
+(the one-step guess of the frame) under the two actions of a pair (pan left against right, zoom in against
+out), with the same noise. The pair effect is the share of the true difference between the two frames that the
+difference of the predictions gets right, 1 - |d_pred - d_true|^2 / |d_true|^2, as in pair_effect.py (0: the
+action is ignored). Session 17 found pan 0.87 for all three, and zoom 0.01, 0.02 and 0.80.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from .common import write_json
 
 H, W, C = 15, 20, 4          # the E1M1 latent grid, fewer channels
 CLIP = 4
-PAN = 2.0 / W                # one latent pixel, in grid_sample's [-1, 1] units
+PAN = 2.0 / W                # times the view's 0.25 of the field: 0.95 of a view column
 ZOOM = 0.12                  # log scale per zoom tick
 # action index -> (forward, turn) of the v1 action vector: forward zooms, turn pans
 ACTIONS = {"left": (0.0, -1.0), "right": (0.0, 1.0), "in": (1.0, 0.0), "out": (-1.0, 0.0)}
@@ -156,7 +156,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     report = {"steps": args.steps, "batch": args.batch, "seed": args.seed, "config": asdict(toy_config()),
               "runs": {}}
     for name in args.variants:
