@@ -361,6 +361,19 @@ class WorldModel(nn.Module):
         x = x.reshape(B, n_frames, cfg.latent_channels, cfg.grid_h * p, cfg.grid_w * p)
         return x[..., :cfg.latent_h, :cfg.latent_w]
 
+    def embed(self, x: Tensor, action: Tensor, action_mask: Tensor | None = None) -> Tensor:
+        """The tokens the blocks start from: x (B, F, C, h, w), action (B, F, cfg.action_inputs) -> (B, F, P, D).
+        The patches, plus the position table and the per-patch action map where the config has them."""
+        h = self.patchify(x)                                                              # (B, F, P, D)
+        if self.pos_embed is not None:
+            h = h + self.pos_embed.to(h.dtype)                                            # same in every frame
+        if self.patch_action is not None:
+            a = action.to(h.dtype)
+            if action_mask is not None:                                                   # the null action: none
+                a = a * action_mask[..., None].to(h.dtype)
+            h = h + torch.einsum("bfa,pad->bfpd", a, self.patch_action.to(h.dtype))       # (B, F, P, D)
+        return h
+
     def condition(self, t: Tensor, action: Tensor, action_mask: Tensor | None) -> Tensor:
         """t (B, F), action (B, F, cfg.action_inputs) from action_features, action_mask (B, F) bool or None
         -> c (B, F, D)."""
@@ -408,14 +421,7 @@ class WorldModel(nn.Module):
             k_pos = torch.cat([ctx_pos, q_pos])                                           # (Kc + F,)
             full_mask = torch.cat([ctx_mask, mask], dim=1)                                # (F, Kc + F)
         c = self.condition(t, action, action_mask)                                        # (B, F, D)
-        h = self.patchify(x)                                                              # (B, F, P, D)
-        if self.pos_embed is not None:
-            h = h + self.pos_embed.to(h.dtype)                                            # same in every frame
-        if self.patch_action is not None:
-            a = action.to(h.dtype)
-            if action_mask is not None:                                                   # the null action: none
-                a = a * action_mask[..., None].to(h.dtype)
-            h = h + torch.einsum("bfa,pad->bfpd", a, self.patch_action.to(h.dtype))       # (B, F, P, D)
+        h = self.embed(x, action, action_mask)                                            # (B, F, P, D)
         # Tables and mask once per pass in the weights' dtype, not once per layer: with bf16 weights a
         # streaming pass is launch-bound, and a bool mask would be turned into an additive one in every layer.
         # (fp32 weights under autocast keep fp32 tables, as the models were trained.)

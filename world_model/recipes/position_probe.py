@@ -62,9 +62,9 @@ def block_outputs(model: WorldModel, x0: Tensor, actions: Tensor, t: float, seed
     tt[:, -1] = t
     try:
         with torch.no_grad():
-            h = model.patchify(x)
-            outs.append((h if model.pos_embed is None else h + model.pos_embed)[:, -1].float())
-            model(x, tt, action_features(model.config, actions)[0])
+            feats = action_features(model.config, actions)[0]
+            outs.append(model.embed(x, feats)[:, -1].float())
+            model(x, tt, feats)
     finally:
         for hook in hooks:
             hook.remove()
