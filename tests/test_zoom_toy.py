@@ -48,12 +48,13 @@ def test_clip_actions_match_the_drawn_motion():
     assert torch.allclose(redrawn, x[:, -1])
 
 
-def test_recipe_runs_and_reports_both_models(tmp_path):
+def test_recipe_runs_and_reports_every_model(tmp_path):
     out = tmp_path / "toy.json"
-    zoom_toy.main(["--steps", "3", "--batch", "2", "--eval-clips", "4", "--json", str(out)])
+    zoom_toy.main(["--steps", "3", "--batch", "2", "--eval-clips", "4", "--continue-steps", "2", "--json", str(out)])
     report = json.loads(out.read_text())
-    assert set(report["runs"]) == {"rope_only", "abs_pos", "patch_action"}
-    for run in report["runs"].values():
+    assert set(report["runs"]) == {"rope_only", "abs_pos", "patch_action", "continued_rope_only",
+                                   "continued_patch_action"}
+    for name, run in report["runs"].items():
         assert set(run["effects"]) == {"pan", "zoom"}
         assert all(v == v for v in run["effects"].values())        # finite, not NaN
-        assert run["log"][-1]["step"] == 3
+        assert run["log"][-1]["step"] == (2 if name.startswith("continued") else 3)

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from world_model.losses import TeacherLoss, TeacherLossConfig
-from world_model.model import ModelConfig, WorldModel
+from world_model.model import ModelConfig, WorldModel, load_weights_into
 
 from .common import write_json
 
@@ -98,16 +98,20 @@ def step_camera(cx: Tensor, scale: Tensor, kinds: Tensor) -> tuple[Tensor, Tenso
     return cx + pan * torch.exp(-scale), scale + zoom
 
 
-def train(variant: str, steps: int, batch: int, seed: int, log_every: int = 250) -> tuple[WorldModel, list[dict]]:
+def train(variant: str, steps: int, batch: int, seed: int, *, init: WorldModel | None = None, lr_max: float = 1e-3,
+          log_every: int = 250) -> tuple[WorldModel, list[dict]]:
+    """Train the variant's model for `steps` (from `init`'s weights where given, what the variant adds at zero)."""
     torch.manual_seed(seed)
     model = WorldModel(toy_config(**VARIANTS[variant]))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.0)
+    if init is not None:
+        load_weights_into(model, init)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr_max, weight_decay=0.0)
     loss_fn = TeacherLoss(TeacherLossConfig(action_dropout=0.0))
     g = torch.Generator().manual_seed(seed)
     log = []
     for step in range(1, steps + 1):
         x, a, _, _ = clips(batch, g)
-        lr = 1e-3 * min(1.0, step / 100) * 0.5 * (1 + math.cos(math.pi * step / steps))
+        lr = lr_max * min(1.0, step / 100) * 0.5 * (1 + math.cos(math.pi * step / steps))
         for group in opt.param_groups:
             group["lr"] = lr
         loss, _ = loss_fn(model, x, a, g)
@@ -154,18 +158,31 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-clips", type=int, default=256)
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    ap.add_argument("--continue-steps", type=int, default=0,
+                    help="then continue the trained rope_only model this long, as is and with patch_action added")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
+    if args.continue_steps and "rope_only" not in args.variants:
+        ap.error("--continue-steps continues the rope_only model: keep it among --variants")
     report = {"steps": args.steps, "batch": args.batch, "seed": args.seed, "config": asdict(toy_config()),
               "runs": {}}
-    for name in args.variants:
+    models = {}
+
+    def run(name: str, variant: str, **train_args) -> None:
         t0 = time.perf_counter()
-        model, log = train(name, args.steps, args.batch, args.seed)
-        model.eval()
+        model, log = train(variant, batch=args.batch, **train_args)
+        models[name] = model.eval()
         effects = pair_effects(model, args.eval_clips, args.seed + 1000)
         report["runs"][name] = {"effects": effects, "log": log, "seconds": time.perf_counter() - t0}
         print(f"{name}: pair effect at t = 1, pan {effects['pan']:.3f}, zoom {effects['zoom']:.3f} "
               f"({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    for name in args.variants:
+        run(name, name, steps=args.steps, seed=args.seed)
+    # A continuation, as the E1M1 teachers get new inputs: the same later batches (seed + 1) at a lower rate
+    for variant in ("rope_only", "patch_action") if args.continue_steps else ():
+        run(f"continued_{variant}", variant, steps=args.continue_steps, seed=args.seed + 1,
+            init=models["rope_only"], lr_max=3e-4)
     write_json(args.json, report)
 
 
