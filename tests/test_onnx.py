@@ -13,10 +13,11 @@ from world_model.rollout import Session
 from world_model.sampler import SamplerConfig
 
 
-def tiny_model(momentum: bool = False) -> WorldModel:
+def tiny_model(**options: bool) -> WorldModel:
+    """The tiny model with every weight perturbed; `options` turn on config flags (action_momentum, ...)."""
     torch.manual_seed(0)
     cfg = settings.load("settings/model/tiny.yaml", ModelConfig)
-    model = WorldModel(replace(cfg, action_momentum=momentum))
+    model = WorldModel(replace(cfg, **options))
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
@@ -35,8 +36,9 @@ def tiny_autoencoder() -> Autoencoder:
     return Autoencoder(cfg).eval()
 
 
-def test_exported_step_matches_torch_on_a_partly_filled_cache(tmp_path):
-    model = tiny_model()
+@pytest.mark.parametrize("patch_action", [False, True])
+def test_exported_step_matches_torch_on_a_partly_filled_cache(tmp_path, patch_action):
+    model = tiny_model(patch_action=patch_action)
     path = export_dit(model, tmp_path, batch=2, sink=1, window=3)
     g = torch.Generator().manual_seed(0)
     x, t, a, keep, k, v, valid, slot_pos, query_pos = dit_example(model, batch=2, sink=1, window=3)
@@ -56,11 +58,13 @@ def test_exported_step_matches_torch_on_a_partly_filled_cache(tmp_path):
     assert len(list(tmp_path.glob("*.onnx"))) == 1
 
 
-@pytest.mark.parametrize("sampler,steps,momentum", [(SamplerConfig(kind="consistency"), 1, False),
-                                                    (SamplerConfig(kind="consistency", cfg_scale=1.5), 2, False),
-                                                    (SamplerConfig(kind="consistency"), 1, True)])
-def test_ort_session_matches_torch_session_over_streaming_steps(onnx_dir, sampler, steps, momentum):
-    model, ae = tiny_model(momentum), tiny_autoencoder()
+@pytest.mark.parametrize("sampler,steps,options", [
+    (SamplerConfig(kind="consistency"), 1, {}),
+    (SamplerConfig(kind="consistency", cfg_scale=1.5), 2, {}),
+    (SamplerConfig(kind="consistency"), 1, {"action_momentum": True}),
+    (SamplerConfig(kind="consistency", cfg_scale=1.5), 1, {"action_momentum": True, "patch_action": True})])
+def test_ort_session_matches_torch_session_over_streaming_steps(onnx_dir, sampler, steps, options):
+    model, ae = tiny_model(**options), tiny_autoencoder()
     kw = dict(window=3, sink=1, device="cpu", seed=4, sampler=sampler, autoencoder=ae)
     ref, ort = Session(model, **kw), OrtSession(model, onnx_dir=onnx_dir, **kw)
     g = torch.Generator().manual_seed(2)
