@@ -93,9 +93,9 @@ def clips(n: int, g: torch.Generator, last: Tensor | None = None) -> tuple[Tenso
 
 
 def step_camera(cx: Tensor, scale: Tensor, kinds: Tensor) -> tuple[Tensor, Tensor]:
-    pan = torch.tensor([{"left": -1.0, "right": 1.0}.get(KINDS[i], 0.0) for i in kinds]) * PAN * 0.25
-    zoom = torch.tensor([{"in": 1.0, "out": -1.0}.get(KINDS[i], 0.0) for i in kinds]) * ZOOM
-    return cx + pan * torch.exp(-scale), scale + zoom
+    """The camera after one action of each kind in `kinds` (n,): the turn input pans, the forward input zooms."""
+    forward, turn = torch.tensor([ACTIONS[KINDS[i]] for i in kinds]).unbind(-1)          # (n,), (n,)
+    return cx + turn * PAN * 0.25 * torch.exp(-scale), scale + forward * ZOOM
 
 
 def train(variant: str, steps: int, batch: int, seed: int, *, init: WorldModel | None = None, lr_max: float = 1e-3,
