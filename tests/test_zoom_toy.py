@@ -48,13 +48,42 @@ def test_clip_actions_match_the_drawn_motion():
     assert torch.allclose(redrawn, x[:, -1])
 
 
+class _Oracle(torch.nn.Module):
+    """Knows the true last frame of pair_effects' clips under each action: v = (x_t - x0) / t, so the t = 1
+    guess and an Euler sample both land on it. With `blind`, it answers as if the action were always "left"."""
+
+    def __init__(self, n: int, seed: int, blind: bool = False):
+        super().__init__()
+        _, _, self.fields, self.before = clips(n, torch.Generator().manual_seed(seed))
+        self.blind = blind
+
+    def forward(self, x, t, a):
+        forward, turn = a[:, -1, 0], a[:, -1, 2]
+        kinds = [KINDS.index("left") if self.blind else
+                 KINDS.index({(0, -1): "left", (0, 1): "right", (1, 0): "in", (-1, 0): "out"}[(int(f), int(r))])
+                 for f, r in zip(forward, turn)]
+        x0 = view(self.fields, *step_camera(self.before[0], self.before[1], torch.tensor(kinds)))
+        v = torch.zeros_like(x)
+        v[:, -1] = (x[:, -1] - x0) / t[:, -1, None, None, None]
+        return v
+
+
+def test_pair_effects_score_an_exact_model_one_and_a_blind_one_zero():
+    for steps in (0, 4):
+        exact = zoom_toy.pair_effects(_Oracle(8, 5), 8, 5, steps)
+        blind = zoom_toy.pair_effects(_Oracle(8, 5, blind=True), 8, 5, steps)
+        assert all(abs(v - 1) < 1e-4 for v in exact.values()), (steps, exact)
+        assert all(abs(v) < 1e-6 for v in blind.values()), (steps, blind)
+
+
 def test_recipe_runs_and_reports_every_model(tmp_path):
     out = tmp_path / "toy.json"
-    zoom_toy.main(["--steps", "3", "--batch", "2", "--eval-clips", "4", "--continue-steps", "2", "--json", str(out)])
+    zoom_toy.main(["--steps", "3", "--batch", "2", "--eval-clips", "4", "--continue-steps", "2", "--sample-steps", "2",
+                   "--json", str(out)])
     report = json.loads(out.read_text())
     assert set(report["runs"]) == {"rope_only", "abs_pos", "patch_action", "continued_rope_only",
                                    "continued_patch_action"}
     for name, run in report["runs"].items():
-        assert set(run["effects"]) == {"pan", "zoom"}
+        assert set(run["effects"]) == {"pan", "zoom", "pan_sampled", "zoom_sampled"}
         assert all(v == v for v in run["effects"].values())        # finite, not NaN
         assert run["log"][-1]["step"] == (2 if name.startswith("continued") else 3)

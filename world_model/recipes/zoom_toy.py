@@ -1,6 +1,7 @@
 """Can the DiT draw a zoom from the action alone? A synthetic test of how the action reaches the tokens, on the CPU.
 
-    python -m world_model.recipes.zoom_toy [--steps 2000] [--variants rope_only abs_pos patch_action] [--json OUT]
+    python -m world_model.recipes.zoom_toy [--steps 2000] [--seed 0] [--variants rope_only abs_pos patch_action]
+        [--sample-steps 16] [--json OUT]
 
 The E1M1 teachers turn the view on the first frame after a turn input but hardly zoom after a forward input
 (docs/EVALUATION.md, sessions 15-16). A turn shifts every patch the same way. A zoom moves each patch away from
@@ -15,7 +16,9 @@ same batches, the teacher loss of losses.py). Then, for held-out clips, the last
 (the one-step guess of the frame) under the two actions of a pair (pan left against right, zoom in against
 out), with the same noise. The pair effect is the share of the true difference between the two frames that the
 difference of the predictions gets right, 1 - |d_pred - d_true|^2 / |d_true|^2, as in pair_effect.py (0: the
-action is ignored). Session 17 found pan 0.87 for all three, and zoom 0.01, 0.02 and 0.80.
+action is ignored). Session 17 found pan 0.87 for all three, and zoom 0.01, 0.02 and 0.80. The same effects are
+also measured on the last frame sampled with --sample-steps Euler steps (the teacher's 16 by default), which is
+what a player sees.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ from torch import Tensor
 
 from world_model.losses import TeacherLoss, TeacherLossConfig
 from world_model.model import ModelConfig, WorldModel, load_weights_into
+from world_model.sampler import euler_sample, shifted_schedule
 
 from .common import write_json
 
@@ -125,27 +129,33 @@ def train(variant: str, steps: int, batch: int, seed: int, *, init: WorldModel |
     return model, log
 
 
-def pair_effects(model: WorldModel, n: int, seed: int) -> dict[str, float]:
-    """Pan left against right and zoom in against out on the last frame of n held-out clips, t = 1."""
+def pair_effects(model: WorldModel, n: int, seed: int, steps: int = 0) -> dict[str, float]:
+    """Pan left against right and zoom in against out on the last frame of n held-out clips: the one-step guess
+    at t = 1 (steps 0), or the frame sampled with `steps` Euler steps on the teacher's grid (shift 3), from the
+    same noise under both actions."""
     g = torch.Generator().manual_seed(seed)
     x, a, fields, before = clips(n, g)
-    noise = torch.randn(n, 1, C, H, W, generator=g)
-    t = torch.zeros(n, CLIP)
-    t[:, -1] = 1.0
+    noise = torch.randn(n, C, H, W, generator=g)
     out = {}
     for name, (ka, kb) in {"pan": ("left", "right"), "zoom": ("in", "out")}.items():
         preds, truths = [], []
         for kind in (ka, kb):
             k = torch.full((n,), KINDS.index(kind))
             cx, scale = step_camera(before[0], before[1], k)
-            truth = view(fields, cx, scale)                                               # (n, C, H, W)
+            truths.append(view(fields, cx, scale))                                        # (n, C, H, W)
             acts = a.clone()
             acts[:, -1, 0], acts[:, -1, 2] = ACTIONS[kind]
-            xt = torch.cat([x[:, :-1], noise], 1)
+
+            def velocity(xt: Tensor, t: float, use_action: bool = True) -> Tensor:      # (n, C, H, W)
+                times = torch.zeros(n, CLIP)
+                times[:, -1] = t
+                return model(torch.cat([x[:, :-1], xt[:, None]], 1), times, acts)[:, -1]
+
             with torch.no_grad():
-                v = model(xt, t, acts)[:, -1]
-            preds.append(noise[:, 0] - v)                                                 # x0_hat at t = 1
-            truths.append(truth)
+                if steps:
+                    preds.append(euler_sample(velocity, noise, shifted_schedule(steps, 3.0)))
+                else:
+                    preds.append(noise - velocity(noise, 1.0))                            # x0_hat at t = 1
         d_pred, d_true = preds[0] - preds[1], truths[0] - truths[1]
         out[name] = float(1 - (d_pred - d_true).pow(2).sum() / d_true.pow(2).sum())
     return out
@@ -157,6 +167,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-clips", type=int, default=256)
+    ap.add_argument("--sample-steps", type=int, default=16,
+                    help="also measure the pair effects on frames sampled with this many Euler steps (0: skip)")
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     ap.add_argument("--continue-steps", type=int, default=0,
                     help="then continue the trained rope_only model this long, as is and with patch_action added")
@@ -164,7 +176,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.continue_steps and "rope_only" not in args.variants:
         ap.error("--continue-steps continues the rope_only model: keep it among --variants")
-    report = {"steps": args.steps, "batch": args.batch, "seed": args.seed, "config": asdict(toy_config()),
+    report = {"steps": args.steps, "batch": args.batch, "seed": args.seed, "sample_steps": args.sample_steps,
+              "config": asdict(toy_config()),
               "runs": {}}
     models = {}
 
@@ -173,9 +186,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         model, log = train(variant, batch=args.batch, **train_args)
         models[name] = model.eval()
         effects = pair_effects(model, args.eval_clips, args.seed + 1000)
+        line = f"{name}: pair effect at t = 1, pan {effects['pan']:.3f}, zoom {effects['zoom']:.3f}"
+        if args.sample_steps:
+            sampled = pair_effects(model, args.eval_clips, args.seed + 1000, args.sample_steps)
+            effects.update({f"{k}_sampled": v for k, v in sampled.items()})
+            line += f"; sampled ({args.sample_steps} steps) pan {sampled['pan']:.3f}, zoom {sampled['zoom']:.3f}"
         report["runs"][name] = {"effects": effects, "log": log, "seconds": time.perf_counter() - t0}
-        print(f"{name}: pair effect at t = 1, pan {effects['pan']:.3f}, zoom {effects['zoom']:.3f} "
-              f"({time.perf_counter() - t0:.0f} s)", flush=True)
+        print(f"{line} ({time.perf_counter() - t0:.0f} s)", flush=True)
 
     for name in args.variants:
         run(name, name, steps=args.steps, seed=args.seed)
