@@ -48,6 +48,17 @@ def test_clip_actions_match_the_drawn_motion():
     assert torch.allclose(redrawn, x[:, -1])
 
 
+def test_hold_repeats_actions_and_hold_zero_keeps_the_old_clips():
+    x0, a0, _, _ = clips(64, torch.Generator().manual_seed(3))
+    x1, a1, _, _ = clips(64, torch.Generator().manual_seed(3), hold=0.0)
+    assert torch.equal(x0, x1) and torch.equal(a0, a1)
+    _, held, _, _ = clips(64, torch.Generator().manual_seed(3), hold=1.0)
+    assert (held == held[:, :1]).all()                      # hold 1: every tick repeats the first action
+    _, some, _, _ = clips(512, torch.Generator().manual_seed(3), hold=0.75)
+    same = (some[:, 1:] == some[:, :-1]).all(-1).float().mean()
+    assert 0.75 < same < 0.87                               # 0.75 held + 0.25 x 1/4 drawn the same again
+
+
 class _Oracle(torch.nn.Module):
     """Knows the true last frame of pair_effects' clips under each action: v = (x_t - x0) / t, so the t = 1
     guess and an Euler sample both land on it. With `blind`, it answers as if the action were always "left"."""

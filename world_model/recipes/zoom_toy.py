@@ -1,7 +1,7 @@
 """Can the DiT draw a zoom from the action alone? A synthetic test of how the action reaches the tokens, on the CPU.
 
     python -m world_model.recipes.zoom_toy [--steps 2000] [--seed 0] [--variants rope_only abs_pos patch_action]
-        [--sample-steps 16] [--json OUT]
+        [--sample-steps 16] [--hold 0] [--json OUT]
 
 The E1M1 teachers turn the view on the first frame after a turn input but hardly zoom after a forward input
 (docs/EVALUATION.md, sessions 15-16). A turn shifts every patch the same way. A zoom moves each patch away from
@@ -18,7 +18,8 @@ out), with the same noise. The pair effect is the share of the true difference b
 difference of the predictions gets right, 1 - |d_pred - d_true|^2 / |d_true|^2, as in pair_effect.py (0: the
 action is ignored). Session 17 found pan 0.87 for all three, and zoom 0.01, 0.02 and 0.80. The same effects are
 also measured on the last frame sampled with --sample-steps Euler steps (the teacher's 16 by default), which is
-what a player sees.
+what a player sees. With --hold P a tick repeats the previous tick's action with probability P, as a player
+holds a key, so the context's motion often predicts the next frame's without reading its action.
 """
 from __future__ import annotations
 
@@ -75,14 +76,20 @@ def view(fields: Tensor, cx: Tensor, scale: Tensor) -> Tensor:
     return F.grid_sample(fields, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
-def clips(n: int, g: torch.Generator, last: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """n clips of CLIP frames (n, CLIP, C, H, W) and actions (n, CLIP, 5), each action drawn at random (`last`
-    (n,) fixes the final one). Frame k shows the camera after action k. Also returns the fields and the camera
-    before the last action, to redraw the last frame under another action."""
+def clips(n: int, g: torch.Generator, last: Tensor | None = None, hold: float = 0.0
+          ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """n clips of CLIP frames (n, CLIP, C, H, W) and actions (n, CLIP, 5), each action drawn at random, or with
+    probability `hold` the one before it again, as a player holds a key (`last` (n,) fixes the final one). Frame k
+    shows the camera after action k. Also returns the fields and the camera before the last action, to redraw
+    the last frame under another action."""
     fields = world(n, g)
     cx = (torch.rand(n, generator=g) - 0.5) * 0.5
     scale = torch.zeros(n)
     kinds = torch.randint(0, len(KINDS), (n, CLIP), generator=g)
+    if hold > 0:                       # drawn only then, so that hold 0 gives session 17's clips
+        keep = torch.rand(n, CLIP, generator=g) < hold
+        for k in range(1, CLIP):
+            kinds[:, k] = torch.where(keep[:, k], kinds[:, k - 1], kinds[:, k])
     if last is not None:
         kinds[:, -1] = last
     frames, acts = [], torch.zeros(n, CLIP, 5)
@@ -103,7 +110,7 @@ def step_camera(cx: Tensor, scale: Tensor, kinds: Tensor) -> tuple[Tensor, Tenso
 
 
 def train(variant: str, steps: int, batch: int, seed: int, *, init: WorldModel | None = None, lr_max: float = 1e-3,
-          log_every: int = 250) -> tuple[WorldModel, list[dict]]:
+          hold: float = 0.0, log_every: int = 250) -> tuple[WorldModel, list[dict]]:
     """Train the variant's model for `steps` (from `init`'s weights where given, what the variant adds at zero)."""
     torch.manual_seed(seed)
     model = WorldModel(toy_config(**VARIANTS[variant]))
@@ -114,7 +121,7 @@ def train(variant: str, steps: int, batch: int, seed: int, *, init: WorldModel |
     g = torch.Generator().manual_seed(seed)
     log = []
     for step in range(1, steps + 1):
-        x, a, _, _ = clips(batch, g)
+        x, a, _, _ = clips(batch, g, hold=hold)
         lr = lr_max * min(1.0, step / 100) * 0.5 * (1 + math.cos(math.pi * step / steps))
         for group in opt.param_groups:
             group["lr"] = lr
@@ -129,12 +136,12 @@ def train(variant: str, steps: int, batch: int, seed: int, *, init: WorldModel |
     return model, log
 
 
-def pair_effects(model: WorldModel, n: int, seed: int, steps: int = 0) -> dict[str, float]:
-    """Pan left against right and zoom in against out on the last frame of n held-out clips: the one-step guess
-    at t = 1 (steps 0), or the frame sampled with `steps` Euler steps on the teacher's grid (shift 3), from the
-    same noise under both actions."""
+def pair_effects(model: WorldModel, n: int, seed: int, steps: int = 0, hold: float = 0.0) -> dict[str, float]:
+    """Pan left against right and zoom in against out on the last frame of n held-out clips (context actions
+    drawn with `hold`): the one-step guess at t = 1 (steps 0), or the frame sampled with `steps` Euler steps on
+    the teacher's grid (shift 3), from the same noise under both actions."""
     g = torch.Generator().manual_seed(seed)
-    x, a, fields, before = clips(n, g)
+    x, a, fields, before = clips(n, g, hold=hold)
     noise = torch.randn(n, C, H, W, generator=g)
     out = {}
     for name, (ka, kb) in {"pan": ("left", "right"), "zoom": ("in", "out")}.items():
@@ -167,6 +174,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--batch", type=int, default=12)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--eval-clips", type=int, default=256)
+    ap.add_argument("--hold", type=float, default=0.0,
+                    help="probability that a tick repeats the previous tick's action, in training and held-out clips")
     ap.add_argument("--sample-steps", type=int, default=16,
                     help="also measure the pair effects on frames sampled with this many Euler steps (0: skip)")
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
@@ -176,7 +185,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.continue_steps and "rope_only" not in args.variants:
         ap.error("--continue-steps continues the rope_only model: keep it among --variants")
-    report = {"steps": args.steps, "batch": args.batch, "seed": args.seed, "sample_steps": args.sample_steps,
+    report = {"steps": args.steps, "batch": args.batch, "seed": args.seed, "hold": args.hold,
+              "sample_steps": args.sample_steps,
               "config": asdict(toy_config()),
               "runs": {}}
     models = {}
@@ -185,21 +195,21 @@ def main(argv: Sequence[str] | None = None) -> None:
         t0 = time.perf_counter()
         model, log = train(variant, batch=args.batch, **train_args)
         models[name] = model.eval()
-        effects = pair_effects(model, args.eval_clips, args.seed + 1000)
+        effects = pair_effects(model, args.eval_clips, args.seed + 1000, hold=args.hold)
         line = f"{name}: pair effect at t = 1, pan {effects['pan']:.3f}, zoom {effects['zoom']:.3f}"
         if args.sample_steps:
-            sampled = pair_effects(model, args.eval_clips, args.seed + 1000, args.sample_steps)
+            sampled = pair_effects(model, args.eval_clips, args.seed + 1000, args.sample_steps, hold=args.hold)
             effects.update({f"{k}_sampled": v for k, v in sampled.items()})
             line += f"; sampled ({args.sample_steps} steps) pan {sampled['pan']:.3f}, zoom {sampled['zoom']:.3f}"
         report["runs"][name] = {"effects": effects, "log": log, "seconds": time.perf_counter() - t0}
         print(f"{line} ({time.perf_counter() - t0:.0f} s)", flush=True)
 
     for name in args.variants:
-        run(name, name, steps=args.steps, seed=args.seed)
+        run(name, name, steps=args.steps, seed=args.seed, hold=args.hold)
     # A continuation, as the E1M1 teachers get new inputs: the same later batches (seed + 1) at a lower rate
     for variant in ("rope_only", "patch_action") if args.continue_steps else ():
         run(f"continued_{variant}", variant, steps=args.continue_steps, seed=args.seed + 1,
-            init=models["rope_only"], lr_max=3e-4)
+            init=models["rope_only"], lr_max=3e-4, hold=args.hold)
     write_json(args.json, report)
 
 
