@@ -35,7 +35,7 @@ from torch import Tensor
 
 from world_model.losses import TeacherLoss, TeacherLossConfig
 from world_model.model import ModelConfig, WorldModel, load_weights_into
-from world_model.sampler import euler_sample, shifted_schedule
+from world_model.sampler import SamplerConfig, euler_sample, schedule_for
 
 from .common import write_json
 
@@ -139,7 +139,7 @@ def train(variant: str, steps: int, batch: int, seed: int, *, init: WorldModel |
 def pair_effects(model: WorldModel, n: int, seed: int, steps: int = 0, hold: float = 0.0) -> dict[str, float]:
     """Pan left against right and zoom in against out on the last frame of n held-out clips (context actions
     drawn with `hold`): the one-step guess at t = 1 (steps 0), or the frame sampled with `steps` Euler steps on
-    the teacher's grid (shift 3), from the same noise under both actions."""
+    the teacher's grid (SamplerConfig's shift), from the same noise under both actions."""
     g = torch.Generator().manual_seed(seed)
     x, a, fields, before = clips(n, g, hold=hold)
     noise = torch.randn(n, C, H, W, generator=g)
@@ -160,7 +160,7 @@ def pair_effects(model: WorldModel, n: int, seed: int, steps: int = 0, hold: flo
 
             with torch.no_grad():
                 if steps:
-                    preds.append(euler_sample(velocity, noise, shifted_schedule(steps, 3.0)))
+                    preds.append(euler_sample(velocity, noise, schedule_for(SamplerConfig(steps=steps))))
                 else:
                     preds.append(noise - velocity(noise, 1.0))                            # x0_hat at t = 1
         d_pred, d_true = preds[0] - preds[1], truths[0] - truths[1]
