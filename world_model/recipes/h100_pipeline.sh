@@ -360,6 +360,7 @@ check_teacher() {
   mkdir -p "runs/eval/pairs-$name"
   stage "pairs-$name" python3 -m world_model.recipes.pair_effect "runs/$name-int8/teacher.safetensors" "$T" \
     --pairs 24 --json "runs/eval/pairs-$name/summary.json"
+  [ "${CHECK:-full}" = pairs ] && return 0     # CHECK=pairs: stop at the pair effect (a short probe of a run)
   evaluate "T16-$name" "runs/$name-int8/teacher.safetensors" --steps 16 ${EVAL_ARGS:-}
 }
 
