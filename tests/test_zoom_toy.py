@@ -98,3 +98,16 @@ def test_recipe_runs_and_reports_every_model(tmp_path):
         assert set(run["effects"]) == {"pan", "zoom", "pan_sampled", "zoom_sampled"}
         assert all(v == v for v in run["effects"].values())        # finite, not NaN
         assert run["log"][-1]["step"] == (2 if name.startswith("continued") else 3)
+
+
+def test_new_lr_mult_speeds_only_the_added_map():
+    base, _ = zoom_toy.train("rope_only", steps=2, batch=2, seed=0, log_every=100)
+    runs = {m: zoom_toy.train("patch_action", steps=3, batch=2, seed=1, init=base, lr_max=3e-4, new_lr_mult=m,
+                              log_every=100)[0] for m in (1.0, 10.0)}
+    moved = {m: r.patch_action.detach().abs().max().item() for m, r in runs.items()}
+    assert moved[1.0] > 0 and moved[10.0] > 5 * moved[1.0]        # Adam's step scales with the rate
+    # the weights the map was added to learn at the base rate in both runs: their change does not scale up tenfold
+    old = dict(base.named_parameters())
+    drift = {m: max((p - old[n]).abs().max().item() for n, p in r.named_parameters() if n in old)
+             for m, r in runs.items()}
+    assert drift[10.0] < 3 * drift[1.0]

@@ -1,7 +1,7 @@
 """Can the DiT draw a zoom from the action alone? A synthetic test of how the action reaches the tokens, on the CPU.
 
     python -m world_model.recipes.zoom_toy [--steps 2000] [--seed 0] [--variants rope_only abs_pos patch_action]
-        [--sample-steps 16] [--hold 0] [--json OUT]
+        [--sample-steps 16] [--hold 0] [--continue-steps N [--new-lr-mult M ...]] [--json OUT]
 
 The E1M1 teachers turn the view on the first frame after a turn input but hardly zoom after a forward input
 (docs/EVALUATION.md, sessions 15-16). A turn shifts every patch the same way. A zoom moves each patch away from
@@ -110,13 +110,20 @@ def step_camera(cx: Tensor, scale: Tensor, kinds: Tensor) -> tuple[Tensor, Tenso
 
 
 def train(variant: str, steps: int, batch: int, seed: int, *, init: WorldModel | None = None, lr_max: float = 1e-3,
-          hold: float = 0.0, log_every: int = 250) -> tuple[WorldModel, list[dict]]:
-    """Train the variant's model for `steps` (from `init`'s weights where given, what the variant adds at zero)."""
+          new_lr_mult: float = 1.0, hold: float = 0.0, log_every: int = 250) -> tuple[WorldModel, list[dict]]:
+    """Train the variant's model for `steps` (from `init`'s weights where given, what the variant adds at zero).
+    Parameters that `init` lacks learn at `new_lr_mult` times the rate: a continuation's low rate suits weights
+    that are already trained, not a map that starts at zero."""
     torch.manual_seed(seed)
     model = WorldModel(toy_config(**VARIANTS[variant]))
+    old_names = set(dict(init.named_parameters())) if init is not None else None
     if init is not None:
         load_weights_into(model, init)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr_max, weight_decay=0.0)
+    named = list(model.named_parameters())
+    new = [p for n, p in named if old_names is not None and n not in old_names]
+    rest = [p for n, p in named if old_names is None or n in old_names]
+    groups = [{"params": rest, "mult": 1.0}] + ([{"params": new, "mult": new_lr_mult}] if new else [])
+    opt = torch.optim.AdamW(groups, lr=lr_max, weight_decay=0.0)
     loss_fn = TeacherLoss(TeacherLossConfig(action_dropout=0.0))
     g = torch.Generator().manual_seed(seed)
     log = []
@@ -124,7 +131,7 @@ def train(variant: str, steps: int, batch: int, seed: int, *, init: WorldModel |
         x, a, _, _ = clips(batch, g, hold=hold)
         lr = lr_max * min(1.0, step / 100) * 0.5 * (1 + math.cos(math.pi * step / steps))
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["mult"]
         loss, _ = loss_fn(model, x, a, g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -181,6 +188,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     ap.add_argument("--continue-steps", type=int, default=0,
                     help="then continue the trained rope_only model this long, as is and with patch_action added")
+    ap.add_argument("--new-lr-mult", type=float, nargs="*", default=[],
+                    help="with --continue-steps, also continue with patch_action added at these multiples of the "
+                         "rate for the map alone")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
     if args.continue_steps and "rope_only" not in args.variants:
@@ -210,6 +220,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     for variant in ("rope_only", "patch_action") if args.continue_steps else ():
         run(f"continued_{variant}", variant, steps=args.continue_steps, seed=args.seed + 1,
             init=models["rope_only"], lr_max=3e-4, hold=args.hold)
+    for mult in args.new_lr_mult if args.continue_steps else ():
+        run(f"continued_patch_action_lr{mult:g}x", "patch_action", steps=args.continue_steps, seed=args.seed + 1,
+            init=models["rope_only"], lr_max=3e-4, new_lr_mult=mult, hold=args.hold)
     write_json(args.json, report)
 
 
