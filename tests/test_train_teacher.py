@@ -109,6 +109,26 @@ def test_a_plain_teacher_continues_with_an_addition(tiny_ae, tmp_path, addition)
         assert (teacher.pos_embed if addition == "abs_pos" else teacher.patch_action).abs().sum() > 0
 
 
+def test_map_lr_mult_speeds_the_added_map_and_resumes(tiny_ae, tmp_path):
+    """map_lr_mult puts the per-patch action map in its own AdamW group at that multiple of the rate: after the
+    same steps from the same plain teacher it has moved several times further, and a --resume of such a run
+    restores its Adam moments into the same layout."""
+    plain = settings.load(TINY, train_teacher.TrainConfig, {"autoencoder": str(tiny_ae), "steps": 4})
+    train_teacher.main(plain, tmp_path / "plain")
+    moved = {}
+    for mult in (1.0, 10.0):
+        cfg = settings.load(TINY, train_teacher.TrainConfig, {"autoencoder": str(tiny_ae), "steps": 8,
+                                                             "model.patch_action": True, "map_lr_mult": mult})
+        train_teacher.main(cfg, tmp_path / f"x{mult:g}", init=tmp_path / "plain" / "teacher.safetensors")
+        moved[mult] = load_model(tmp_path / f"x{mult:g}" / "teacher.safetensors").patch_action.abs().max().item()
+    assert moved[1.0] > 0 and moved[10.0] > 3 * moved[1.0], moved
+    more = settings.load(TINY, train_teacher.TrainConfig, {"autoencoder": str(tiny_ae), "steps": 10,
+                                                          "model.patch_action": True, "map_lr_mult": 10.0})
+    assert train_teacher.main(more, tmp_path / "x10", resume=True)["step"] == 10
+    groups = train_teacher.param_groups(train_teacher.WorldModel(more.model), 10.0)
+    assert [g["mult"] for g in groups] == [1.0, 10.0] and len(groups[1]["params"]) == 1
+
+
 def test_recipe_trains_on_fork_pairs(tiny_ae, tmp_path):
     over = {"autoencoder": str(tiny_ae), "steps": 6, "pair_rows": 2, "data.collect.fork.share": 0.5,
             "data.collect.fork.prefix": 2, "data.collect.fork.branch": 2, "data.collect.fork.gap_min": 2,

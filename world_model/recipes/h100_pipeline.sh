@@ -467,6 +467,20 @@ if [ "$PART" = patch17 ]; then
   exit 0
 fi
 
+# PART=patchlr20 (prepared in session 20 for one H100, about 20 minutes with TEACHER_MIN=8 TEACHER_TOTAL=50):
+# PART=patch17 again with the map at MAP_LR (30) times the rate (train_teacher's map_lr_mult). Session 20's
+# patch17 ran the map at the cosine tail's 3e-5 to 4.7e-5 and its forward/backward effect at tick 1 moved only
+# from 0.023 to 0.030; in the CPU zoom_toy the same continuation reached 0.12 at 1x, 0.56 at 10x and 0.69 at 30x
+# (docs/EVALUATION.md, session 20). Everything else as patch17, so the two compare directly.
+if [ "$PART" = patchlr20 ]; then
+  stage teacher-patchlr python3 -m world_model.recipes.train_teacher settings/train/teacher.yaml --out runs/teacher-patchlr \
+    --init "$T" --set max_minutes="$TEACHER_MIN" --set total_minutes="$TEACHER_TOTAL" --set compile=true \
+    --set move_weight="${MOVE_WEIGHT:-4}" --set model.patch_action=true --set map_lr_mult="${MAP_LR:-30}"
+  check_teacher teacher-patchlr
+  echo "$(date +%T) patchlr20 part done"
+  exit 0
+fi
+
 # PART=fresh17 (prepared in session 16 for one H200, about 25 minutes with TEACHER_MIN=16 TEACHER_TOTAL=16): one
 # new teacher from scratch, alone on the GPU with the default 14 collector workers, with the remedies built so
 # far: model.patch_action (session 17 put it in place of model.abs_pos, which the zoom_toy found useless),
