@@ -471,10 +471,11 @@ fi
 # PART=patch17 again with the map at MAP_LR (30) times the rate (train_teacher's map_lr_mult). Session 20's
 # patch17 ran the map at the cosine tail's 3e-5 to 4.7e-5 and its forward/backward effect at tick 1 moved only
 # from 0.023 to 0.030; in the CPU zoom_toy the same continuation reached 0.12 at 1x, 0.56 at 10x and 0.69 at 30x
-# (docs/EVALUATION.md, session 20). Everything else as patch17, so the two compare directly.
+# (docs/EVALUATION.md, session 20). Everything else as patch17, so the two compare directly. COMPILE=false
+# runs eager: more steps than compiled in a run of 2 minutes or less (the first compiled step takes 87 s).
 if [ "$PART" = patchlr20 ]; then
   stage teacher-patchlr python3 -m world_model.recipes.train_teacher settings/train/teacher.yaml --out runs/teacher-patchlr \
-    --init "$T" --set max_minutes="$TEACHER_MIN" --set total_minutes="$TEACHER_TOTAL" --set compile=true \
+    --init "$T" --set max_minutes="$TEACHER_MIN" --set total_minutes="$TEACHER_TOTAL" --set compile="${COMPILE:-true}" \
     --set move_weight="${MOVE_WEIGHT:-4}" --set model.patch_action=true --set map_lr_mult="${MAP_LR:-30}"
   check_teacher teacher-patchlr
   echo "$(date +%T) patchlr20 part done"
