@@ -10,9 +10,9 @@ from world_model.recipes.zoom_toy import KINDS, clips, step_camera, view, world
 def test_pan_shifts_the_view_by_about_one_column():
     g = torch.Generator().manual_seed(0)
     fields = world(4, g)
-    cx, scale = torch.zeros(4), torch.zeros(4)
+    cx, scale, speed = torch.zeros(4), torch.zeros(4), torch.zeros(4)
     before = view(fields, cx, scale)                                                # (4, C, H, W)
-    right = view(fields, *step_camera(cx, scale, torch.full((4,), KINDS.index("right"))))
+    right = view(fields, *step_camera(cx, scale, speed, torch.full((4,), KINDS.index("right")))[:2])
     # panning right brings what was one column to the right into view: right[..., j] ~ before[..., j + 1]
     shifted = (right[..., :-1] - before[..., 1:]).pow(2).mean()
     unshifted = (right - before).pow(2).mean()
@@ -22,9 +22,9 @@ def test_pan_shifts_the_view_by_about_one_column():
 def test_zoom_in_magnifies_about_the_centre():
     g = torch.Generator().manual_seed(1)
     fields = world(4, g)
-    cx, scale = torch.zeros(4), torch.zeros(4)
+    cx, scale, speed = torch.zeros(4), torch.zeros(4), torch.zeros(4)
     before = view(fields, cx, scale)
-    zin = view(fields, *step_camera(cx, scale, torch.full((4,), KINDS.index("in"))))
+    zin = view(fields, *step_camera(cx, scale, speed, torch.full((4,), KINDS.index("in")))[:2])
     H, W = before.shape[-2:]
     # the centre pixels barely move; the corners move by about 12% of the half diagonal
     mid = (slice(None), slice(None), slice(H // 2 - 1, H // 2 + 1), slice(W // 2 - 1, W // 2 + 1))
@@ -32,9 +32,26 @@ def test_zoom_in_magnifies_about_the_centre():
     corners = (zin[..., [0, 0, -1, -1], [0, -1, 0, -1]] - before[..., [0, 0, -1, -1], [0, -1, 0, -1]]).pow(2).mean()
     assert centre < 0.1 * corners
     # in then out returns the camera to where it was
-    cx2, s2 = step_camera(*step_camera(cx, scale, torch.full((4,), KINDS.index("in"))),
-                          torch.full((4,), KINDS.index("out")))
+    cx2, s2, _ = step_camera(*step_camera(cx, scale, speed, torch.full((4,), KINDS.index("in"))),
+                             torch.full((4,), KINDS.index("out")))
     assert torch.allclose(cx2, cx) and torch.allclose(s2, scale)
+
+
+def test_momentum_walks_up_to_the_zoom_and_coasts():
+    zero = torch.zeros(1)
+    fwd, left = torch.tensor([KINDS.index("in")]), torch.tensor([KINDS.index("left")])
+    cx, scale, speed = zero, zero, zero
+    steps = []
+    for _ in range(40):
+        cx, scale, speed = step_camera(cx, scale, speed, fwd, 0.9)
+        steps.append(speed.item())
+    assert abs(steps[0] - 0.1 * zoom_toy.ZOOM) < 1e-6                 # one tick's push: a tenth of the walk
+    assert abs(steps[-1] - zoom_toy.ZOOM) < 0.02 * zoom_toy.ZOOM      # held, it reaches ZOOM per tick
+    cx2, _, coast = step_camera(cx, scale, speed, left, 0.9)
+    assert abs(coast.item() - 0.9 * speed.item()) < 1e-6 and cx2 < cx  # a turn tick pans at once; the zoom coasts
+    # with momentum the clips start moving: the context frames differ even where no zoom is pressed
+    _, _, _, before = clips(256, torch.Generator().manual_seed(4), momentum=0.9)
+    assert before.shape == (3, 256) and before[2].abs().max() > 0.5 * zoom_toy.ZOOM
 
 
 def test_clip_actions_match_the_drawn_motion():
@@ -44,7 +61,7 @@ def test_clip_actions_match_the_drawn_motion():
     assert x.shape == (2, zoom_toy.CLIP, zoom_toy.C, zoom_toy.H, zoom_toy.W) and a.shape == (2, zoom_toy.CLIP, 5)
     assert a[0, -1, 2] == -1 and a[0, -1, 0] == 0          # left: turn -1
     assert a[1, -1, 0] == 1 and a[1, -1, 2] == 0           # in: forward +1
-    redrawn = view(fields, *step_camera(before[0], before[1], last))
+    redrawn = view(fields, *step_camera(*before, last)[:2])
     assert torch.allclose(redrawn, x[:, -1])
 
 
@@ -63,28 +80,28 @@ class _Oracle(torch.nn.Module):
     """Knows the true last frame of pair_effects' clips under each action: v = (x_t - x0) / t, so the t = 1
     guess and an Euler sample both land on it. With `blind`, it answers as if the action were always "left"."""
 
-    def __init__(self, n: int, seed: int, blind: bool = False):
+    def __init__(self, n: int, seed: int, blind: bool = False, momentum: float = 0.0):
         super().__init__()
-        _, _, self.fields, self.before = clips(n, torch.Generator().manual_seed(seed))
-        self.blind = blind
+        _, _, self.fields, self.before = clips(n, torch.Generator().manual_seed(seed), momentum=momentum)
+        self.blind, self.momentum = blind, momentum
 
     def forward(self, x, t, a):
         forward, turn = a[:, -1, 0], a[:, -1, 2]
         kinds = [KINDS.index("left") if self.blind else
                  KINDS.index({(0, -1): "left", (0, 1): "right", (1, 0): "in", (-1, 0): "out"}[(int(f), int(r))])
                  for f, r in zip(forward, turn)]
-        x0 = view(self.fields, *step_camera(self.before[0], self.before[1], torch.tensor(kinds)))
+        x0 = view(self.fields, *step_camera(*self.before, torch.tensor(kinds), self.momentum)[:2])
         v = torch.zeros_like(x)
         v[:, -1] = (x[:, -1] - x0) / t[:, -1, None, None, None]
         return v
 
 
 def test_pair_effects_score_an_exact_model_one_and_a_blind_one_zero():
-    for steps in (0, 4):
-        exact = zoom_toy.pair_effects(_Oracle(8, 5), 8, 5, steps)
-        blind = zoom_toy.pair_effects(_Oracle(8, 5, blind=True), 8, 5, steps)
-        assert all(abs(v - 1) < 1e-4 for v in exact.values()), (steps, exact)
-        assert all(abs(v) < 1e-6 for v in blind.values()), (steps, blind)
+    for steps, momentum in ((0, 0.0), (4, 0.0), (0, 0.9)):
+        exact = zoom_toy.pair_effects(_Oracle(8, 5, momentum=momentum), 8, 5, steps, momentum=momentum)
+        blind = zoom_toy.pair_effects(_Oracle(8, 5, blind=True, momentum=momentum), 8, 5, steps, momentum=momentum)
+        assert all(abs(v - 1) < 1e-4 for v in exact.values()), (steps, momentum, exact)
+        assert all(abs(v) < 1e-6 for v in blind.values()), (steps, momentum, blind)
 
 
 def test_recipe_runs_and_reports_every_model(tmp_path):

@@ -1,7 +1,7 @@
 """Can the DiT draw a zoom from the action alone? A synthetic test of how the action reaches the tokens, on the CPU.
 
     python -m world_model.recipes.zoom_toy [--steps 2000] [--seed 0] [--variants rope_only abs_pos patch_action]
-        [--sample-steps 16] [--hold 0] [--continue-steps N [--new-lr-mult M ...]] [--json OUT]
+        [--sample-steps 16] [--hold 0] [--momentum 0] [--continue-steps N [--new-lr-mult M ...]] [--json OUT]
 
 The E1M1 teachers turn the view on the first frame after a turn input but hardly zoom after a forward input
 (docs/EVALUATION.md, sessions 15-16). A turn shifts every patch the same way. A zoom moves each patch away from
@@ -20,6 +20,11 @@ action is ignored). Session 17 found pan 0.87 for all three, and zoom 0.01, 0.02
 also measured on the last frame sampled with --sample-steps Euler steps (the teacher's 16 by default), which is
 what a player sees. With --hold P a tick repeats the previous tick's action with probability P, as a player
 holds a key, so the context's motion often predicts the next frame's without reading its action.
+
+With --momentum f the zoom walks as Doom does (docs/EVALUATION.md, session 10: friction keeps 0.906 of the
+speed per tick): the zoom speed is v' = f v + (1 - f) ZOOM forward and the scale grows by v' each tick, so a
+held input reaches ZOOM per tick while one tick's input moves it by only (1 - f) ZOOM, and each clip starts at a
+random speed that its context frames show. The pan stays immediate, as a turn is. f = 0 is the toy above.
 """
 from __future__ import annotations
 
@@ -76,15 +81,16 @@ def view(fields: Tensor, cx: Tensor, scale: Tensor) -> Tensor:
     return F.grid_sample(fields, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
-def clips(n: int, g: torch.Generator, last: Tensor | None = None, hold: float = 0.0
+def clips(n: int, g: torch.Generator, last: Tensor | None = None, hold: float = 0.0, momentum: float = 0.0
           ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """n clips of CLIP frames (n, CLIP, C, H, W) and actions (n, CLIP, 5), each action drawn at random, or with
     probability `hold` the one before it again, as a player holds a key (`last` (n,) fixes the final one). Frame k
-    shows the camera after action k. Also returns the fields and the camera before the last action, to redraw
-    the last frame under another action."""
+    shows the camera after action k. Also returns the fields and the camera (cx, scale, zoom speed) before the
+    last action (3, n), to redraw the last frame under another action."""
     fields = world(n, g)
     cx = (torch.rand(n, generator=g) - 0.5) * 0.5
     scale = torch.zeros(n)
+    speed = torch.zeros(n)
     kinds = torch.randint(0, len(KINDS), (n, CLIP), generator=g)
     if hold > 0:                       # drawn only then, so that hold 0 gives session 17's clips
         keep = torch.rand(n, CLIP, generator=g) < hold
@@ -92,25 +98,30 @@ def clips(n: int, g: torch.Generator, last: Tensor | None = None, hold: float = 
             kinds[:, k] = torch.where(keep[:, k], kinds[:, k - 1], kinds[:, k])
     if last is not None:
         kinds[:, -1] = last
+    if momentum > 0:                   # drawn only then, so that momentum 0 gives the clips above
+        speed = (torch.rand(n, generator=g) * 2 - 1) * ZOOM
     frames, acts = [], torch.zeros(n, CLIP, 5)
     for k in range(CLIP):
         if k == CLIP - 1:
-            before = (cx.clone(), scale.clone())
-        cx, scale = step_camera(cx, scale, kinds[:, k])
+            before = (cx.clone(), scale.clone(), speed.clone())
+        cx, scale, speed = step_camera(cx, scale, speed, kinds[:, k], momentum)
         frames.append(view(fields, cx, scale))
         acts[:, k, 0] = torch.tensor([ACTIONS[KINDS[i]][0] for i in kinds[:, k]])
         acts[:, k, 2] = torch.tensor([ACTIONS[KINDS[i]][1] for i in kinds[:, k]])
     return torch.stack(frames, 1), acts, fields, torch.stack(before)
 
 
-def step_camera(cx: Tensor, scale: Tensor, kinds: Tensor) -> tuple[Tensor, Tensor]:
-    """The camera after one action of each kind in `kinds` (n,): the turn input pans, the forward input zooms."""
+def step_camera(cx: Tensor, scale: Tensor, speed: Tensor, kinds: Tensor, momentum: float = 0.0
+                ) -> tuple[Tensor, Tensor, Tensor]:
+    """The camera (cx, scale, zoom speed) after one action of each kind in `kinds` (n,): the turn input pans,
+    the forward input zooms, at once (momentum 0) or through the speed it pushes."""
     forward, turn = torch.tensor([ACTIONS[KINDS[i]] for i in kinds]).unbind(-1)          # (n,), (n,)
-    return cx + turn * PAN * 0.25 * torch.exp(-scale), scale + forward * ZOOM
+    speed = momentum * speed + (1 - momentum) * forward * ZOOM
+    return cx + turn * PAN * 0.25 * torch.exp(-scale), scale + speed, speed
 
 
 def train(variant: str, steps: int, batch: int, seed: int, *, init: WorldModel | None = None, lr_max: float = 1e-3,
-          new_lr_mult: float = 1.0, hold: float = 0.0, log_every: int = 250) -> tuple[WorldModel, list[dict]]:
+          new_lr_mult: float = 1.0, hold: float = 0.0, momentum: float = 0.0, log_every: int = 250) -> tuple[WorldModel, list[dict]]:
     """Train the variant's model for `steps` (from `init`'s weights where given, what the variant adds at zero).
     Parameters that `init` lacks learn at `new_lr_mult` times the rate: a continuation's low rate suits weights
     that are already trained, not a map that starts at zero."""
@@ -128,7 +139,7 @@ def train(variant: str, steps: int, batch: int, seed: int, *, init: WorldModel |
     g = torch.Generator().manual_seed(seed)
     log = []
     for step in range(1, steps + 1):
-        x, a, _, _ = clips(batch, g, hold=hold)
+        x, a, _, _ = clips(batch, g, hold=hold, momentum=momentum)
         lr = lr_max * min(1.0, step / 100) * 0.5 * (1 + math.cos(math.pi * step / steps))
         for group in opt.param_groups:
             group["lr"] = lr * group["mult"]
@@ -143,19 +154,20 @@ def train(variant: str, steps: int, batch: int, seed: int, *, init: WorldModel |
     return model, log
 
 
-def pair_effects(model: WorldModel, n: int, seed: int, steps: int = 0, hold: float = 0.0) -> dict[str, float]:
+def pair_effects(model: WorldModel, n: int, seed: int, steps: int = 0, hold: float = 0.0, momentum: float = 0.0
+                 ) -> dict[str, float]:
     """Pan left against right and zoom in against out on the last frame of n held-out clips (context actions
     drawn with `hold`): the one-step guess at t = 1 (steps 0), or the frame sampled with `steps` Euler steps on
     the teacher's grid (SamplerConfig's shift), from the same noise under both actions."""
     g = torch.Generator().manual_seed(seed)
-    x, a, fields, before = clips(n, g, hold=hold)
+    x, a, fields, before = clips(n, g, hold=hold, momentum=momentum)
     noise = torch.randn(n, C, H, W, generator=g)
     out = {}
     for name, (ka, kb) in {"pan": ("left", "right"), "zoom": ("in", "out")}.items():
         preds, truths = [], []
         for kind in (ka, kb):
             k = torch.full((n,), KINDS.index(kind))
-            cx, scale = step_camera(before[0], before[1], k)
+            cx, scale, _ = step_camera(*before, k, momentum)
             truths.append(view(fields, cx, scale))                                        # (n, C, H, W)
             acts = a.clone()
             acts[:, -1, 0], acts[:, -1, 2] = ACTIONS[kind]
@@ -183,6 +195,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--eval-clips", type=int, default=256)
     ap.add_argument("--hold", type=float, default=0.0,
                     help="probability that a tick repeats the previous tick's action, in training and held-out clips")
+    ap.add_argument("--momentum", type=float, default=0.0,
+                    help="share of the zoom speed kept per tick (Doom's walk: 0.906); 0: the zoom follows the input at once")
     ap.add_argument("--sample-steps", type=int, default=16,
                     help="also measure the pair effects on frames sampled with this many Euler steps (0: skip)")
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
@@ -195,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.continue_steps and "rope_only" not in args.variants:
         ap.error("--continue-steps continues the rope_only model: keep it among --variants")
-    report = {"steps": args.steps, "batch": args.batch, "seed": args.seed, "hold": args.hold,
+    report = {"steps": args.steps, "batch": args.batch, "seed": args.seed, "hold": args.hold, "momentum": args.momentum,
               "sample_steps": args.sample_steps,
               "config": asdict(toy_config()),
               "runs": {}}
@@ -205,24 +219,25 @@ def main(argv: Sequence[str] | None = None) -> None:
         t0 = time.perf_counter()
         model, log = train(variant, batch=args.batch, **train_args)
         models[name] = model.eval()
-        effects = pair_effects(model, args.eval_clips, args.seed + 1000, hold=args.hold)
+        effects = pair_effects(model, args.eval_clips, args.seed + 1000, hold=args.hold, momentum=args.momentum)
         line = f"{name}: pair effect at t = 1, pan {effects['pan']:.3f}, zoom {effects['zoom']:.3f}"
         if args.sample_steps:
-            sampled = pair_effects(model, args.eval_clips, args.seed + 1000, args.sample_steps, hold=args.hold)
+            sampled = pair_effects(model, args.eval_clips, args.seed + 1000, args.sample_steps, hold=args.hold,
+                                   momentum=args.momentum)
             effects.update({f"{k}_sampled": v for k, v in sampled.items()})
             line += f"; sampled ({args.sample_steps} steps) pan {sampled['pan']:.3f}, zoom {sampled['zoom']:.3f}"
         report["runs"][name] = {"effects": effects, "log": log, "seconds": time.perf_counter() - t0}
         print(f"{line} ({time.perf_counter() - t0:.0f} s)", flush=True)
 
     for name in args.variants:
-        run(name, name, steps=args.steps, seed=args.seed, hold=args.hold)
+        run(name, name, steps=args.steps, seed=args.seed, hold=args.hold, momentum=args.momentum)
     # A continuation, as the E1M1 teachers get new inputs: the same later batches (seed + 1) at a lower rate
     for variant in ("rope_only", "patch_action") if args.continue_steps else ():
         run(f"continued_{variant}", variant, steps=args.continue_steps, seed=args.seed + 1,
-            init=models["rope_only"], lr_max=3e-4, hold=args.hold)
+            init=models["rope_only"], lr_max=3e-4, hold=args.hold, momentum=args.momentum)
     for mult in args.new_lr_mult if args.continue_steps else ():
         run(f"continued_patch_action_lr{mult:g}x", "patch_action", steps=args.continue_steps, seed=args.seed + 1,
-            init=models["rope_only"], lr_max=3e-4, new_lr_mult=mult, hold=args.hold)
+            init=models["rope_only"], lr_max=3e-4, new_lr_mult=mult, hold=args.hold, momentum=args.momentum)
     write_json(args.json, report)
 
 
