@@ -1,7 +1,8 @@
 """Can the DiT draw a zoom from the action alone? A synthetic test of how the action reaches the tokens, on the CPU.
 
     python -m world_model.recipes.zoom_toy [--steps 2000] [--seed 0] [--variants rope_only abs_pos patch_action]
-        [--sample-steps 16] [--hold 0] [--momentum 0] [--continue-steps N [--new-lr-mult M ...]] [--json OUT]
+        [--sample-steps 16] [--hold 0] [--momentum 0] [--continue-steps N [--new-lr-mult M ...]] [--device cpu]
+        [--json OUT]
 
 The E1M1 teachers turn the view on the first frame after a turn input but hardly zoom after a forward input
 (docs/EVALUATION.md, sessions 15-16). A turn shifts every patch the same way. A zoom moves each patch away from
@@ -25,6 +26,9 @@ With --momentum f the zoom walks as Doom does (docs/EVALUATION.md, session 10: f
 speed per tick): the zoom speed is v' = f v + (1 - f) ZOOM forward and the scale grows by v' each tick, so a
 held input reaches ZOOM per tick while one tick's input moves it by only (1 - f) ZOOM, and each clip starts at a
 random speed that its context frames show. The pan stays immediate, as a turn is. f = 0 is the toy above.
+
+With --device cuda the clips are still drawn on the CPU and moved, and the loss draws its noise from a second
+generator on the GPU, so GPU runs repeat each other but not the CPU's numbers.
 """
 from __future__ import annotations
 
@@ -121,7 +125,8 @@ def step_camera(cx: Tensor, scale: Tensor, speed: Tensor, kinds: Tensor, momentu
 
 
 def train(variant: str, steps: int, batch: int, seed: int, *, init: WorldModel | None = None, lr_max: float = 1e-3,
-          new_lr_mult: float = 1.0, hold: float = 0.0, momentum: float = 0.0, log_every: int = 250) -> tuple[WorldModel, list[dict]]:
+          new_lr_mult: float = 1.0, hold: float = 0.0, momentum: float = 0.0, log_every: int = 250,
+          device: str = "cpu") -> tuple[WorldModel, list[dict]]:
     """Train the variant's model for `steps` (from `init`'s weights where given, what the variant adds at zero).
     Parameters that `init` lacks learn at `new_lr_mult` times the rate: a continuation's low rate suits weights
     that are already trained, not a map that starts at zero."""
@@ -130,6 +135,7 @@ def train(variant: str, steps: int, batch: int, seed: int, *, init: WorldModel |
     old_names = set(dict(init.named_parameters())) if init is not None else None
     if init is not None:
         load_weights_into(model, init)
+    model.to(device)
     named = list(model.named_parameters())
     new = [p for n, p in named if old_names is not None and n not in old_names]
     rest = [p for n, p in named if old_names is None or n in old_names]
@@ -137,13 +143,16 @@ def train(variant: str, steps: int, batch: int, seed: int, *, init: WorldModel |
     opt = torch.optim.AdamW(groups, lr=lr_max, weight_decay=0.0)
     loss_fn = TeacherLoss(TeacherLossConfig(action_dropout=0.0))
     g = torch.Generator().manual_seed(seed)
+    # the loss's noise comes from a generator on the model's device; on the CPU that is g, as it always was
+    g_loss = g if torch.device(device).type == "cpu" else torch.Generator(device).manual_seed(seed)
     log = []
     for step in range(1, steps + 1):
         x, a, _, _ = clips(batch, g, hold=hold, momentum=momentum)
+        x, a = x.to(device), a.to(device)
         lr = lr_max * min(1.0, step / 100) * 0.5 * (1 + math.cos(math.pi * step / steps))
         for group in opt.param_groups:
             group["lr"] = lr * group["mult"]
-        loss, _ = loss_fn(model, x, a, g)
+        loss, _ = loss_fn(model, x, a, g_loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -162,18 +171,20 @@ def pair_effects(model: WorldModel, n: int, seed: int, steps: int = 0, hold: flo
     g = torch.Generator().manual_seed(seed)
     x, a, fields, before = clips(n, g, hold=hold, momentum=momentum)
     noise = torch.randn(n, C, H, W, generator=g)
+    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+    x, noise = x.to(dev), noise.to(dev)
     out = {}
     for name, (ka, kb) in {"pan": ("left", "right"), "zoom": ("in", "out")}.items():
         preds, truths = [], []
         for kind in (ka, kb):
             k = torch.full((n,), KINDS.index(kind))
             cx, scale, _ = step_camera(*before, k, momentum)
-            truths.append(view(fields, cx, scale))                                        # (n, C, H, W)
-            acts = a.clone()
+            truths.append(view(fields, cx, scale).to(dev))                                # (n, C, H, W)
+            acts = a.clone().to(dev)
             acts[:, -1, 0], acts[:, -1, 2] = ACTIONS[kind]
 
             def velocity(xt: Tensor, t: float, use_action: bool = True) -> Tensor:      # (n, C, H, W)
-                times = torch.zeros(n, CLIP)
+                times = torch.zeros(n, CLIP, device=dev)
                 times[:, -1] = t
                 return model(torch.cat([x[:, :-1], xt[:, None]], 1), times, acts)[:, -1]
 
@@ -205,11 +216,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--new-lr-mult", type=float, nargs="*", default=[],
                     help="with --continue-steps, also continue with patch_action added at these multiples of the "
                          "rate for the map alone")
+    ap.add_argument("--device", default="cpu", help="where the models train (cpu, cuda)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
     if args.continue_steps and "rope_only" not in args.variants:
         ap.error("--continue-steps continues the rope_only model: keep it among --variants")
     report = {"steps": args.steps, "batch": args.batch, "seed": args.seed, "hold": args.hold, "momentum": args.momentum,
+              "device": args.device,
               "sample_steps": args.sample_steps,
               "config": asdict(toy_config()),
               "runs": {}}
@@ -217,7 +230,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     def run(name: str, variant: str, **train_args) -> None:
         t0 = time.perf_counter()
-        model, log = train(variant, batch=args.batch, **train_args)
+        model, log = train(variant, batch=args.batch, device=args.device, **train_args)
         models[name] = model.eval()
         effects = pair_effects(model, args.eval_clips, args.seed + 1000, hold=args.hold, momentum=args.momentum)
         line = f"{name}: pair effect at t = 1, pan {effects['pan']:.3f}, zoom {effects['zoom']:.3f}"
