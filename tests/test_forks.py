@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from world_model.actions import Action
-from world_model.collect import CollectConfig, Collector
+from world_model.collect import CollectConfig, Collector, write_shards
 from world_model.data import PairBuffer
 from world_model.forks import ForkConfig, branch_actions, fork_pair
 from world_model.game import Game, GameConfig, map_sectors
@@ -81,6 +81,16 @@ def test_collector_fork_chunks_hold_whole_pairs():
             assert np.array_equal(a[:4], b[:4]) and not np.array_equal(a[4:], b[4:])
     with pytest.raises(ValueError, match="chunk_ticks"):
         CollectConfig(chunk_ticks=30, fork=fork)
+
+
+def test_written_shards_tell_fork_rows_from_play(tmp_path):
+    fork = ForkConfig(share=1.0, prefix=4, branch=4, gap_min=2, gap_max=6)
+    cfg = CollectConfig(workers=1, chunk_ticks=32, game=GameConfig(buffers=True), fork=fork)
+    (path,) = write_shards(cfg, seed=0, ticks=96, out=tmp_path, shard_ticks=4096)
+    with np.load(path) as z:
+        forks, starts = z["forks"], z["starts"]
+    assert forks.shape == starts.shape == (96,)
+    assert not forks[:32].any() and forks[32:].all()          # the first chunk plays in, then pairs only
 
 
 def test_pair_buffer_keeps_pairs_whole_and_rings():

@@ -293,7 +293,8 @@ def write_shards(cfg: CollectConfig, seed: int, ticks: int, out: str | Path, sha
     """Collect `ticks` ticks and write them as npz shards for inspection.
 
     Chunks of different workers interleave in a shard: a worker's ticks are consecutive only within
-    the rows that carry its `worker` id.
+    the rows that carry its `worker` id. Rows from chunks of fork pairs carry `forks` True: their clips are
+    pairs from one state (forks.py), not a stretch of play.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -308,7 +309,8 @@ def write_shards(cfg: CollectConfig, seed: int, ticks: int, out: str | Path, sha
                 np.savez(path, frames=np.concatenate([p.frames for p in parts]),
                          actions=np.concatenate([p.actions for p in parts]),
                          starts=np.concatenate([p.starts for p in parts]),
-                         worker=np.concatenate([np.full(len(p.starts), p.worker) for p in parts]))
+                         worker=np.concatenate([np.full(len(p.starts), p.worker) for p in parts]),
+                         forks=np.concatenate([np.full(len(p.starts), p.forks) for p in parts]))
                 paths.append(path)
                 parts = []
     return paths
