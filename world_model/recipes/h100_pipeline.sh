@@ -489,7 +489,8 @@ fi
 # open_start_prob 0.02. At 16-17 steps/s it reaches about the shipped teacher's 18,625 steps, so the two compare
 # at equal training. Then int8, pair_effect against the shipped teacher, and the full 16-step evaluation.
 # Session 21's CPU toy with Doom's momentum read the first tick's zoom only with the map trained from the start
-# (0.35; added late: 0.00 at 1x and 30x). A shorter form that fits a session with refusals: TEACHER_MIN=12
+# (0.35; added late: 0.00 at 1x and 30x), and at the game's smaller first-tick effect (momentum 0.97) only 0.06
+# even from the start: expect a small effect. A shorter form that fits a session with refusals: TEACHER_MIN=12
 # TEACHER_TOTAL=12 EVAL_ARGS=--parts=tf,response (about 11,000 steps, 900 s of device time).
 if [ "$PART" = fresh17 ]; then
   stage teacher-fresh python3 -m world_model.recipes.train_teacher settings/train/teacher.yaml --out runs/teacher-fresh \
