@@ -128,3 +128,62 @@ def test_new_lr_mult_speeds_only_the_added_map():
     drift = {m: max((p - old[n]).abs().max().item() for n, p in r.named_parameters() if n in old)
              for m, r in runs.items()}
     assert drift[10.0] < 3 * drift[1.0]
+
+
+class _HeldOracle(torch.nn.Module):
+    """Knows held_effects' clips: frame k of a rollout under a held key is the camera walked k ticks from the
+    state after frame 0, so its Euler samples land on the truth. With `blind`, it walks "in" whatever is held."""
+
+    def __init__(self, n: int, seed: int, momentum: float, blind: bool = False):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.fields = world(n, g)
+        cx = (torch.rand(n, generator=g) - 0.5) * 0.5
+        first = torch.randint(0, len(KINDS), (n,), generator=g)
+        speed = (torch.rand(n, generator=g) * 2 - 1) * zoom_toy.ZOOM
+        self.after0 = step_camera(cx, torch.zeros(n), speed, first, momentum)
+        self.momentum, self.blind = momentum, blind
+
+    def forward(self, x, t, a):
+        key = KINDS.index("in" if self.blind or a[0, -1, 0] > 0 else "out")
+        state = self.after0
+        for _ in range(x.shape[1] - 1):
+            state = step_camera(*state, torch.full((x.shape[0],), key), self.momentum)
+        v = torch.zeros_like(x)
+        v[:, -1] = (x[:, -1] - view(self.fields, *state[:2])) / t[:, -1, None, None, None]
+        return v
+
+
+def test_held_effects_score_an_exact_rollout_one_and_a_blind_one_zero():
+    exact = zoom_toy.held_effects(_HeldOracle(8, 6, 0.906), 8, 6, 4, momentum=0.906)
+    blind = zoom_toy.held_effects(_HeldOracle(8, 6, 0.906, blind=True), 8, 6, 4, momentum=0.906)
+    assert len(exact["zoom_ticks"]) == zoom_toy.CLIP - 1 and exact["zoom"] == exact["zoom_ticks"][-1]
+    assert all(abs(v - 1) < 1e-4 for v in exact["zoom_ticks"]), exact
+    assert all(abs(v) < 1e-6 for v in blind["zoom_ticks"]), blind
+
+
+def test_momentum_variants_and_the_held_probe_run_with_blind_clips(tmp_path):
+    out = tmp_path / "toy.json"
+    zoom_toy.main(["--steps", "3", "--batch", "4", "--eval-clips", "4", "--sample-steps", "2", "--momentum", "0.906",
+                   "--blind", "0.5", "--variants", "patch_action", "momentum_input", "patch_momentum",
+                   "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert report["blind"] == 0.5 and set(report["runs"]) == {"patch_action", "momentum_input", "patch_momentum"}
+    for run in report["runs"].values():
+        values = list(run["effects"].values()) + run["held"]["zoom_ticks"]
+        assert len(run["held"]["zoom_ticks"]) == zoom_toy.CLIP - 1
+        assert all(v == v and v <= 1 for v in values), run     # not NaN, at most 1
+    # the momentum variants see the decayed average of the forward inputs besides the action
+    model = zoom_toy.WorldModel(zoom_toy.toy_config(**zoom_toy.VARIANTS["patch_momentum"]))
+    assert model.config.action_inputs == 7 and model.patch_action.shape[1] == 7
+
+
+def test_held_truth_walks_apart_under_in_and_out():
+    oracle_in = _HeldOracle(4, 7, 0.906)
+    x = torch.zeros(4, zoom_toy.CLIP, zoom_toy.C, zoom_toy.H, zoom_toy.W)
+    t = torch.ones(4, zoom_toy.CLIP)
+    a_in, a_out = torch.zeros(4, zoom_toy.CLIP, 5), torch.zeros(4, zoom_toy.CLIP, 5)
+    a_in[..., 0], a_out[..., 0] = 1.0, -1.0
+    gaps = [(oracle_in(x[:, :k + 1], t[:, :k + 1], a_in) - oracle_in(x[:, :k + 1], t[:, :k + 1], a_out))[:, -1]
+            .pow(2).mean().item() for k in range(1, zoom_toy.CLIP)]
+    assert gaps[0] > 0 and gaps[0] < gaps[1] < gaps[2]          # the held key's speed builds up tick by tick

@@ -1,8 +1,8 @@
 """Can the DiT draw a zoom from the action alone? A synthetic test of how the action reaches the tokens, on the CPU.
 
     python -m world_model.recipes.zoom_toy [--steps 2000] [--seed 0] [--variants rope_only abs_pos patch_action]
-        [--sample-steps 16] [--hold 0] [--momentum 0] [--continue-steps N [--new-lr-mult M ...]] [--device cpu]
-        [--json OUT]
+        [--sample-steps 16] [--hold 0] [--momentum 0] [--blind 0] [--continue-steps N [--new-lr-mult M ...]]
+        [--device cpu] [--json OUT]
 
 The E1M1 teachers turn the view on the first frame after a turn input but hardly zoom after a forward input
 (docs/EVALUATION.md, sessions 15-16). A turn shifts every patch the same way. A zoom moves each patch away from
@@ -27,6 +27,16 @@ speed per tick): the zoom speed is v' = f v + (1 - f) ZOOM forward and the scale
 held input reaches ZOOM per tick while one tick's input moves it by only (1 - f) ZOOM, and each clip starts at a
 random speed that its context frames show. The pan stays immediate, as a turn is. f = 0 is the toy above.
 
+The variants "momentum_input" and "patch_momentum" (patch_action too) add `action_momentum`: each tick's action
+input also carries the decayed average of the forward inputs (action_features, decay MOVE_DECAY = 0.906), the
+speed a held input implies, so run them with --momentum 0.906 for that feature to match the toy's walk. A
+probe holds a key for several ticks and the model rolls out on its own frames, so with --sample-steps the
+held probe is measured as well (held_effects): after a real first frame, the model samples the other CLIP - 1
+frames autoregressively under "in" held throughout and under "out", with the same noise, and the pair effect
+of each tick's frames is scored against the camera that walked with the held key. With --blind P a share P of
+the diffusion-forcing clips in training are blind (TeacherLossConfig.blind_prob): their last frames are
+nearly pure noise, so the motion they must show comes from the actions alone.
+
 With --device cuda the clips are still drawn on the CPU and moved, and the loss draws its noise from a second
 generator on the GPU, so GPU runs repeat each other but not the CPU's numbers.
 """
@@ -43,7 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from world_model.losses import TeacherLoss, TeacherLossConfig
-from world_model.model import ModelConfig, WorldModel, load_weights_into
+from world_model.model import ModelConfig, WorldModel, action_features, load_weights_into
 from world_model.sampler import SamplerConfig, euler_sample, schedule_for
 
 from .common import write_json
@@ -58,7 +68,9 @@ KINDS = list(ACTIONS)
 
 
 # the variants compared: the model options each one turns on
-VARIANTS = {"rope_only": {}, "abs_pos": {"abs_pos": True}, "patch_action": {"patch_action": True}}
+VARIANTS = {"rope_only": {}, "abs_pos": {"abs_pos": True}, "patch_action": {"patch_action": True},
+            "momentum_input": {"action_momentum": True},
+            "patch_momentum": {"patch_action": True, "action_momentum": True}}
 
 
 def toy_config(**options: bool) -> ModelConfig:
@@ -125,11 +137,12 @@ def step_camera(cx: Tensor, scale: Tensor, speed: Tensor, kinds: Tensor, momentu
 
 
 def train(variant: str, steps: int, batch: int, seed: int, *, init: WorldModel | None = None, lr_max: float = 1e-3,
-          new_lr_mult: float = 1.0, hold: float = 0.0, momentum: float = 0.0, log_every: int = 250,
-          device: str = "cpu") -> tuple[WorldModel, list[dict]]:
+          new_lr_mult: float = 1.0, hold: float = 0.0, momentum: float = 0.0, blind: float = 0.0,
+          log_every: int = 250, device: str = "cpu") -> tuple[WorldModel, list[dict]]:
     """Train the variant's model for `steps` (from `init`'s weights where given, what the variant adds at zero).
     Parameters that `init` lacks learn at `new_lr_mult` times the rate: a continuation's low rate suits weights
-    that are already trained, not a map that starts at zero."""
+    that are already trained, not a map that starts at zero. `blind`: the loss's blind_prob (0 leaves its
+    random stream as it was)."""
     torch.manual_seed(seed)
     model = WorldModel(toy_config(**VARIANTS[variant]))
     old_names = set(dict(init.named_parameters())) if init is not None else None
@@ -141,7 +154,7 @@ def train(variant: str, steps: int, batch: int, seed: int, *, init: WorldModel |
     rest = [p for n, p in named if old_names is None or n in old_names]
     groups = [{"params": rest, "mult": 1.0}] + ([{"params": new, "mult": new_lr_mult}] if new else [])
     opt = torch.optim.AdamW(groups, lr=lr_max, weight_decay=0.0)
-    loss_fn = TeacherLoss(TeacherLossConfig(action_dropout=0.0))
+    loss_fn = TeacherLoss(TeacherLossConfig(action_dropout=0.0, blind_prob=blind))
     g = torch.Generator().manual_seed(seed)
     # the loss's noise comes from a generator on the model's device; on the CPU that is g, as it always was
     g_loss = g if torch.device(device).type == "cpu" else torch.Generator(device).manual_seed(seed)
@@ -152,7 +165,7 @@ def train(variant: str, steps: int, batch: int, seed: int, *, init: WorldModel |
         lr = lr_max * min(1.0, step / 100) * 0.5 * (1 + math.cos(math.pi * step / steps))
         for group in opt.param_groups:
             group["lr"] = lr * group["mult"]
-        loss, _ = loss_fn(model, x, a, g_loss)
+        loss, _ = loss_fn(model, x, action_features(model.config, a)[0], g_loss)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -182,6 +195,7 @@ def pair_effects(model: WorldModel, n: int, seed: int, steps: int = 0, hold: flo
             truths.append(view(fields, cx, scale).to(dev))                                # (n, C, H, W)
             acts = a.clone().to(dev)
             acts[:, -1, 0], acts[:, -1, 2] = ACTIONS[kind]
+            acts = action_features(model.config, acts)[0] if isinstance(model, WorldModel) else acts
 
             def velocity(xt: Tensor, t: float, use_action: bool = True) -> Tensor:      # (n, C, H, W)
                 times = torch.zeros(n, CLIP, device=dev)
@@ -198,6 +212,54 @@ def pair_effects(model: WorldModel, n: int, seed: int, steps: int = 0, hold: flo
     return out
 
 
+def held_effects(model: WorldModel, n: int, seed: int, steps: int = 16, momentum: float = 0.0
+                 ) -> dict[str, float | list[float]]:
+    """The held probe: zoom "in" held against "out" for ticks 1..CLIP-1 of n held-out clips, rolled out on the
+    model's own frames. Frame 0 is real (the camera after a random action 0, drawn as clips draws it); each later
+    frame k is sampled with `steps` Euler steps (the teacher's grid) from the context [real frame 0, the model's
+    frames 1..k-1] at t = 0, with the same noise per tick under both keys. The truth walks the camera from the
+    state after frame 0 with the held key (step_camera). Returns the pair effect of the last tick ("zoom") and of
+    every tick ("zoom_ticks", ticks 1..CLIP-1), 1 - |d_pred - d_true|^2 / |d_true|^2."""
+    g = torch.Generator().manual_seed(seed)
+    fields = world(n, g)
+    cx = (torch.rand(n, generator=g) - 0.5) * 0.5
+    scale = torch.zeros(n)
+    first = torch.randint(0, len(KINDS), (n,), generator=g)
+    speed = (torch.rand(n, generator=g) * 2 - 1) * ZOOM if momentum > 0 else torch.zeros(n)
+    cx, scale, speed = step_camera(cx, scale, speed, first, momentum)
+    frame0 = view(fields, cx, scale)                                                      # (n, C, H, W)
+    noise = torch.randn(n, CLIP - 1, C, H, W, generator=g)
+    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+    schedule = schedule_for(SamplerConfig(steps=steps))
+    preds, truths = [], []
+    for kind in ("in", "out"):
+        k_held = torch.full((n,), KINDS.index(kind))
+        acts = torch.zeros(n, CLIP, 5)
+        acts[:, 0, 0] = torch.tensor([ACTIONS[KINDS[i]][0] for i in first])
+        acts[:, 0, 2] = torch.tensor([ACTIONS[KINDS[i]][1] for i in first])
+        acts[:, 1:, 0], acts[:, 1:, 2] = ACTIONS[kind]
+        acts = (action_features(model.config, acts)[0] if isinstance(model, WorldModel) else acts).to(dev)
+        state, truth = (cx, scale, speed), []
+        frames = [frame0.to(dev)]
+        for k in range(1, CLIP):
+            state = step_camera(*state, k_held, momentum)
+            truth.append(view(fields, *state[:2]))
+            context = torch.stack(frames, 1)                                              # (n, k, C, H, W)
+
+            def velocity(xt: Tensor, t: float, use_action: bool = True) -> Tensor:      # (n, C, H, W)
+                times = torch.zeros(n, k + 1, device=dev)
+                times[:, -1] = t
+                return model(torch.cat([context, xt[:, None]], 1), times, acts[:, :k + 1])[:, -1]
+
+            with torch.no_grad():
+                frames.append(euler_sample(velocity, noise[:, k - 1].to(dev), schedule))
+        preds.append(torch.stack(frames[1:], 1).cpu())                                    # (n, CLIP-1, C, H, W)
+        truths.append(torch.stack(truth, 1))
+    d_pred, d_true = preds[0] - preds[1], truths[0] - truths[1]
+    ticks = (1 - (d_pred - d_true).pow(2).sum(dim=(0, 2, 3, 4)) / d_true.pow(2).sum(dim=(0, 2, 3, 4))).tolist()
+    return {"zoom": ticks[-1], "zoom_ticks": ticks}
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=2000)
@@ -208,9 +270,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="probability that a tick repeats the previous tick's action, in training and held-out clips")
     ap.add_argument("--momentum", type=float, default=0.0,
                     help="share of the zoom speed kept per tick (Doom's walk: 0.906); 0: the zoom follows the input at once")
+    ap.add_argument("--blind", type=float, default=0.0,
+                    help="share of blind diffusion-forcing clips in training (TeacherLossConfig.blind_prob)")
     ap.add_argument("--sample-steps", type=int, default=16,
                     help="also measure the pair effects on frames sampled with this many Euler steps (0: skip)")
-    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["rope_only", "abs_pos", "patch_action"])
     ap.add_argument("--continue-steps", type=int, default=0,
                     help="then continue the trained rope_only model this long, as is and with patch_action added")
     ap.add_argument("--new-lr-mult", type=float, nargs="*", default=[],
@@ -222,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.continue_steps and "rope_only" not in args.variants:
         ap.error("--continue-steps continues the rope_only model: keep it among --variants")
     report = {"steps": args.steps, "batch": args.batch, "seed": args.seed, "hold": args.hold, "momentum": args.momentum,
-              "device": args.device,
+              "blind": args.blind, "device": args.device,
               "sample_steps": args.sample_steps,
               "config": asdict(toy_config()),
               "runs": {}}
@@ -230,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     def run(name: str, variant: str, **train_args) -> None:
         t0 = time.perf_counter()
-        model, log = train(variant, batch=args.batch, device=args.device, **train_args)
+        model, log = train(variant, batch=args.batch, device=args.device, blind=args.blind, **train_args)
         models[name] = model.eval()
         effects = pair_effects(model, args.eval_clips, args.seed + 1000, hold=args.hold, momentum=args.momentum)
         line = f"{name}: pair effect at t = 1, pan {effects['pan']:.3f}, zoom {effects['zoom']:.3f}"
@@ -239,7 +303,12 @@ def main(argv: Sequence[str] | None = None) -> None:
                                    momentum=args.momentum)
             effects.update({f"{k}_sampled": v for k, v in sampled.items()})
             line += f"; sampled ({args.sample_steps} steps) pan {sampled['pan']:.3f}, zoom {sampled['zoom']:.3f}"
-        report["runs"][name] = {"effects": effects, "log": log, "seconds": time.perf_counter() - t0}
+        report["runs"][name] = {"effects": effects, "log": log}
+        if args.sample_steps:
+            held = held_effects(model, args.eval_clips, args.seed + 2000, args.sample_steps, momentum=args.momentum)
+            report["runs"][name]["held"] = held
+            line += "; held zoom by tick " + " ".join(f"{v:.3f}" for v in held["zoom_ticks"])
+        report["runs"][name]["seconds"] = time.perf_counter() - t0
         print(f"{line} ({time.perf_counter() - t0:.0f} s)", flush=True)
 
     for name in args.variants:
