@@ -492,7 +492,7 @@ fi
 # (0.35; added late: 0.00 at 1x and 30x), and at the game's smaller first-tick effect (momentum 0.97) only 0.06
 # even from the start: expect a small effect. A shorter form that fits a session with refusals: TEACHER_MIN=12
 # TEACHER_TOTAL=12 EVAL_ARGS=--parts=tf,response (about 11,000 steps, 900 s of device time).
-# Session 22 added blind clips (BLIND, default 0.25 of the DF rows): the momentum inputs tell the speed
+# Session 22 added blind clips (BLIND, default 0.25 of the DF rows; the toy later found no gain, so pass BLIND=0 unless a GPU sweep says otherwise): the momentum inputs tell the speed
 # without the context's frames, but only a clip whose context hides the walk makes the model use them.
 if [ "$PART" = fresh17 ]; then
   stage teacher-fresh python3 -m world_model.recipes.train_teacher settings/train/teacher.yaml --out runs/teacher-fresh \
