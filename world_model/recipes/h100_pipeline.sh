@@ -492,14 +492,13 @@ fi
 # (0.35; added late: 0.00 at 1x and 30x), and at the game's smaller first-tick effect (momentum 0.97) only 0.06
 # even from the start: expect a small effect. A shorter form that fits a session with refusals: TEACHER_MIN=12
 # TEACHER_TOTAL=12 EVAL_ARGS=--parts=tf,response (about 11,000 steps, 900 s of device time).
-# Session 22 added blind clips (BLIND, default 0.25 of the DF rows; the toy later found no gain, so pass BLIND=0 unless a GPU sweep says otherwise): the momentum inputs tell the speed
-# without the context's frames, but only a clip whose context hides the walk makes the model use them.
+# Session 22 added BLIND (share of blind DF clips, default 0): the toy found no gain from them (docs/EVALUATION.md, session 22).
 if [ "$PART" = fresh17 ]; then
   stage teacher-fresh python3 -m world_model.recipes.train_teacher settings/train/teacher.yaml --out runs/teacher-fresh \
     --set max_minutes="$TEACHER_MIN" --set total_minutes="$TEACHER_TOTAL" --set compile=true \
     --set model.patch_action=true --set model.action_momentum=true --set move_weight=4 \
     --set data.collect.policy.blocked_ticks=6 --set data.collect.policy.snap_start_prob=0.5 \
-    --set data.collect.policy.open_start_prob=0.02 --set loss.blind_prob="${BLIND:-0.25}"
+    --set data.collect.policy.open_start_prob=0.02 --set loss.blind_prob="${BLIND:-0}"
   check_teacher teacher-fresh
   echo "$(date +%T) fresh17 part done"
   exit 0
