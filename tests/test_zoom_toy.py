@@ -187,3 +187,37 @@ def test_held_truth_walks_apart_under_in_and_out():
     gaps = [(oracle_in(x[:, :k + 1], t[:, :k + 1], a_in) - oracle_in(x[:, :k + 1], t[:, :k + 1], a_out))[:, -1]
             .pow(2).mean().item() for k in range(1, zoom_toy.CLIP)]
     assert gaps[0] > 0 and gaps[0] < gaps[1] < gaps[2]          # the held key's speed builds up tick by tick
+
+
+def test_fit_scale_finds_the_camera_and_the_held_gain_is_one_for_the_truth_and_zero_blind():
+    g = torch.Generator().manual_seed(8)
+    fields = world(6, g)
+    cx = (torch.rand(6, generator=g) - 0.5) * 0.5
+    scale = torch.linspace(-0.4, 0.4, 6)
+    fitted = zoom_toy.fit_scale(fields, cx, view(fields, cx, scale))
+    assert (fitted - scale).abs().max() < 0.0013                 # half a search step
+    exact = zoom_toy.held_effects(_HeldOracle(8, 6, 0.906), 8, 6, 4, momentum=0.906)
+    blind = zoom_toy.held_effects(_HeldOracle(8, 6, 0.906, blind=True), 8, 6, 4, momentum=0.906)
+    assert all(abs(v - 1) < 0.15 for v in exact["gain_ticks"]), exact     # tick 1's true gap is ~9 search steps
+    assert all(e < 0.0013 for e in exact["scale_error_ticks"]), exact
+    assert all(v == 0 for v in blind["gain_ticks"]), blind
+
+
+def test_rollout_training_feeds_the_model_its_own_frames_as_context(monkeypatch):
+    seen = []
+    real_call = zoom_toy.TeacherLoss.__call__
+
+    def spy(self, model, latents, actions, generator=None, context=None, pairs=None):
+        seen.append((latents.clone(), None if context is None else context.clone()))
+        return real_call(self, model, latents, actions, generator, context, pairs)
+
+    monkeypatch.setattr(zoom_toy.TeacherLoss, "__call__", spy)
+    zoom_toy.train("patch_action", steps=2, batch=8, seed=0, momentum=0.906, rollout_share=0.5, log_every=100)
+    latents, context = seen[-1]
+    n_roll = 2                                                   # half of the 4 teacher-forcing rows
+    assert torch.equal(context[:, 0], latents[:, 0])             # the real first frame
+    assert torch.equal(context[n_roll:], latents[n_roll:])       # the other rows see the real clip
+    assert not torch.allclose(context[:n_roll, 1:], latents[:n_roll, 1:])
+    seen.clear()
+    zoom_toy.train("patch_action", steps=2, batch=8, seed=0, momentum=0.906, log_every=100)
+    assert seen[-1][1] is None and torch.equal(seen[-1][0], latents)   # share 0: the same clips, no context

@@ -138,11 +138,15 @@ def step_camera(cx: Tensor, scale: Tensor, speed: Tensor, kinds: Tensor, momentu
 
 def train(variant: str, steps: int, batch: int, seed: int, *, init: WorldModel | None = None, lr_max: float = 1e-3,
           new_lr_mult: float = 1.0, hold: float = 0.0, momentum: float = 0.0, blind: float = 0.0,
-          log_every: int = 250, device: str = "cpu") -> tuple[WorldModel, list[dict]]:
+          rollout_share: float = 0.0, rollout_steps: int = 2, log_every: int = 250, device: str = "cpu"
+          ) -> tuple[WorldModel, list[dict]]:
     """Train the variant's model for `steps` (from `init`'s weights where given, what the variant adds at zero).
     Parameters that `init` lacks learn at `new_lr_mult` times the rate: a continuation's low rate suits weights
     that are already trained, not a map that starts at zero. `blind`: the loss's blind_prob (0 leaves its
-    random stream as it was)."""
+    random stream as it was). `rollout_share`: the share of the teacher-forcing rows whose clean frames 1..CLIP-1
+    are the model's own rollout (`rollout`, `rollout_steps` Euler steps, the clip's actions) from the real frame
+    0, while the targets stay the real frames: from where its own rollout left the camera, the model must reach
+    where the actions took the true one (train_teacher's `rollout_rows`, with the toy's held keys)."""
     torch.manual_seed(seed)
     model = WorldModel(toy_config(**VARIANTS[variant]))
     old_names = set(dict(init.named_parameters())) if init is not None else None
@@ -158,6 +162,10 @@ def train(variant: str, steps: int, batch: int, seed: int, *, init: WorldModel |
     g = torch.Generator().manual_seed(seed)
     # the loss's noise comes from a generator on the model's device; on the CPU that is g, as it always was
     g_loss = g if torch.device(device).type == "cpu" else torch.Generator(device).manual_seed(seed)
+    # the rollout's noise has its own stream, so the clips and the loss's noise stay those of rollout_share 0
+    g_roll = torch.Generator(device).manual_seed(seed + 7)
+    n_roll = round(round(batch * loss_fn.cfg.tf_fraction) * rollout_share)
+    roll_schedule = schedule_for(SamplerConfig(steps=rollout_steps))
     log = []
     for step in range(1, steps + 1):
         x, a, _, _ = clips(batch, g, hold=hold, momentum=momentum)
@@ -165,7 +173,13 @@ def train(variant: str, steps: int, batch: int, seed: int, *, init: WorldModel |
         lr = lr_max * min(1.0, step / 100) * 0.5 * (1 + math.cos(math.pi * step / steps))
         for group in opt.param_groups:
             group["lr"] = lr * group["mult"]
-        loss, _ = loss_fn(model, x, action_features(model.config, a)[0], g_loss)
+        feats = action_features(model.config, a)[0]
+        context = None
+        if n_roll:
+            noise = torch.randn((n_roll, CLIP - 1, C, H, W), generator=g_roll, device=device)
+            context = torch.cat([x[:n_roll, :1], rollout(model, x[:n_roll, 0], feats[:n_roll], noise, roll_schedule)], 1)
+            context = torch.cat([context, x[n_roll:]], 0)                                 # (batch, CLIP, C, H, W)
+        loss, _ = loss_fn(model, x, feats, g_loss, context)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -212,14 +226,52 @@ def pair_effects(model: WorldModel, n: int, seed: int, steps: int = 0, hold: flo
     return out
 
 
+def rollout(model: WorldModel, frame0: Tensor, acts: Tensor, noise: Tensor, schedule: list[float]) -> Tensor:
+    """The model's own frames 1..T-1 (n, T-1, C, H, W) after the real frame0 (n, C, H, W), under action features
+    acts (n, T, A): frame k is Euler-sampled on `schedule` from noise[:, k - 1] with the context [frame0, the
+    model's frames 1..k-1] at t = 0. No gradient: training uses it as context, held_effects as the probe."""
+    n, dev = frame0.shape[0], frame0.device
+    frames = [frame0]
+    for k in range(1, acts.shape[1]):
+        context = torch.stack(frames, 1)                                                  # (n, k, C, H, W)
+
+        def velocity(xt: Tensor, t: float, use_action: bool = True) -> Tensor:          # (n, C, H, W)
+            times = torch.zeros(n, k + 1, device=dev)
+            times[:, -1] = t
+            return model(torch.cat([context, xt[:, None]], 1), times, acts[:, :k + 1])[:, -1]
+
+        with torch.no_grad():
+            frames.append(euler_sample(velocity, noise[:, k - 1], schedule))
+    return torch.stack(frames[1:], 1)
+
+
+def fit_scale(fields: Tensor, cx: Tensor, frames: Tensor, span: float = 0.6, num: int = 480, margin: int = 2
+              ) -> Tensor:
+    """The camera zoom (n,) whose view of fields (n, C, 4H, 4W) at offset cx (n,) best matches frames
+    (n, C, H, W): a search over `num` + 1 log scales in [-span, span] (steps of 0.0025 by default), on the
+    frame less `margin` latent pixels on each side, where a zoom out shows what no earlier frame held."""
+    inner = (..., slice(margin, H - margin), slice(margin, W - margin))
+    best = torch.full((len(cx),), float("inf"))
+    best_scale = torch.zeros(len(cx))
+    for s in torch.linspace(-span, span, num + 1):
+        err = (view(fields, cx, s.expand(len(cx)))[inner] - frames[inner]).pow(2).mean(dim=(1, 2, 3))
+        better = err < best
+        best, best_scale = torch.where(better, err, best), torch.where(better, s, best_scale)
+    return best_scale
+
+
 def held_effects(model: WorldModel, n: int, seed: int, steps: int = 16, momentum: float = 0.0
                  ) -> dict[str, float | list[float]]:
     """The held probe: zoom "in" held against "out" for ticks 1..CLIP-1 of n held-out clips, rolled out on the
     model's own frames. Frame 0 is real (the camera after a random action 0, drawn as clips draws it); each later
     frame k is sampled with `steps` Euler steps (the teacher's grid) from the context [real frame 0, the model's
     frames 1..k-1] at t = 0, with the same noise per tick under both keys. The truth walks the camera from the
-    state after frame 0 with the held key (step_camera). Returns the pair effect of the last tick ("zoom") and of
-    every tick ("zoom_ticks", ticks 1..CLIP-1), 1 - |d_pred - d_true|^2 / |d_true|^2."""
+    state after frame 0 with the held key (step_camera). Returns per tick (ticks 1..CLIP-1):
+    - "zoom_ticks": the pair effect, 1 - |d_pred - d_true|^2 / |d_true|^2 ("zoom": the last tick's); it also
+      counts as error the detail in which the two rollouts come to differ;
+    - "gain_ticks": the median over clips of the model's in-out zoom (fit_scale on each rollout's frame) over
+      the true one, as the E1M1 move probe's gain: 1 walks as far as the game, 0 does not walk apart;
+    - "scale_error_ticks": the mean |fitted - true| zoom of the frames, both keys (log scale)."""
     g = torch.Generator().manual_seed(seed)
     fields = world(n, g)
     cx = (torch.rand(n, generator=g) - 0.5) * 0.5
@@ -231,7 +283,7 @@ def held_effects(model: WorldModel, n: int, seed: int, steps: int = 16, momentum
     noise = torch.randn(n, CLIP - 1, C, H, W, generator=g)
     dev = next((p.device for p in model.parameters()), torch.device("cpu"))
     schedule = schedule_for(SamplerConfig(steps=steps))
-    preds, truths = [], []
+    preds, truths, scales = [], [], []
     for kind in ("in", "out"):
         k_held = torch.full((n,), KINDS.index(kind))
         acts = torch.zeros(n, CLIP, 5)
@@ -239,25 +291,21 @@ def held_effects(model: WorldModel, n: int, seed: int, steps: int = 16, momentum
         acts[:, 0, 2] = torch.tensor([ACTIONS[KINDS[i]][1] for i in first])
         acts[:, 1:, 0], acts[:, 1:, 2] = ACTIONS[kind]
         acts = (action_features(model.config, acts)[0] if isinstance(model, WorldModel) else acts).to(dev)
-        state, truth = (cx, scale, speed), []
-        frames = [frame0.to(dev)]
-        for k in range(1, CLIP):
+        state, truth, true_scale = (cx, scale, speed), [], []
+        for _ in range(1, CLIP):
             state = step_camera(*state, k_held, momentum)
             truth.append(view(fields, *state[:2]))
-            context = torch.stack(frames, 1)                                              # (n, k, C, H, W)
-
-            def velocity(xt: Tensor, t: float, use_action: bool = True) -> Tensor:      # (n, C, H, W)
-                times = torch.zeros(n, k + 1, device=dev)
-                times[:, -1] = t
-                return model(torch.cat([context, xt[:, None]], 1), times, acts[:, :k + 1])[:, -1]
-
-            with torch.no_grad():
-                frames.append(euler_sample(velocity, noise[:, k - 1].to(dev), schedule))
-        preds.append(torch.stack(frames[1:], 1).cpu())                                    # (n, CLIP-1, C, H, W)
+            true_scale.append(state[1])
+        preds.append(rollout(model, frame0.to(dev), acts, noise.to(dev), schedule).cpu())  # (n, CLIP-1, C, H, W)
         truths.append(torch.stack(truth, 1))
+        scales.append((torch.stack(true_scale, 1),                                        # (n, CLIP-1)
+                       torch.stack([fit_scale(fields, cx, preds[-1][:, j]) for j in range(CLIP - 1)], 1)))
     d_pred, d_true = preds[0] - preds[1], truths[0] - truths[1]
     ticks = (1 - (d_pred - d_true).pow(2).sum(dim=(0, 2, 3, 4)) / d_true.pow(2).sum(dim=(0, 2, 3, 4))).tolist()
-    return {"zoom": ticks[-1], "zoom_ticks": ticks}
+    (true_in, fit_in), (true_out, fit_out) = scales
+    gain = ((fit_in - fit_out) / (true_in - true_out)).median(dim=0).values.tolist()
+    error = ((fit_in - true_in).abs() + (fit_out - true_out).abs()).mean(dim=0).div(2).tolist()
+    return {"zoom": ticks[-1], "zoom_ticks": ticks, "gain_ticks": gain, "scale_error_ticks": error}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -272,6 +320,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="share of the zoom speed kept per tick (Doom's walk: 0.906); 0: the zoom follows the input at once")
     ap.add_argument("--blind", type=float, default=0.0,
                     help="share of blind diffusion-forcing clips in training (TeacherLossConfig.blind_prob)")
+    ap.add_argument("--rollout", type=float, default=0.0,
+                    help="share of the teacher-forcing rows that see the model's own rollout as context in training")
+    ap.add_argument("--rollout-steps", type=int, default=2, help="Euler steps of that rollout")
     ap.add_argument("--sample-steps", type=int, default=16,
                     help="also measure the pair effects on frames sampled with this many Euler steps (0: skip)")
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=["rope_only", "abs_pos", "patch_action"])
@@ -286,7 +337,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.continue_steps and "rope_only" not in args.variants:
         ap.error("--continue-steps continues the rope_only model: keep it among --variants")
     report = {"steps": args.steps, "batch": args.batch, "seed": args.seed, "hold": args.hold, "momentum": args.momentum,
-              "blind": args.blind, "device": args.device,
+              "blind": args.blind, "rollout": args.rollout, "rollout_steps": args.rollout_steps, "device": args.device,
               "sample_steps": args.sample_steps,
               "config": asdict(toy_config()),
               "runs": {}}
@@ -294,7 +345,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     def run(name: str, variant: str, **train_args) -> None:
         t0 = time.perf_counter()
-        model, log = train(variant, batch=args.batch, device=args.device, blind=args.blind, **train_args)
+        model, log = train(variant, batch=args.batch, device=args.device, blind=args.blind,
+                           rollout_share=args.rollout, rollout_steps=args.rollout_steps, **train_args)
         models[name] = model.eval()
         effects = pair_effects(model, args.eval_clips, args.seed + 1000, hold=args.hold, momentum=args.momentum)
         line = f"{name}: pair effect at t = 1, pan {effects['pan']:.3f}, zoom {effects['zoom']:.3f}"
@@ -308,6 +360,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             held = held_effects(model, args.eval_clips, args.seed + 2000, args.sample_steps, momentum=args.momentum)
             report["runs"][name]["held"] = held
             line += "; held zoom by tick " + " ".join(f"{v:.3f}" for v in held["zoom_ticks"])
+            line += ", gain " + " ".join(f"{v:.2f}" for v in held["gain_ticks"])
         report["runs"][name]["seconds"] = time.perf_counter() - t0
         print(f"{line} ({time.perf_counter() - t0:.0f} s)", flush=True)
 
