@@ -136,12 +136,7 @@ class _HeldOracle(torch.nn.Module):
 
     def __init__(self, n: int, seed: int, momentum: float, blind: bool = False):
         super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.fields = world(n, g)
-        cx = (torch.rand(n, generator=g) - 0.5) * 0.5
-        first = torch.randint(0, len(KINDS), (n,), generator=g)
-        speed = (torch.rand(n, generator=g) * 2 - 1) * zoom_toy.ZOOM
-        self.after0 = step_camera(cx, torch.zeros(n), speed, first, momentum)
+        self.fields, _, self.after0 = zoom_toy.held_start(n, torch.Generator().manual_seed(seed), momentum)
         self.momentum, self.blind = momentum, blind
 
     def forward(self, x, t, a):

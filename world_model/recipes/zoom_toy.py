@@ -260,6 +260,16 @@ def fit_scale(fields: Tensor, cx: Tensor, frames: Tensor, span: float = 0.6, num
     return best_scale
 
 
+def held_start(n: int, g: torch.Generator, momentum: float) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]:
+    """The held probe's start: n fields, a random first action (n,) and the camera (cx, scale, speed) after it,
+    from a random speed that one frame cannot show (none without momentum)."""
+    fields = world(n, g)
+    cx = (torch.rand(n, generator=g) - 0.5) * 0.5
+    first = torch.randint(0, len(KINDS), (n,), generator=g)
+    speed = (torch.rand(n, generator=g) * 2 - 1) * ZOOM if momentum > 0 else torch.zeros(n)
+    return fields, first, step_camera(cx, torch.zeros(n), speed, first, momentum)
+
+
 def held_effects(model: WorldModel, n: int, seed: int, steps: int = 16, momentum: float = 0.0
                  ) -> dict[str, float | list[float]]:
     """The held probe: zoom "in" held against "out" for ticks 1..CLIP-1 of n held-out clips, rolled out on the
@@ -273,12 +283,7 @@ def held_effects(model: WorldModel, n: int, seed: int, steps: int = 16, momentum
       the true one, as the E1M1 move probe's gain: 1 walks as far as the game, 0 does not walk apart;
     - "scale_error_ticks": the mean |fitted - true| zoom of the frames, both keys (log scale)."""
     g = torch.Generator().manual_seed(seed)
-    fields = world(n, g)
-    cx = (torch.rand(n, generator=g) - 0.5) * 0.5
-    scale = torch.zeros(n)
-    first = torch.randint(0, len(KINDS), (n,), generator=g)
-    speed = (torch.rand(n, generator=g) * 2 - 1) * ZOOM if momentum > 0 else torch.zeros(n)
-    cx, scale, speed = step_camera(cx, scale, speed, first, momentum)
+    fields, first, (cx, scale, speed) = held_start(n, g, momentum)
     frame0 = view(fields, cx, scale)                                                      # (n, C, H, W)
     noise = torch.randn(n, CLIP - 1, C, H, W, generator=g)
     dev = next((p.device for p in model.parameters()), torch.device("cpu"))
