@@ -74,6 +74,11 @@ def test_hold_repeats_actions_and_hold_zero_keeps_the_old_clips():
     _, some, _, _ = clips(512, torch.Generator().manual_seed(3), hold=0.75)
     same = (some[:, 1:] == some[:, :-1]).all(-1).float().mean()
     assert 0.75 < same < 0.87                               # 0.75 held + 0.25 x 1/4 drawn the same again
+    # holding only "in": an action after "out" is drawn afresh, one after "in" mostly repeats it
+    _, part, _, _ = clips(2048, torch.Generator().manual_seed(3), hold=0.75, hold_kinds=["in"])
+    prev, now = part[:, :-1, 0], part[:, 1:, 0]                  # forward: 1 "in", -1 "out"
+    assert (now[prev == 1] == 1).float().mean() > 0.75
+    assert abs((now[prev == -1] == -1).float().mean() - 0.25) < 0.05
 
 
 class _Oracle(torch.nn.Module):

@@ -97,10 +97,12 @@ def view(fields: Tensor, cx: Tensor, scale: Tensor) -> Tensor:
     return F.grid_sample(fields, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
-def clips(n: int, g: torch.Generator, last: Tensor | None = None, hold: float = 0.0, momentum: float = 0.0
-          ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def clips(n: int, g: torch.Generator, last: Tensor | None = None, hold: float = 0.0, momentum: float = 0.0,
+          hold_kinds: Sequence[str] = KINDS) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """n clips of CLIP frames (n, CLIP, C, H, W) and actions (n, CLIP, 5), each action drawn at random, or with
-    probability `hold` the one before it again, as a player holds a key (`last` (n,) fixes the final one). Frame k
+    probability `hold` the one before it again if it is one of `hold_kinds`, as a player holds a key (`last`
+    (n,) fixes the final one). Holding only some kinds mimics E1M1's data, where forward is held for long
+    stretches and backward seldom (docs/DATA.md). Frame k
     shows the camera after action k. Also returns the fields and the camera (cx, scale, zoom speed) before the
     last action (3, n), to redraw the last frame under another action."""
     fields = world(n, g)
@@ -110,8 +112,9 @@ def clips(n: int, g: torch.Generator, last: Tensor | None = None, hold: float = 
     kinds = torch.randint(0, len(KINDS), (n, CLIP), generator=g)
     if hold > 0:                       # drawn only then, so that hold 0 gives session 17's clips
         keep = torch.rand(n, CLIP, generator=g) < hold
+        holdable = torch.tensor([kind in hold_kinds for kind in KINDS])
         for k in range(1, CLIP):
-            kinds[:, k] = torch.where(keep[:, k], kinds[:, k - 1], kinds[:, k])
+            kinds[:, k] = torch.where(keep[:, k] & holdable[kinds[:, k - 1]], kinds[:, k - 1], kinds[:, k])
     if last is not None:
         kinds[:, -1] = last
     if momentum > 0:                   # drawn only then, so that momentum 0 gives the clips above
@@ -138,8 +141,8 @@ def step_camera(cx: Tensor, scale: Tensor, speed: Tensor, kinds: Tensor, momentu
 
 def train(variant: str, steps: int, batch: int, seed: int, *, init: WorldModel | None = None, lr_max: float = 1e-3,
           new_lr_mult: float = 1.0, hold: float = 0.0, momentum: float = 0.0, blind: float = 0.0,
-          rollout_share: float = 0.0, rollout_steps: int = 2, log_every: int = 250, device: str = "cpu"
-          ) -> tuple[WorldModel, list[dict]]:
+          hold_kinds: Sequence[str] = KINDS, rollout_share: float = 0.0, rollout_steps: int = 2,
+          log_every: int = 250, device: str = "cpu") -> tuple[WorldModel, list[dict]]:
     """Train the variant's model for `steps` (from `init`'s weights where given, what the variant adds at zero).
     Parameters that `init` lacks learn at `new_lr_mult` times the rate: a continuation's low rate suits weights
     that are already trained, not a map that starts at zero. `blind`: the loss's blind_prob (0 leaves its
@@ -168,7 +171,7 @@ def train(variant: str, steps: int, batch: int, seed: int, *, init: WorldModel |
     roll_schedule = schedule_for(SamplerConfig(steps=rollout_steps))
     log = []
     for step in range(1, steps + 1):
-        x, a, _, _ = clips(batch, g, hold=hold, momentum=momentum)
+        x, a, _, _ = clips(batch, g, hold=hold, momentum=momentum, hold_kinds=hold_kinds)
         x, a = x.to(device), a.to(device)
         lr = lr_max * min(1.0, step / 100) * 0.5 * (1 + math.cos(math.pi * step / steps))
         for group in opt.param_groups:
@@ -321,6 +324,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--eval-clips", type=int, default=256)
     ap.add_argument("--hold", type=float, default=0.0,
                     help="probability that a tick repeats the previous tick's action, in training and held-out clips")
+    ap.add_argument("--hold-kinds", nargs="+", choices=KINDS, default=KINDS,
+                    help="the actions that --hold repeats in training (default all; the held-out clips hold all)")
     ap.add_argument("--momentum", type=float, default=0.0,
                     help="share of the zoom speed kept per tick (Doom's walk: 0.906); 0: the zoom follows the input at once")
     ap.add_argument("--blind", type=float, default=0.0,
@@ -341,7 +346,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.continue_steps and "rope_only" not in args.variants:
         ap.error("--continue-steps continues the rope_only model: keep it among --variants")
-    report = {"steps": args.steps, "batch": args.batch, "seed": args.seed, "hold": args.hold, "momentum": args.momentum,
+    report = {"steps": args.steps, "batch": args.batch, "seed": args.seed, "hold": args.hold,
+              "hold_kinds": args.hold_kinds, "momentum": args.momentum,
               "blind": args.blind, "rollout": args.rollout, "rollout_steps": args.rollout_steps, "device": args.device,
               "sample_steps": args.sample_steps,
               "config": asdict(toy_config()),
@@ -351,7 +357,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     def run(name: str, variant: str, **train_args) -> None:
         t0 = time.perf_counter()
         model, log = train(variant, batch=args.batch, device=args.device, blind=args.blind,
-                           rollout_share=args.rollout, rollout_steps=args.rollout_steps, **train_args)
+                           hold_kinds=args.hold_kinds, rollout_share=args.rollout, rollout_steps=args.rollout_steps, **train_args)
         models[name] = model.eval()
         effects = pair_effects(model, args.eval_clips, args.seed + 1000, hold=args.hold, momentum=args.momentum)
         line = f"{name}: pair effect at t = 1, pan {effects['pan']:.3f}, zoom {effects['zoom']:.3f}"
