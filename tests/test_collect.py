@@ -317,3 +317,19 @@ def test_open_starts_rest_until_still_then_walk_off_at_full_forward():
     got = starts(cfg)
     assert got and all(25 <= n for n in got)                       # long enough for the slide to settle
     assert not starts(replace(cfg, open_start_prob=0.0))
+
+
+def test_held_moves_counts_a_backward_hold_that_reverses_a_walk():
+    from world_model.recipes.coverage import held_moves
+    f = np.r_[np.ones(8), -np.ones(16)].astype(np.float32)            # walk forward, then hold backward
+    x = np.r_[2.0 * np.arange(1, 9), 16 - 2.0 * np.arange(1, 9), np.zeros(8)]   # backs 16 units, then a wall
+    pos = np.stack([x, np.zeros(24), np.zeros(24)], 1).astype(np.float32)
+    a = np.zeros((24, 5), np.float32)
+    a[:, 0] = f
+    got = held_moves({0: [(pos, a, np.zeros(24, bool))]})
+    assert got["windows"] == 9 and got["forward_held"] == 0            # windows start at ticks 8..16
+    assert got["backward_held"] == 1.0                                 # every window holds backward
+    assert got["backward_held_walking"] == got["backward_held_walking_against_motion"] == 1 / 9
+    st = np.zeros(24, bool)
+    st[12] = True                                                      # a new episode: its windows drop out
+    assert held_moves({0: [(pos, a, st)]})["windows"] < 9

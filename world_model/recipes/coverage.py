@@ -99,6 +99,7 @@ def main() -> None:
         "idle": idle_stats(streams),
         "forward_breaks": forward_breaks(streams),
         "walls": wall_pushes(paths),
+        "held_moves": held_moves(paths),
     }
     (out / "coverage.json").write_text(json.dumps(stats, indent=2))
     plot(pos, acts, sectors, out)
@@ -165,6 +166,45 @@ def wall_pushes(paths: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]
         presses, moved = presses + len(t), moved + int((step[t] + step[t + 1] >= 0.5).sum())
     return {"forward_ticks_pushing": float(pushed / max(1, fwd)), "presses_from_rest": presses,
             "presses_from_rest_that_move": float(moved / max(1, presses))}
+
+
+def held_moves(paths: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]], k: int = 8,
+               min_walk: float = 16.0) -> dict[str, float | int]:
+    """How often the data holds forward or backward the way the move probe does (docs/EVALUATION.md,
+    session 23: the zoom toy walks half as far as a held key unless its training clips hold keys). Over the
+    k-tick windows inside one episode, from every worker's stream of (pos, actions, starts) chunks, the shares
+    that hold forward (>= 0.5 on every tick) and backward (<= -0.5); of those, the shares that walk at least
+    `min_walk` map units (not into a wall), and that start against the recent motion: the mean forward input
+    of the k ticks before is below 0.2 for a forward hold (at rest or backing) or above -0.2 for a backward one.
+    A probe from the evaluation's states is mostly the last kind for backward."""
+    out = {"forward": [0, 0, 0], "backward": [0, 0, 0]}
+    windows = 0
+    for chunks in paths.values():
+        p = np.concatenate([c[0][:, :2] for c in chunks])
+        f = np.concatenate([c[1][:, 0] for c in chunks])
+        st = np.concatenate([c[2] for c in chunks])
+        n = len(f)
+        if n < 2 * k + 1:
+            continue
+        t = np.arange(k, n - k + 1)                                   # window t..t+k-1, history t-k..t-1
+        sc = np.r_[0, np.cumsum(st)]
+        clean = (sc[t + k] - sc[t - k + 1]) == 0                      # no episode start from t-k+1 to t+k-1
+        windows += int(clean.sum())
+        cs = np.r_[0.0, np.cumsum(f)]
+        before = (cs[t] - cs[t - k]) / k
+        walk = np.linalg.norm(p[t + k - 1] - p[t - 1], axis=1)
+        for name, sign in (("forward", 1.0), ("backward", -1.0)):
+            held = np.r_[0, np.cumsum(sign * f >= 0.5)]
+            hold = clean & ((held[t + k] - held[t]) == k)
+            out[name][0] += int(hold.sum())
+            out[name][1] += int((hold & (walk >= min_walk)).sum())
+            out[name][2] += int((hold & (walk >= min_walk) & (sign * before < 0.2)).sum())
+    res: dict[str, float | int] = {"windows": windows, "ticks": k}
+    for name, (hold, walks, against) in out.items():
+        res[f"{name}_held"] = float(hold / max(1, windows))
+        res[f"{name}_held_walking"] = float(walks / max(1, windows))
+        res[f"{name}_held_walking_against_motion"] = float(against / max(1, windows))
+    return res
 
 
 def plot(pos: np.ndarray, acts: np.ndarray, sectors, out: Path) -> None:
