@@ -183,6 +183,13 @@ def test_move_probes_reverse_and_start_from_rest_whatever_the_motion():
     assert forward_breaks(stream)["reversal"] > 2 * forward_breaks({0: [(np.array(off), np.zeros(len(off), bool))]})["reversal"]
 
 
+def test_move_min_ticks_lengthens_every_held_leg_of_a_move_probe():
+    cfg = replace(PolicyConfig(), move_prob=0.05, probe_prob=0.0, idle_prob=0.0, move_min_ticks=10)
+    pure = runs_of(idle_play(cfg, ticks=600), lambda a: a.strafe == a.turn == 0 and a.attack == a.use == 0)
+    legs = [n for (i, n, a), (j, m, b) in zip(pure, pure[1:]) if j == i + n and n == m and a.forward == -b.forward != 0]
+    assert legs and all(10 <= n <= 12 for n in legs)
+
+
 def test_forward_breaks_counts_reversals_and_starts_within_episodes():
     f = np.r_[np.ones(10), -np.ones(3), np.zeros(8), np.ones(2)].astype(np.float32)
     a = np.zeros((len(f), 5), np.float32)
@@ -330,6 +337,7 @@ def test_held_moves_counts_a_backward_hold_that_reverses_a_walk():
     assert got["windows"] == 9 and got["forward_held"] == 0            # windows start at ticks 8..16
     assert got["backward_held"] == 1.0                                 # every window holds backward
     assert got["backward_held_walking"] == got["backward_held_walking_against_motion"] == 1 / 9
+    assert got["backward_held_against_motion"] == 5 / 9     # windows 8..12: the 8 ticks before mean more than -0.2
     st = np.zeros(24, bool)
     st[12] = True                                                      # a new episode: its windows drop out
     assert held_moves({0: [(pos, a, st)]})["windows"] < 9

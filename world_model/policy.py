@@ -48,6 +48,12 @@ class PolicyConfig:
     # in smooth play the previous frames predict the next one and a model can ignore the forward input
     # (docs/DATA.md); reversals, pure moves and stop-and-go are the ticks where the input decides.
     move_prob: float = field(default=0.025, metadata={"min": 0.0, "max": 1.0})  # chance per tick to start one
+    # The least ticks that each leg of a move probe holds its direction (0: the ranges below, 4-12 for a
+    # reversal's legs, 6-20 or 6-15 for a move). Why: the evaluation's probe holds forward or backward 8
+    # ticks, and at the default ranges only 2-3% of the data's 8-tick windows hold a key that walks against
+    # the motion before it; the zoom toy walked twice as far once such holds were common (docs/DATA.md,
+    # session 23). Off by default: no model has been trained with it yet.
+    move_min_ticks: int = field(default=0, metadata={"min": 0, "max": 40})
     # Back out after this many ticks of pressing forward without moving (0 = off: only the 40-tick check).
     # Why: 30% of the ticks that press forward push into a wall and go nowhere; at 6 (with snap starts at
     # 0.5) it is 20% (session 15, CPU, coverage's `walls`, docs/DATA.md). Off by default: the shipped models
@@ -310,13 +316,18 @@ class ExplorerPolicy:
             mag = float(rng.choice([rng.uniform(0.5, 1.0), 1.0]))
             sign = float(rng.choice([-1.0, 1.0]))
             kind = rng.random()
+            least = cfg.move_min_ticks
+
+            def ticks(lo: int, hi: int) -> int:                  # lo..hi inclusive, raised to `least`
+                return int(rng.integers(max(lo, least), max(hi, least) + 1))
+
             if kind < 0.5:
-                k = int(rng.integers(4, 13))
+                k = ticks(4, 12)
                 self.moves = [sign * mag] * k + [-sign * mag] * k
             elif kind < 0.75:
-                self.moves = [sign * mag] * int(rng.integers(6, 21))
+                self.moves = [sign * mag] * ticks(6, 20)
             else:
-                self.moves = [0.0] * int(rng.integers(8, 17)) + [sign * mag] * int(rng.integers(6, 16))
+                self.moves = [0.0] * int(rng.integers(8, 17)) + [sign * mag] * ticks(6, 15)
             self.hist.clear()
             return self._emit(np.array([self.moves.pop(0), 0.0, 0.0]), 0, 0, snap=True)
         elif cfg.open_start_prob > 0 and centre >= 48 and rng.random() < cfg.open_start_prob:

@@ -39,6 +39,8 @@ def main() -> None:
                     help="the policy's chance per tick of an idle hold (0: none, as before the holds existed)")
     ap.add_argument("--move-prob", type=float, default=PolicyConfig.move_prob,
                     help="the policy's chance per tick of a forward/backward move probe (0: none, as before)")
+    ap.add_argument("--move-min-ticks", type=int, default=PolicyConfig.move_min_ticks,
+                    help="the least ticks each leg of a move probe holds its direction (0: the default ranges)")
     ap.add_argument("--blocked-ticks", type=int, default=PolicyConfig.blocked_ticks,
                     help="the policy backs out after this many ticks of pushing forward without moving (0: off)")
     ap.add_argument("--snap-start-prob", type=float, default=PolicyConfig.snap_start_prob,
@@ -53,6 +55,7 @@ def main() -> None:
     cfg = CollectConfig(workers=args.workers, chunk_ticks=args.chunk,
                         game=GameConfig(width=args.width, height=args.height, buffers=True),
                         policy=replace(PolicyConfig(), idle_prob=args.idle_prob, move_prob=args.move_prob,
+                                       move_min_ticks=args.move_min_ticks,
                                        blocked_ticks=args.blocked_ticks, snap_start_prob=args.snap_start_prob,
                                        open_start_prob=args.open_start_prob))
     pos, acts, starts, log = [], [], 0, []
@@ -173,11 +176,13 @@ def held_moves(paths: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]
     """How often the data holds forward or backward the way the move probe does (docs/EVALUATION.md,
     session 23: the zoom toy walks half as far as a held key unless its training clips hold keys). Over the
     k-tick windows inside one episode, from every worker's stream of (pos, actions, starts) chunks, the shares
-    that hold forward (>= 0.5 on every tick) and backward (<= -0.5); of those, the shares that walk at least
-    `min_walk` map units (not into a wall), and that start against the recent motion: the mean forward input
-    of the k ticks before is below 0.2 for a forward hold (at rest or backing) or above -0.2 for a backward one.
-    A probe from the evaluation's states is mostly the last kind for backward."""
-    out = {"forward": [0, 0, 0], "backward": [0, 0, 0]}
+    that hold forward (>= 0.5 on every tick) and backward (<= -0.5); of those, the shares that start against
+    the recent motion (the mean forward input of the k ticks before is below 0.2 for a forward hold, at rest or
+    backing, or above -0.2 for a backward one), that walk at least `min_walk` map units between the window's
+    ends (not into a wall), and that do both. A reversal from full speed covers little ground in k ticks, so
+    the walking share leaves most reversals out. A probe from the evaluation's states is mostly against the
+    motion for backward."""
+    out = {"forward": [0, 0, 0, 0], "backward": [0, 0, 0, 0]}
     windows = 0
     for chunks in paths.values():
         p = np.concatenate([c[0][:, :2] for c in chunks])
@@ -196,14 +201,13 @@ def held_moves(paths: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]
         for name, sign in (("forward", 1.0), ("backward", -1.0)):
             held = np.r_[0, np.cumsum(sign * f >= 0.5)]
             hold = clean & ((held[t + k] - held[t]) == k)
-            out[name][0] += int(hold.sum())
-            out[name][1] += int((hold & (walk >= min_walk)).sum())
-            out[name][2] += int((hold & (walk >= min_walk) & (sign * before < 0.2)).sum())
+            against, walks = sign * before < 0.2, walk >= min_walk
+            for i, keep in enumerate((hold, hold & against, hold & walks, hold & walks & against)):
+                out[name][i] += int(keep.sum())
     res: dict[str, float | int] = {"windows": windows, "ticks": k}
-    for name, (hold, walks, against) in out.items():
-        res[f"{name}_held"] = float(hold / max(1, windows))
-        res[f"{name}_held_walking"] = float(walks / max(1, windows))
-        res[f"{name}_held_walking_against_motion"] = float(against / max(1, windows))
+    for name, counts in out.items():
+        for suffix, count in zip(("", "_against_motion", "_walking", "_walking_against_motion"), counts):
+            res[f"{name}_held{suffix}"] = float(count / max(1, windows))
     return res
 
 

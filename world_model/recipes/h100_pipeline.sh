@@ -493,12 +493,16 @@ fi
 # even from the start: expect a small effect. A shorter form that fits a session with refusals: TEACHER_MIN=12
 # TEACHER_TOTAL=12 EVAL_ARGS=--parts=tf,response (about 11,000 steps, 900 s of device time).
 # Session 22 added BLIND (share of blind DF clips, default 0): the toy found no gain from them (docs/EVALUATION.md, session 22).
+# Session 23 added MOVE_PROB and MOVE_MIN (policy.move_prob, default 0.025, and policy.move_min_ticks, default 0):
+# the toy walked twice as far when its training clips held keys, and at 0.2 and 12 the data's holds against the
+# motion triple (docs/DATA.md, session 23).
 if [ "$PART" = fresh17 ]; then
   stage teacher-fresh python3 -m world_model.recipes.train_teacher settings/train/teacher.yaml --out runs/teacher-fresh \
     --set max_minutes="$TEACHER_MIN" --set total_minutes="$TEACHER_TOTAL" --set compile=true \
     --set model.patch_action=true --set model.action_momentum=true --set move_weight=4 \
     --set data.collect.policy.blocked_ticks=6 --set data.collect.policy.snap_start_prob=0.5 \
-    --set data.collect.policy.open_start_prob=0.02 --set loss.blind_prob="${BLIND:-0}"
+    --set data.collect.policy.open_start_prob=0.02 --set loss.blind_prob="${BLIND:-0}" \
+    --set data.collect.policy.move_prob="${MOVE_PROB:-0.025}" --set data.collect.policy.move_min_ticks="${MOVE_MIN:-0}"
   check_teacher teacher-fresh
   echo "$(date +%T) fresh17 part done"
   exit 0
