@@ -1,8 +1,8 @@
 """Can the DiT draw a zoom from the action alone? A synthetic test of how the action reaches the tokens, on the CPU.
 
     python -m world_model.recipes.zoom_toy [--steps 2000] [--seed 0] [--variants rope_only abs_pos patch_action]
-        [--sample-steps 16] [--hold 0] [--momentum 0] [--blind 0] [--continue-steps N [--new-lr-mult M ...]]
-        [--device cpu] [--json OUT]
+        [--sample-steps 16] [--hold 0 [--hold-kinds in out left right]] [--momentum 0] [--blind 0]
+        [--rollout 0 [--rollout-steps 2]] [--continue-steps N [--new-lr-mult M ...]] [--device cpu] [--json OUT]
 
 The E1M1 teachers turn the view on the first frame after a turn input but hardly zoom after a forward input
 (docs/EVALUATION.md, sessions 15-16). A turn shifts every patch the same way. A zoom moves each patch away from
@@ -36,6 +36,12 @@ frames autoregressively under "in" held throughout and under "out", with the sam
 of each tick's frames is scored against the camera that walked with the held key. With --blind P a share P of
 the diffusion-forcing clips in training are blind (TeacherLossConfig.blind_prob): their last frames are
 nearly pure noise, so the motion they must show comes from the actions alone.
+
+The held probe also reports the held gain (session 23): each rollout frame's camera zoom is fitted against the
+known field (fit_scale), and the model's in-out zoom is divided by the true one, as the E1M1 move probe's gain
+is. With --rollout P a share P of the teacher-forcing rows see the model's own rollout from the real first frame
+as context (the targets stay real), and --hold-kinds restricts --hold to some keys. toy_sweep.sh runs many of
+these side by side on one GPU.
 
 With --device cuda the clips are still drawn on the CPU and moved, and the loss draws its noise from a second
 generator on the GPU, so GPU runs repeat each other but not the CPU's numbers.
@@ -102,8 +108,7 @@ def clips(n: int, g: torch.Generator, last: Tensor | None = None, hold: float = 
     """n clips of CLIP frames (n, CLIP, C, H, W) and actions (n, CLIP, 5), each action drawn at random, or with
     probability `hold` the one before it again if it is one of `hold_kinds`, as a player holds a key (`last`
     (n,) fixes the final one). Holding only some kinds mimics E1M1's data, where forward is held for long
-    stretches and backward seldom (docs/DATA.md). Frame k
-    shows the camera after action k. Also returns the fields and the camera (cx, scale, zoom speed) before the
+    stretches and backward seldom (docs/DATA.md). Frame k shows the camera after action k. Also returns the fields and the camera (cx, scale, zoom speed) before the
     last action (3, n), to redraw the last frame under another action."""
     fields = world(n, g)
     cx = (torch.rand(n, generator=g) - 0.5) * 0.5
@@ -284,7 +289,8 @@ def held_effects(model: WorldModel, n: int, seed: int, steps: int = 16, momentum
       counts as error the detail in which the two rollouts come to differ;
     - "gain_ticks": the median over clips of the model's in-out zoom (fit_scale on each rollout's frame) over
       the true one, as the E1M1 move probe's gain: 1 walks as far as the game, 0 does not walk apart;
-    - "scale_error_ticks": the mean |fitted - true| zoom of the frames, both keys (log scale)."""
+    - "scale_error_ticks": the mean |fitted - true| zoom of the frames, both keys (log scale); with momentum it
+      is mostly the start speed, which one frame cannot show and which cancels in the gain."""
     g = torch.Generator().manual_seed(seed)
     fields, first, (cx, scale, speed) = held_start(n, g, momentum)
     frame0 = view(fields, cx, scale)                                                      # (n, C, H, W)
