@@ -50,9 +50,9 @@ class PolicyConfig:
     move_prob: float = field(default=0.025, metadata={"min": 0.0, "max": 1.0})  # chance per tick to start one
     # The least ticks that each leg of a move probe holds its direction (0: the ranges below, 4-12 for a
     # reversal's legs, 6-20 or 6-15 for a move). Why: the evaluation's probe holds forward or backward 8
-    # ticks, and at the default ranges only 2-3% of the data's 8-tick windows hold a key that walks against
-    # the motion before it; the zoom toy walked twice as far once such holds were common (docs/DATA.md,
-    # session 23). Off by default: no model has been trained with it yet.
+    # ticks, and at the default ranges only 5-6% of the data's 8-tick windows hold a key against the motion
+    # before it; the zoom toy walked twice as far once such holds were common (docs/DATA.md, session 23).
+    # Off by default: no model has been trained with it yet.
     move_min_ticks: int = field(default=0, metadata={"min": 0, "max": 40})
     # Back out after this many ticks of pressing forward without moving (0 = off: only the 40-tick check).
     # Why: 30% of the ticks that press forward push into a wall and go nowhere; at 6 (with snap starts at
