@@ -341,3 +341,17 @@ def test_held_moves_counts_a_backward_hold_that_reverses_a_walk():
     st = np.zeros(24, bool)
     st[12] = True                                                      # a new episode: its windows drop out
     assert held_moves({0: [(pos, a, st)]})["windows"] < 9
+
+
+def test_held_moves_clip_share_weighs_clips_as_training_draws_them():
+    from world_model.recipes.coverage import held_moves
+    f = np.r_[np.ones(8), -np.ones(16), np.zeros(16)].astype(np.float32)   # walk, back up, stand
+    a = np.zeros((40, 5), np.float32)
+    a[:, 0] = f
+    pos = np.zeros((40, 3), np.float32)
+    one = held_moves({0: [(pos, a, np.zeros(40, bool))]}, move_weight=1.0)
+    # 25 clips of 16 ticks; those starting at 0..4 hold backward on ticks 8..15 against ticks 0..7's walk
+    assert one["clips_backward_held_against_motion"] == 5 / 25 and one["clips_forward_held_against_motion"] == 0
+    # the reversal's breaks fall on ticks 8..11, so clips 0..10 are drawn 4 times as often
+    four = held_moves({0: [(pos, a, np.zeros(40, bool))]}, move_weight=4.0)
+    assert four["clips_backward_held_against_motion"] == 5 * 4 / (11 * 4 + 14)

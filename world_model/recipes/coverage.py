@@ -47,6 +47,8 @@ def main() -> None:
                     help="share of idle holds that end with full forward at once")
     ap.add_argument("--open-start-prob", type=float, default=PolicyConfig.open_start_prob,
                     help="the policy's chance per cruising tick of a start from rest in the open")
+    ap.add_argument("--move-weight", type=float, default=4.0,
+                    help="training's weight on clips with a forward break, for held_moves' clips_* shares")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     out = Path(args.out)
@@ -102,7 +104,7 @@ def main() -> None:
         "idle": idle_stats(streams),
         "forward_breaks": forward_breaks(streams),
         "walls": wall_pushes(paths),
-        "held_moves": held_moves(paths),
+        "held_moves": held_moves(paths, move_weight=args.move_weight),
     }
     (out / "coverage.json").write_text(json.dumps(stats, indent=2))
     plot(pos, acts, sectors, out)
@@ -172,7 +174,7 @@ def wall_pushes(paths: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 def held_moves(paths: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]], k: int = 8,
-               min_walk: float = 16.0) -> dict[str, float | int]:
+               min_walk: float = 16.0, clip_len: int = 16, move_weight: float = 4.0) -> dict[str, float | int]:
     """How often the data holds forward or backward the way the move probe does (docs/EVALUATION.md,
     session 23: the zoom toy walks half as far as a held key unless its training clips hold keys). Over the
     k-tick windows inside one episode, from every worker's stream of (pos, actions, starts) chunks, the shares
@@ -181,9 +183,15 @@ def held_moves(paths: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]
     backing, or above -0.2 for a backward one), that walk at least `min_walk` map units between the window's
     ends (not into a wall), and that do both. A reversal from full speed covers little ground in k ticks, so
     the walking share leaves most reversals out. A probe from the evaluation's states is mostly against the
-    motion for backward."""
+    motion for backward.
+
+    Training does not see windows but `clip_len`-tick clips, drawn `move_weight` times as often where the
+    forward input breaks with the motion (world_model.data; `PART=fresh17` trains with 4). The `clips_*`
+    shares are of such draws: a clip counts when it holds a key against its own earlier ticks' motion (a
+    window with its k ticks of history inside the clip), which is what a model can learn the hold from."""
     out = {"forward": [0, 0, 0, 0], "backward": [0, 0, 0, 0]}
-    windows = 0
+    drawn = {"forward": 0.0, "backward": 0.0}
+    windows, weight = 0, 0.0
     for chunks in paths.values():
         p = np.concatenate([c[0][:, :2] for c in chunks])
         f = np.concatenate([c[1][:, 0] for c in chunks])
@@ -198,17 +206,37 @@ def held_moves(paths: dict[int, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]
         cs = np.r_[0.0, np.cumsum(f)]
         before = (cs[t] - cs[t - k]) / k
         walk = np.linalg.norm(p[t + k - 1] - p[t - 1], axis=1)
+        long = n >= clip_len >= 2 * k
+        if long:
+            ci = np.arange(n - clip_len + 1)                           # clip ci..ci+L-1: windows t = ci+k..ci+L-k
+            w = clip_w(f, st, ci, clip_len, move_weight)
+            weight += float(w.sum())
         for name, sign in (("forward", 1.0), ("backward", -1.0)):
             held = np.r_[0, np.cumsum(sign * f >= 0.5)]
             hold = clean & ((held[t + k] - held[t]) == k)
             against, walks = sign * before < 0.2, walk >= min_walk
             for i, keep in enumerate((hold, hold & against, hold & walks, hold & walks & against)):
                 out[name][i] += int(keep.sum())
-    res: dict[str, float | int] = {"windows": windows, "ticks": k}
+            if long:                                                  # window t sits at index t - k of `t`
+                c = np.r_[0, np.cumsum(hold & against)]
+                has = (c[ci + clip_len - 2 * k + 1] - c[ci]) > 0
+                drawn[name] += float(w[has].sum())
+    res: dict[str, float | int] = {"windows": windows, "ticks": k, "clip_len": clip_len, "move_weight": move_weight}
     for name, counts in out.items():
         for suffix, count in zip(("", "_against_motion", "_walking", "_walking_against_motion"), counts):
             res[f"{name}_held{suffix}"] = float(count / max(1, windows))
+        res[f"clips_{name}_held_against_motion"] = drawn[name] / max(weight, 1e-9)
     return res
+
+
+def clip_w(f: np.ndarray, st: np.ndarray, i: np.ndarray, clip_len: int, move_weight: float) -> np.ndarray:
+    """Draw weight of the clips starting at i (K,) in one stream, as ClipBuffer.sample gives it: 0 for a clip
+    that crosses an episode start, `move_weight` for one with a forward break on frames 1.., else 1."""
+    rev, begin = data.forward_breaks(f, st)
+    b = np.r_[0, np.cumsum(rev | begin)]
+    s = np.r_[0, np.cumsum(st)]
+    clean = (s[i + clip_len] - s[i + 1]) == 0
+    return np.where(clean, np.where((b[i + clip_len] - b[i + 1]) > 0, move_weight, 1.0), 0.0)
 
 
 def plot(pos: np.ndarray, acts: np.ndarray, sectors, out: Path) -> None:
