@@ -190,6 +190,16 @@ def test_move_min_ticks_lengthens_every_held_leg_of_a_move_probe():
     assert legs and all(10 <= n <= 12 for n in legs)
 
 
+def test_move_turn_prob_holds_one_turn_through_both_legs_of_a_reversal():
+    cfg = replace(PolicyConfig(), move_prob=0.05, probe_prob=0.0, idle_prob=0.0, move_min_ticks=10, move_turn_prob=1.0)
+    acts = idle_play(cfg, ticks=600)
+    held = runs_of(acts, lambda a: a.strafe == 0 and a.turn != 0 and abs(a.forward) >= 0.5 and a.attack == a.use == 0)
+    # a reversal: two legs of 10-12 ticks, the same turn held through both while the key flips
+    legs = [(n, a.turn) for (i, n, a), (j, m, b) in zip(held, held[1:])
+            if j == i + n and n == m and a.forward == -b.forward and a.turn == b.turn]
+    assert legs and all(10 <= n <= 12 and 0.2 <= abs(t) <= 1 for n, t in legs)
+
+
 def test_forward_breaks_counts_reversals_and_starts_within_episodes():
     f = np.r_[np.ones(10), -np.ones(3), np.zeros(8), np.ones(2)].astype(np.float32)
     a = np.zeros((len(f), 5), np.float32)

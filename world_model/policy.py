@@ -54,6 +54,12 @@ class PolicyConfig:
     # before it; the zoom toy walked twice as far once such holds were common (docs/DATA.md, session 23).
     # Off by default: no model has been trained with it yet.
     move_min_ticks: int = field(default=0, metadata={"min": 0, "max": 40})
+    # Share of move probes that also hold a turn, of a size drawn as a held probe's (0.2-1, either way), on
+    # every tick that holds forward or backward (the stops stay still). Why: probes take the place of
+    # cruising, which is where the data turns; at move_prob 0.2 with 12-tick legs the mean |turn| input fell
+    # from 0.245 to 0.058 (docs/DATA.md, session 24), and a teacher trained on that from scratch read no turn
+    # at all. Off by default: the evaluation's move probe holds the key without turning.
+    move_turn_prob: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
     # Back out after this many ticks of pressing forward without moving (0 = off: only the 40-tick check).
     # Why: 30% of the ticks that press forward push into a wall and go nowhere; at 6 (with snap starts at
     # 0.5) it is 20% (session 15, CPU, coverage's `walls`, docs/DATA.md). Off by default: the shipped models
@@ -176,6 +182,7 @@ class ExplorerPolicy:
         self.probe = (0.0, 0.0, 0.0)
         self.idle = (0.0, 0.0, 0.0)
         self.moves: list[float] = []                    # a move probe's forward value per remaining tick
+        self.move_turn = 0.0                            # the turn this move holds with its key (move_turn_prob)
         self.use_cooldown = 0
         self.waypoints: list[np.ndarray] = []
         self.route_age = 0
@@ -277,7 +284,7 @@ class ExplorerPolicy:
             return self._emit(np.array(self.idle), 0, 0, snap=True)
         if self.mode == "move" and self.moves:
             self.hist.clear()                        # going back and forth is not being stuck
-            return self._emit(np.array([self.moves.pop(0), 0.0, 0.0]), 0, 0, snap=True)
+            return self._emit(self._move_tick(), 0, 0, snap=True)
         stuck = len(self.hist) == 40 and math.dist(self.hist[0], self.hist[-1]) < 24 and self.mode == "cruise"
         if stuck or blocked:
             self.blocked = 0
@@ -329,11 +336,15 @@ class ExplorerPolicy:
             else:
                 self.moves = [0.0] * int(rng.integers(8, 17)) + [sign * mag] * ticks(6, 15)
             self.hist.clear()
-            return self._emit(np.array([self.moves.pop(0), 0.0, 0.0]), 0, 0, snap=True)
+            self.move_turn = 0.0
+            if cfg.move_turn_prob > 0 and rng.random() < cfg.move_turn_prob:   # no draw at 0: same stream
+                self.move_turn = float(rng.choice([-1.0, 1.0]) * rng.choice([rng.uniform(0.2, 1.0), 1.0]))
+            return self._emit(self._move_tick(), 0, 0, snap=True)
         elif cfg.open_start_prob > 0 and centre >= 48 and rng.random() < cfg.open_start_prob:
             self.mode = "move"
             self.moves = [0.0] * int(rng.integers(25, 41)) + [1.0] * int(rng.integers(8, 21))
             self.hist.clear()
+            self.move_turn = 0.0                     # a start from rest in the open walks straight
             return self._emit(np.array([self.moves.pop(0), 0.0, 0.0]), 0, 0, snap=True)
         else:
             self.mode = "cruise"
@@ -360,6 +371,11 @@ class ExplorerPolicy:
                 self.target[0] *= 0.5
                 attack = int(abs(mon) < 0.25 and rng.random() < 0.8)
         return self._emit(self.target, attack, use, snap=snap)
+
+    def _move_tick(self) -> np.ndarray:
+        """The next tick of a move: its held forward value, with the move's held turn while the key is down."""
+        f = self.moves.pop(0)
+        return np.array([f, 0.0, self.move_turn if f != 0.0 else 0.0])
 
     def _emit(self, target: np.ndarray, attack: int, use: int, snap: bool = False) -> Action:
         # Sticks move continuously: approach the target instead of jumping (except for held probes).

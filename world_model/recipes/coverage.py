@@ -41,6 +41,8 @@ def main() -> None:
                     help="the policy's chance per tick of a forward/backward move probe (0: none, as before)")
     ap.add_argument("--move-min-ticks", type=int, default=PolicyConfig.move_min_ticks,
                     help="the least ticks each leg of a move probe holds its direction (0: the default ranges)")
+    ap.add_argument("--move-turn-prob", type=float, default=PolicyConfig.move_turn_prob,
+                    help="share of move probes that also hold a turn (0: none, as before)")
     ap.add_argument("--blocked-ticks", type=int, default=PolicyConfig.blocked_ticks,
                     help="the policy backs out after this many ticks of pushing forward without moving (0: off)")
     ap.add_argument("--snap-start-prob", type=float, default=PolicyConfig.snap_start_prob,
@@ -57,7 +59,7 @@ def main() -> None:
     cfg = CollectConfig(workers=args.workers, chunk_ticks=args.chunk,
                         game=GameConfig(width=args.width, height=args.height, buffers=True),
                         policy=replace(PolicyConfig(), idle_prob=args.idle_prob, move_prob=args.move_prob,
-                                       move_min_ticks=args.move_min_ticks,
+                                       move_min_ticks=args.move_min_ticks, move_turn_prob=args.move_turn_prob,
                                        blocked_ticks=args.blocked_ticks, snap_start_prob=args.snap_start_prob,
                                        open_start_prob=args.open_start_prob))
     pos, acts, starts, log = [], [], 0, []

@@ -473,10 +473,16 @@ fi
 # from 0.023 to 0.030; in the CPU zoom_toy the same continuation reached 0.12 at 1x, 0.56 at 10x and 0.69 at 30x
 # (docs/EVALUATION.md, session 20). Everything else as patch17, so the two compare directly. COMPILE=false
 # runs eager: more steps than compiled in a run of 2 minutes or less (the first compiled step takes 87 s).
+# Session 24 added MOVE_PROB, MOVE_MIN and MOVE_TURN (policy.move_turn_prob, default 0) as in fresh17, defaults
+# unchanged: a 12-minute teacher from scratch read no action at all (turn 0%), so held-move data can only be
+# judged on a teacher that already reads turns. MOVE_PROB=0.2 MOVE_MIN=12 alone cut the data's mean |turn| from
+# 0.245 to 0.058; MOVE_TURN=0.5 brings it to 0.369 and keeps the held moves (docs/DATA.md, session 24).
 if [ "$PART" = patchlr20 ]; then
   stage teacher-patchlr python3 -m world_model.recipes.train_teacher settings/train/teacher.yaml --out runs/teacher-patchlr \
     --init "$T" --set max_minutes="$TEACHER_MIN" --set total_minutes="$TEACHER_TOTAL" --set compile="${COMPILE:-true}" \
-    --set move_weight="${MOVE_WEIGHT:-4}" --set model.patch_action=true --set map_lr_mult="${MAP_LR:-30}"
+    --set move_weight="${MOVE_WEIGHT:-4}" --set model.patch_action=true --set map_lr_mult="${MAP_LR:-30}" \
+    --set data.collect.policy.move_prob="${MOVE_PROB:-0.025}" --set data.collect.policy.move_min_ticks="${MOVE_MIN:-0}" \
+    --set data.collect.policy.move_turn_prob="${MOVE_TURN:-0}"
   check_teacher teacher-patchlr
   echo "$(date +%T) patchlr20 part done"
   exit 0
@@ -495,14 +501,15 @@ fi
 # Session 22 added BLIND (share of blind DF clips, default 0): the toy found no gain from them (docs/EVALUATION.md, session 22).
 # Session 23 added MOVE_PROB and MOVE_MIN (policy.move_prob, default 0.025, and policy.move_min_ticks, default 0):
 # the toy walked twice as far when its training clips held keys, and at 0.2 and 12 the data's holds against the
-# motion triple (docs/DATA.md, session 23).
+# motion triple (docs/DATA.md, session 23). Session 24 added MOVE_TURN (policy.move_turn_prob, default 0).
 if [ "$PART" = fresh17 ]; then
   stage teacher-fresh python3 -m world_model.recipes.train_teacher settings/train/teacher.yaml --out runs/teacher-fresh \
     --set max_minutes="$TEACHER_MIN" --set total_minutes="$TEACHER_TOTAL" --set compile=true \
     --set model.patch_action=true --set model.action_momentum=true --set move_weight=4 \
     --set data.collect.policy.blocked_ticks=6 --set data.collect.policy.snap_start_prob=0.5 \
     --set data.collect.policy.open_start_prob=0.02 --set loss.blind_prob="${BLIND:-0}" \
-    --set data.collect.policy.move_prob="${MOVE_PROB:-0.025}" --set data.collect.policy.move_min_ticks="${MOVE_MIN:-0}"
+    --set data.collect.policy.move_prob="${MOVE_PROB:-0.025}" --set data.collect.policy.move_min_ticks="${MOVE_MIN:-0}" \
+    --set data.collect.policy.move_turn_prob="${MOVE_TURN:-0}"
   check_teacher teacher-fresh
   echo "$(date +%T) fresh17 part done"
   exit 0
