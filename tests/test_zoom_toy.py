@@ -221,3 +221,20 @@ def test_rollout_training_feeds_the_model_its_own_frames_as_context(monkeypatch)
     seen.clear()
     zoom_toy.train("patch_action", steps=2, batch=8, seed=0, momentum=0.906, log_every=100)
     assert seen[-1][1] is None and torch.equal(seen[-1][0], latents)   # share 0: the same clips, no context
+
+
+def test_hold_turn_pans_along_held_zoom_ticks_only_and_leaves_other_clips_as_they_were():
+    g = lambda: torch.Generator().manual_seed(5)
+    x0, a0, _, _ = clips(512, g(), hold=0.75)
+    x1, a1, _, _ = clips(512, g(), hold=0.75, hold_turn=0.5)
+    zoom = a1[..., 0] != 0
+    held = torch.zeros_like(zoom)
+    held[:, 1:] = zoom[:, 1:] & (a1[:, 1:, 0] == a1[:, :-1, 0])                    # a zoom key repeated
+    along = zoom & (a1[..., 2] != 0)
+    assert along.any() and not (along & ~held).any()                                 # pans only on held zoom ticks
+    assert ((a1[..., 2].abs() == 1) | (a1[..., 2] == 0)).all()
+    panned = along.any(1)
+    assert 0.3 < panned.float().sum() / held.any(1).float().sum() < 0.7            # about half the clips that hold
+    # the clips that do not pan along are the clips of hold_turn 0, frames included
+    assert torch.equal(a0[~panned], a1[~panned]) and torch.allclose(x0[~panned], x1[~panned])
+    assert not torch.allclose(x0[panned], x1[panned])

@@ -104,12 +104,15 @@ def view(fields: Tensor, cx: Tensor, scale: Tensor) -> Tensor:
 
 
 def clips(n: int, g: torch.Generator, last: Tensor | None = None, hold: float = 0.0, momentum: float = 0.0,
-          hold_kinds: Sequence[str] = KINDS) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+          hold_kinds: Sequence[str] = KINDS, hold_turn: float = 0.0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """n clips of CLIP frames (n, CLIP, C, H, W) and actions (n, CLIP, 5), each action drawn at random, or with
     probability `hold` the one before it again if it is one of `hold_kinds`, as a player holds a key (`last`
     (n,) fixes the final one). Holding only some kinds mimics E1M1's data, where forward is held for long
-    stretches and backward seldom (docs/DATA.md). Frame k shows the camera after action k. Also returns the fields and the camera (cx, scale, zoom speed) before the
-    last action (3, n), to redraw the last frame under another action."""
+    stretches and backward seldom (docs/DATA.md). With `hold_turn` a share of the clips (that many) also pan
+    one way, at full turn, on every tick that repeats a zoom key, as E1M1's `policy.move_turn_prob` turns
+    through a held move (docs/DATA.md, session 24). Frame k shows the camera after action k. Also returns the
+    fields and the camera (cx, scale, zoom speed) before the last action (3, n), to redraw the last frame
+    under another action (without the pan along)."""
     fields = world(n, g)
     cx = (torch.rand(n, generator=g) - 0.5) * 0.5
     scale = torch.zeros(n)
@@ -124,22 +127,32 @@ def clips(n: int, g: torch.Generator, last: Tensor | None = None, hold: float = 
         kinds[:, -1] = last
     if momentum > 0:                   # drawn only then, so that momentum 0 gives the clips above
         speed = (torch.rand(n, generator=g) * 2 - 1) * ZOOM
+    along = torch.zeros(n, CLIP)       # the turn panned along a held zoom key, per tick
+    if hold_turn > 0:                  # drawn only then, so that hold_turn 0 gives the clips above
+        sign = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)
+        pans = torch.rand(n, generator=g) < hold_turn
+        zoom = torch.tensor([kind in ("in", "out") for kind in KINDS])
+        held = torch.cat([torch.zeros(n, 1, dtype=torch.bool), kinds[:, 1:] == kinds[:, :-1]], 1) & zoom[kinds]
+        along = torch.where(held & pans[:, None], sign[:, None], 0.0)
     frames, acts = [], torch.zeros(n, CLIP, 5)
     for k in range(CLIP):
         if k == CLIP - 1:
             before = (cx.clone(), scale.clone(), speed.clone())
-        cx, scale, speed = step_camera(cx, scale, speed, kinds[:, k], momentum)
+        cx, scale, speed = step_camera(cx, scale, speed, kinds[:, k], momentum, along[:, k])
         frames.append(view(fields, cx, scale))
         acts[:, k, 0] = torch.tensor([ACTIONS[KINDS[i]][0] for i in kinds[:, k]])
-        acts[:, k, 2] = torch.tensor([ACTIONS[KINDS[i]][1] for i in kinds[:, k]])
+        acts[:, k, 2] = torch.tensor([ACTIONS[KINDS[i]][1] for i in kinds[:, k]]) + along[:, k]
     return torch.stack(frames, 1), acts, fields, torch.stack(before)
 
 
-def step_camera(cx: Tensor, scale: Tensor, speed: Tensor, kinds: Tensor, momentum: float = 0.0
-                ) -> tuple[Tensor, Tensor, Tensor]:
+def step_camera(cx: Tensor, scale: Tensor, speed: Tensor, kinds: Tensor, momentum: float = 0.0,
+                along: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """The camera (cx, scale, zoom speed) after one action of each kind in `kinds` (n,): the turn input pans,
-    the forward input zooms, at once (momentum 0) or through the speed it pushes."""
+    the forward input zooms, at once (momentum 0) or through the speed it pushes. `along` (n,) adds to the
+    turn input (a pan held with a zoom key)."""
     forward, turn = torch.tensor([ACTIONS[KINDS[i]] for i in kinds]).unbind(-1)          # (n,), (n,)
+    if along is not None:
+        turn = turn + along
     speed = momentum * speed + (1 - momentum) * forward * ZOOM
     return cx + turn * PAN * 0.25 * torch.exp(-scale), scale + speed, speed
 
@@ -147,7 +160,7 @@ def step_camera(cx: Tensor, scale: Tensor, speed: Tensor, kinds: Tensor, momentu
 def train(variant: str, steps: int, batch: int, seed: int, *, init: WorldModel | None = None, lr_max: float = 1e-3,
           new_lr_mult: float = 1.0, hold: float = 0.0, momentum: float = 0.0, blind: float = 0.0,
           hold_kinds: Sequence[str] = KINDS, rollout_share: float = 0.0, rollout_steps: int = 2,
-          log_every: int = 250, device: str = "cpu") -> tuple[WorldModel, list[dict]]:
+          hold_turn: float = 0.0, log_every: int = 250, device: str = "cpu") -> tuple[WorldModel, list[dict]]:
     """Train the variant's model for `steps` (from `init`'s weights where given, what the variant adds at zero).
     Parameters that `init` lacks learn at `new_lr_mult` times the rate: a continuation's low rate suits weights
     that are already trained, not a map that starts at zero. `blind`: the loss's blind_prob (0 leaves its
@@ -176,7 +189,7 @@ def train(variant: str, steps: int, batch: int, seed: int, *, init: WorldModel |
     roll_schedule = schedule_for(SamplerConfig(steps=rollout_steps))
     log = []
     for step in range(1, steps + 1):
-        x, a, _, _ = clips(batch, g, hold=hold, momentum=momentum, hold_kinds=hold_kinds)
+        x, a, _, _ = clips(batch, g, hold=hold, momentum=momentum, hold_kinds=hold_kinds, hold_turn=hold_turn)
         x, a = x.to(device), a.to(device)
         lr = lr_max * min(1.0, step / 100) * 0.5 * (1 + math.cos(math.pi * step / steps))
         for group in opt.param_groups:
@@ -332,6 +345,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                     help="probability that a tick repeats the previous tick's action, in training and held-out clips")
     ap.add_argument("--hold-kinds", nargs="+", choices=KINDS, default=KINDS,
                     help="the actions that --hold repeats in training (default all; the held-out clips hold all)")
+    ap.add_argument("--hold-turn", type=float, default=0.0,
+                    help="share of training clips that also pan one way on every held zoom tick (with --hold)")
     ap.add_argument("--momentum", type=float, default=0.0,
                     help="share of the zoom speed kept per tick (Doom's walk: 0.906); 0: the zoom follows the input at once")
     ap.add_argument("--blind", type=float, default=0.0,
@@ -353,7 +368,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.continue_steps and "rope_only" not in args.variants:
         ap.error("--continue-steps continues the rope_only model: keep it among --variants")
     report = {"steps": args.steps, "batch": args.batch, "seed": args.seed, "hold": args.hold,
-              "hold_kinds": args.hold_kinds, "momentum": args.momentum,
+              "hold_kinds": args.hold_kinds, "hold_turn": args.hold_turn, "momentum": args.momentum,
               "blind": args.blind, "rollout": args.rollout, "rollout_steps": args.rollout_steps, "device": args.device,
               "sample_steps": args.sample_steps,
               "config": asdict(toy_config()),
@@ -363,7 +378,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     def run(name: str, variant: str, **train_args) -> None:
         t0 = time.perf_counter()
         model, log = train(variant, batch=args.batch, device=args.device, blind=args.blind,
-                           hold_kinds=args.hold_kinds, rollout_share=args.rollout, rollout_steps=args.rollout_steps, **train_args)
+                           hold_kinds=args.hold_kinds, rollout_share=args.rollout, rollout_steps=args.rollout_steps,
+                           hold_turn=args.hold_turn, **train_args)
         models[name] = model.eval()
         effects = pair_effects(model, args.eval_clips, args.seed + 1000, hold=args.hold, momentum=args.momentum)
         line = f"{name}: pair effect at t = 1, pan {effects['pan']:.3f}, zoom {effects['zoom']:.3f}"
