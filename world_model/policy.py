@@ -56,9 +56,10 @@ class PolicyConfig:
     move_min_ticks: int = field(default=0, metadata={"min": 0, "max": 40})
     # Share of move probes that also hold a turn, of a size drawn as a held probe's (0.2-1, either way), on
     # every tick that holds forward or backward (the stops stay still). Why: probes take the place of
-    # cruising, which is where the data turns; at move_prob 0.2 with 12-tick legs the mean |turn| input fell
-    # from 0.245 to 0.058 (docs/DATA.md, session 24), and a teacher trained on that from scratch read no turn
-    # at all. Off by default: the evaluation's move probe holds the key without turning.
+    # cruising, which is where the data turns; at move_prob 0.2 with 12-tick legs the mean |turn| input falls
+    # to a quarter (docs/DATA.md, session 24), and a teacher trained on such data from scratch read no turn
+    # at all. At 0.5 it is back above the shipped data's. Off by default: the evaluation's move probe holds
+    # the key without turning.
     move_turn_prob: float = field(default=0.0, metadata={"min": 0.0, "max": 1.0})
     # Back out after this many ticks of pressing forward without moving (0 = off: only the 40-tick check).
     # Why: 30% of the ticks that press forward push into a wall and go nowhere; at 6 (with snap starts at

@@ -475,8 +475,8 @@ fi
 # runs eager: more steps than compiled in a run of 2 minutes or less (the first compiled step takes 87 s).
 # Session 24 added MOVE_PROB, MOVE_MIN and MOVE_TURN (policy.move_turn_prob, default 0) as in fresh17, defaults
 # unchanged: a 12-minute teacher from scratch read no action at all (turn 0%), so held-move data can only be
-# judged on a teacher that already reads turns. MOVE_PROB=0.2 MOVE_MIN=12 alone cut the data's mean |turn| from
-# 0.245 to 0.058; MOVE_TURN=0.5 brings it to 0.369 and keeps the held moves (docs/DATA.md, session 24).
+# judged on a teacher that already reads turns. MOVE_PROB=0.2 MOVE_MIN=12 alone cut the shipped policy's mean
+# |turn| input from 0.245 to 0.058; MOVE_TURN=0.5 brings it to 0.369 and keeps the held moves (docs/DATA.md, session 24).
 if [ "$PART" = patchlr20 ]; then
   stage teacher-patchlr python3 -m world_model.recipes.train_teacher settings/train/teacher.yaml --out runs/teacher-patchlr \
     --init "$T" --set max_minutes="$TEACHER_MIN" --set total_minutes="$TEACHER_TOTAL" --set compile="${COMPILE:-true}" \
