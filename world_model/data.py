@@ -38,6 +38,13 @@ def forward_breaks(forward: np.ndarray, starts: np.ndarray, k: int = 8) -> tuple
     return rev, start
 
 
+def clips_with_breaks(breaks: np.ndarray, starts: np.ndarray, clip_len: int) -> np.ndarray:
+    """For clip starts i (K,) into per-tick break flags (N,) bool, whether a forward break falls on one of the
+    clip's frames 1..clip_len-1 (a break on frame 0 has no context in the clip to break with)."""
+    c = np.concatenate([[0], np.cumsum(breaks)])
+    return (c[starts + clip_len] - c[starts + 1]) > 0
+
+
 class ClipBuffer:
     def __init__(self, capacity: int, item_shape: tuple[int, ...], dtype: torch.dtype = torch.uint8,
                  device: str | torch.device = "cpu", action_dim: int = 5):
@@ -86,10 +93,7 @@ class ClipBuffer:
         return np.flatnonzero((crossings == 0) & (invalid == 0))
 
     def with_breaks(self, starts: np.ndarray, clip_len: int) -> np.ndarray:
-        """For clip starts i, whether a forward break falls on one of the clip's frames 1..clip_len-1 (a
-        break on frame 0 has no context in the clip to break with)."""
-        c = np.concatenate([[0], np.cumsum(self.breaks)])
-        return (c[starts + clip_len] - c[starts + 1]) > 0
+        return clips_with_breaks(self.breaks, starts, clip_len)
 
     def sample(self, batch: int, clip_len: int, rng: np.random.Generator, break_weight: float = 1.0
                ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -346,7 +346,7 @@ class ExplorerPolicy:
             self.moves = [0.0] * int(rng.integers(25, 41)) + [1.0] * int(rng.integers(8, 21))
             self.hist.clear()
             self.move_turn = 0.0                     # a start from rest in the open walks straight
-            return self._emit(np.array([self.moves.pop(0), 0.0, 0.0]), 0, 0, snap=True)
+            return self._emit(self._move_tick(), 0, 0, snap=True)
         else:
             self.mode = "cruise"
             if self.mode_ticks <= 0:

@@ -235,10 +235,9 @@ def clip_w(f: np.ndarray, st: np.ndarray, i: np.ndarray, clip_len: int, move_wei
     """Draw weight of the clips starting at i (K,) in one stream, as ClipBuffer.sample gives it: 0 for a clip
     that crosses an episode start, `move_weight` for one with a forward break on frames 1.., else 1."""
     rev, begin = data.forward_breaks(f, st)
-    b = np.r_[0, np.cumsum(rev | begin)]
     s = np.r_[0, np.cumsum(st)]
     clean = (s[i + clip_len] - s[i + 1]) == 0
-    return np.where(clean, np.where((b[i + clip_len] - b[i + 1]) > 0, move_weight, 1.0), 0.0)
+    return np.where(clean, np.where(data.clips_with_breaks(rev | begin, i, clip_len), move_weight, 1.0), 0.0)
 
 
 def plot(pos: np.ndarray, acts: np.ndarray, sectors, out: Path) -> None:
